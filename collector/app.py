@@ -1,0 +1,102 @@
+"""Wiring: settings -> logging -> database -> store -> registry -> executor -> scheduler.
+
+`run_daemon` is what `collector --mode ...` runs. It owns the process-wide pieces (one HTTP
+client, one database client) and the signal handling: on SIGTERM/SIGINT it stops claiming,
+lets in-flight runs finish within `shutdown_grace`, releases leases of the rest and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from collector import http, logs, sdk
+from collector.config import Settings
+from collector.executor import Executor
+from collector.model import utcnow
+from collector.scheduler import Scheduler
+from collector.store import Store
+
+log = structlog.get_logger("collector")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached within the configured timeout."""
+
+
+def redacted_uri(uri: str) -> str:
+    """mongodb://user:pass@host/ -> mongodb://user:[redacted]@host/"""
+    if "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:{logs.REDACTED}@{host}"
+
+
+async def connect(settings: Settings) -> tuple[AsyncMongoClient, Any]:
+    """Open the database and check it answers, within `database.timeout` seconds."""
+    timeout_ms = int(settings.database_timeout * 1000)
+    client: AsyncMongoClient = AsyncMongoClient(
+        settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms, appname="collector",
+    )
+    try:
+        await client.admin.command("ping")
+    except PyMongoError as exc:
+        await client.close()
+        raise DatabaseUnavailable(
+            f"cannot reach MongoDB at {redacted_uri(settings.database_uri)} within "
+            f"{settings.database_timeout:g}s: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+    return client, client[settings.database_name]
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
+                     clock: Callable[[], datetime] = utcnow, on_ready: Callable[[Scheduler], None] | None = None,
+                     registry: dict[str, sdk.Registered] | None = None) -> Scheduler:
+    """Run one scheduler until a signal (or `scheduler.stop()`); returns it for its stats."""
+    mongo = None
+    if db is None:
+        mongo, db = await connect(settings)
+    store = Store(db)
+    await store.ensure_indexes()
+    registry = registry if registry is not None else sdk.discover()
+    for name, reg in sorted(registry.items()):
+        if reg.error:
+            log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)
+    client = http.make_client(settings)
+    executor = Executor(store, client, settings, registry, clock=clock)
+    scheduler = Scheduler(store, executor, settings, mode, clock=clock)
+
+    def stop() -> None:
+        if not scheduler.stopping:
+            log.info("stop requested: finishing in-flight runs", grace=settings.shutdown_grace)
+        scheduler.stop()
+
+    install_signal_handlers(stop)
+    log.info("collector starting", mode=mode, environment=settings.environment,
+             database=redacted_uri(settings.database_uri), connectors=sorted(registry),
+             config=list(settings.sources))
+    if on_ready:
+        on_ready(scheduler)
+    try:
+        await scheduler.run()
+    finally:
+        await client.aclose()
+        if mongo is not None:
+            await mongo.close()
+    return scheduler

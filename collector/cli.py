@@ -1,0 +1,203 @@
+"""The command line: `collector --mode initial|normal` runs the daemon; subcommands for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from collector import config as config_mod
+from collector import logs, sdk
+from collector.config import MODES, ConfigError
+
+
+def _overrides(concurrency: int | None, uri: str | None, log_format: str | None, log_level: str | None,
+               sets: tuple[str, ...]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    if concurrency is not None:
+        tree.setdefault("daemon", {})["concurrency"] = concurrency
+    if uri:
+        tree.setdefault("database", {})["uri"] = uri
+    if log_format:
+        tree.setdefault("log", {})["format"] = log_format
+    if log_level:
+        tree.setdefault("log", {})["level"] = log_level
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"--set expects section.key=value, got {item!r}")
+        *path, last = key.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = config_mod._parse_env_value(raw)
+    return tree
+
+
+def load_settings(ctx: click.Context) -> config_mod.Settings:
+    opts = ctx.find_root().params
+    try:
+        settings = config_mod.load(
+            environment=opts.get("env"),
+            overrides=_overrides(opts.get("concurrency"), opts.get("mongodb_uri"), opts.get("log_format"),
+                                 opts.get("log_level"), opts.get("set") or ()),
+        )
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from exc
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--mode", type=click.Choice(MODES),
+              help="Run the daemon: 'initial' back-fills history page by page for new networks; "
+                   "'normal' fetches only what is new for networks whose history is complete.")
+@click.option("--env", help="Configuration environment: loads config/<ENV>.toml over default.toml "
+                            "(default: $COLLECTOR_ENV or 'development').")
+@click.option("--concurrency", type=click.IntRange(1), help="Runs in flight in this process.")
+@click.option("--mongodb-uri", help="MongoDB URI (default: $MONGODB_URI, then [database] uri).")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--set", "set", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any setting, e.g. --set services.github.base_url=http://127.0.0.1:9000")
+@click.version_option(package_name="collector")
+@click.pass_context
+def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
+    """collector: keeps users' data in sync from third-party APIs.
+
+    Run the daemon with `collector --mode initial` and `collector --mode normal` (any number of
+    processes, on any number of machines, sharing one MongoDB). Settings come from
+    config/default.toml, config/<env>.toml, COLLECTOR_<SECTION>__<KEY> variables and the flags.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if mode is None:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+    settings = load_settings(ctx)
+    from collector.app import DatabaseUnavailable, run_daemon
+
+    try:
+        asyncio.run(run_daemon(settings, mode))
+    except DatabaseUnavailable as exc:
+        click.echo(f"collector: {exc}", err=True)
+        ctx.exit(3)
+
+
+@main.command()
+def connectors() -> None:
+    """List every installed connector, its package, version and API."""
+    found = sdk.discover()
+    if not found:
+        click.echo("no connectors installed (entry-point group collector.connectors)")
+        return
+    width = max(len(n) for n in found)
+    for name, reg in sorted(found.items()):
+        what = reg.cls.api if reg.cls else f"BROKEN: {reg.error}"
+        click.echo(f"{name:<{width}}  {reg.package or '?'} {reg.version or '?'}  {what}")
+
+
+@main.group()
+def networks() -> None:
+    """Inspect and add networks."""
+
+
+def _run(ctx: click.Context, fn: Any) -> Any:
+    settings = load_settings(ctx)
+    from collector.app import DatabaseUnavailable, connect
+    from collector.store import Store
+
+    async def go() -> Any:
+        client, db = await connect(settings)
+        try:
+            store = Store(db)
+            await store.ensure_indexes()
+            return await fn(store)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(go())
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@networks.command("add")
+@click.option("--user", help="The user the network belongs to.")
+@click.option("--service", help="Connector name (see `collector connectors`).")
+@click.option("--token-env", metavar="VAR", help="Read the access token from this environment variable "
+                                                 "(never pass a token as a flag: it would show in `ps`).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Connector option (repeatable).")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help='Read one JSON document per line from stdin, e.g. {"user": "u1", "service": "github", '
+                   '"accessToken": "..."}.')
+@click.pass_context
+def networks_add(ctx: click.Context, user: str | None, service: str | None, token_env: str | None,
+                 options: tuple[str, ...], from_stdin: bool) -> None:
+    """Add a network, due now, in initial mode."""
+    from collector.model import Malformed, Network, utcnow
+
+    docs = []
+    if from_stdin:
+        for n, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"stdin line {n}: invalid JSON: {exc}") from exc
+    else:
+        if not user or not service:
+            raise click.UsageError("--user and --service are required (or use --stdin)")
+        doc: dict[str, Any] = {"user": user, "service": service}
+        if token_env:
+            token = os.environ.get(token_env)
+            if not token:
+                raise click.ClickException(f"environment variable {token_env} is empty or not set")
+            doc["accessToken"] = token
+        if options:
+            doc["options"] = dict(o.partition("=")[::2] for o in options)
+        docs.append(doc)
+    known = sdk.discover()
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise click.ClickException("each network must be a JSON object")
+        reg = known.get(doc.get("service"))
+        if reg is None:
+            raise click.ClickException(f"unknown service {doc.get('service')!r} (installed: {', '.join(sorted(known))})")
+        try:
+            Network.from_doc({"_id": 0, **doc}, required=reg.cls.required if reg.cls else ())
+        except Malformed as exc:
+            raise click.ClickException(f"network for user {doc.get('user')!r}: {exc}") from exc
+
+    async def add(store: Any) -> list[Any]:
+        now = utcnow()
+        return [await store.insert_network({**d, "mode": "initial", "scheduledTo": now, "errors": 0})
+                for d in docs]
+
+    for network_id in _run(ctx, add):
+        click.echo(str(network_id))
+
+
+@networks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per line.")
+@click.pass_context
+def networks_list(ctx: click.Context, as_json: bool) -> None:
+    """List networks with their state (tokens redacted)."""
+    from collector.store import public_view
+
+    async def fetch(store: Any) -> list[dict[str, Any]]:
+        return [public_view(d) async for d in store.networks.find({}, projection={"raw": 0}).limit(10000)]
+
+    for doc in _run(ctx, fetch):
+        if as_json:
+            click.echo(json.dumps(doc, default=str))
+        else:
+            state = "unauthorized" if doc.get("unauthorized") else "disabled" if doc.get("disabled") else doc.get("mode")
+            reason = doc.get("disabledReason") or (doc.get("lastOutcome") or {}).get("reason", "")
+            click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {state!s:<12} "
+                       f"next={doc.get('scheduledTo')}  {reason}")

@@ -1,0 +1,223 @@
+"""Settings: config/default.toml, then config/<env>.toml, then COLLECTOR_* variables, then flags.
+
+Everything tunable lives in the TOML files, not in code. The values are read into frozen
+dataclasses so the rest of the engine sees typed, validated settings and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "COLLECTOR_"
+MODES = ("initial", "normal")
+
+
+class ConfigError(Exception):
+    """A setting is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    initial_pace: float = 1.0
+    normal_interval: float = 900.0
+    backoff_base: float = 30.0
+    backoff_cap: float = 3600.0
+    max_errors: int = 5
+    rate_limit_floor: int = 1
+    jitter: float = 0.1
+    rate_limit_slack: float = 2.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    base_url: str | None = None
+    concurrency: int = 16
+    schedule: Schedule = field(default_factory=Schedule)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    database_uri: str
+    database_name: str
+    database_timeout: float
+    concurrency: int
+    poll_interval: float
+    lease_ttl: float
+    shutdown_grace: float
+    validate_interval: float
+    schedule: Schedule
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float
+    max_body_bytes: int
+    max_connections: int
+    user_agent: str
+    log_format: str
+    log_level: str
+    services: dict[str, ServiceSettings]
+    sources: tuple[str, ...] = ()
+
+    def service(self, name: str) -> ServiceSettings:
+        """Settings of one service; a service without a section gets the global schedule."""
+        return self.services.get(name) or ServiceSettings(name=name, schedule=self.schedule)
+
+
+def config_dirs() -> list[Path]:
+    """Where TOML files are looked up, first found wins per file name."""
+    dirs = []
+    if os.environ.get("COLLECTOR_CONFIG_DIR"):
+        dirs.append(Path(os.environ["COLLECTOR_CONFIG_DIR"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "config")
+    dirs.append(Path("/etc/collector"))
+    return dirs
+
+
+def _find(name: str) -> Path | None:
+    for d in config_dirs():
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML literals when they parse as one, else plain strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """COLLECTOR_DAEMON__CONCURRENCY=8 -> {"daemon": {"concurrency": 8}}."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(raw)
+    if environ.get("MONGODB_URI"):
+        tree.setdefault("database", {})["uri"] = environ["MONGODB_URI"]
+    return tree
+
+
+def _typed(section: str, key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"[{section}] {key} must be a {kind.__name__}, got {value!r}")
+    if kind in (int, float) and value < 0:
+        raise ConfigError(f"[{section}] {key} must not be negative, got {value!r}")
+    return value
+
+
+def _schedule(section: str, raw: dict[str, Any], base: Schedule) -> Schedule:
+    values = {}
+    for f in fields(Schedule):
+        if f.name in raw:
+            values[f.name] = _typed(section, f.name, raw[f.name], type(getattr(base, f.name)))
+        else:
+            values[f.name] = getattr(base, f.name)
+    return Schedule(**values)
+
+
+def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
+    """Validate a merged settings tree into Settings."""
+
+    def get(section: str, key: str, kind: type, default: Any) -> Any:
+        value = tree.get(section, {}).get(key, default)
+        return _typed(section, key, value, kind)
+
+    schedule = _schedule("schedule", tree.get("schedule", {}), Schedule())
+    services = {}
+    schedule_keys = {f.name for f in fields(Schedule)}
+    for name, raw in (tree.get("services") or {}).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[services.{name}] must be a table")
+        base_url = raw.get("base_url")
+        if base_url is not None and not isinstance(base_url, str):
+            raise ConfigError(f"[services.{name}] base_url must be a string")
+        services[name] = ServiceSettings(
+            name=name,
+            base_url=base_url.rstrip("/") if base_url else None,
+            concurrency=_typed(f"services.{name}", "concurrency", raw.get("concurrency", 16), int),
+            schedule=_schedule(f"services.{name}", raw, schedule),
+            options={k: v for k, v in raw.items() if k not in schedule_keys | {"base_url", "concurrency"}},
+        )
+    settings = Settings(
+        environment=str(tree.get("environment", "development")),
+        database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
+        database_name=get("database", "name", str, "collector"),
+        database_timeout=get("database", "timeout", float, 10.0),
+        concurrency=get("daemon", "concurrency", int, 64),
+        poll_interval=get("daemon", "poll_interval", float, 5.0),
+        lease_ttl=get("daemon", "lease_ttl", float, 300.0),
+        shutdown_grace=get("daemon", "shutdown_grace", float, 20.0),
+        validate_interval=get("daemon", "validate_interval", float, 600.0),
+        schedule=schedule,
+        connect_timeout=get("http", "connect_timeout", float, 10.0),
+        read_timeout=get("http", "read_timeout", float, 30.0),
+        total_timeout=get("http", "total_timeout", float, 60.0),
+        max_body_bytes=get("http", "max_body_bytes", int, 10 * 1024 * 1024),
+        max_connections=get("http", "max_connections", int, 256),
+        user_agent=get("http", "user_agent", str, "collector/0.1"),
+        log_format=get("log", "format", str, "auto"),
+        log_level=get("log", "level", str, "info"),
+        services=services,
+        sources=sources,
+    )
+    if settings.concurrency < 1:
+        raise ConfigError("[daemon] concurrency must be at least 1")
+    if settings.total_timeout * 2 > settings.lease_ttl:
+        raise ConfigError(
+            f"[daemon] lease_ttl ({settings.lease_ttl}s) must be at least twice [http] total_timeout "
+            f"({settings.total_timeout}s), so a lease never expires under a run in flight"
+        )
+    if settings.log_format not in ("auto", "console", "json"):
+        raise ConfigError("[log] format must be auto, console or json")
+    return settings
+
+
+def load(
+    environment: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Load settings the documented way; `overrides` are CLI flags in tree form."""
+    environ = dict(os.environ if environ is None else environ)
+    env = environment or environ.get("COLLECTOR_ENV") or "development"
+    tree: dict[str, Any] = {}
+    sources = []
+    for name in ("default.toml", f"{env}.toml"):
+        path = _find(name)
+        if path is None:
+            continue
+        try:
+            tree = _merge(tree, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        sources.append(str(path))
+    tree = _merge(tree, env_overrides(environ))
+    tree = _merge(tree, overrides or {})
+    tree["environment"] = env
+    return build(tree, tuple(sources))

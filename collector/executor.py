@@ -1,0 +1,210 @@
+"""One run of one network: connector -> items -> state. Every failure ends in a state.
+
+Nothing a connector, an API or a document does escapes this module as an exception, except a
+database error while saving (then the lease simply expires and the page is run again: items are
+idempotent, so nothing is lost and nothing is duplicated).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from collector import http, logs
+from collector.config import Settings
+from collector.model import Malformed, Network, utcnow
+from collector.sdk import (
+    BadResponse,
+    Connector,
+    Context,
+    Forbidden,
+    Item,
+    PermanentError,
+    RateLimit,
+    RateLimited,
+    Registered,
+    Unauthorized,
+)
+from collector.states import Kind, Outcome, State, Transition, transition
+from collector.store import Lease, Store
+
+log = structlog.get_logger("collector.run")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    network_id: Any
+    service: str
+    outcome: Outcome
+    transition: Transition
+    new_items: int
+    saved: bool  # False: the lease was lost, the state write was dropped
+
+
+def _snippet(response: httpx.Response, limit: int = 200) -> str:
+    text = response.content[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f"HTTP {response.status_code}" + (f": {text}" if text else "")
+
+
+class Executor:
+    def __init__(self, store: Store, client: httpx.AsyncClient, settings: Settings,
+                 registry: dict[str, Registered], clock: Callable[[], datetime] = utcnow,
+                 rng: random.Random | None = None):
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._connectors: dict[str, Connector] = {}
+
+    def connector(self, service: str) -> Connector | Outcome:
+        if service in self._connectors:
+            return self._connectors[service]
+        reg = self.registry.get(service)
+        if reg is None:
+            known = ", ".join(sorted(self.registry)) or "none"
+            return Outcome(Kind.PERMANENT, error="unknown_service",
+                           message=f"no connector for service {service!r} (installed: {known})")
+        if reg.cls is None:
+            return Outcome(Kind.PERMANENT, error="bad_connector",
+                           message=f"connector {service!r} failed to load: {reg.error}")
+        try:
+            self._connectors[service] = reg.cls(self.settings.service(service))
+        except Exception as exc:
+            return Outcome(Kind.PERMANENT, error="bad_connector",
+                           message=f"connector {service!r} failed to start: {type(exc).__name__}: {exc}")
+        return self._connectors[service]
+
+    async def run(self, doc: dict[str, Any], lease: Lease) -> RunResult:
+        now = self.clock()
+        service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
+        mode = doc.get("mode", "initial")
+        structlog.contextvars.bind_contextvars(network=str(doc.get("_id")), user=str(doc.get("user")),
+                                               service=service, mode=mode)
+        secrets = logs.set_run_secrets(str(doc.get(k)) for k in ("accessToken", "refreshToken") if doc.get(k))
+        try:
+            outcome, items = await self._attempt(doc, now)
+            new_items = await self.store.save_items(doc, items, now) if items else 0
+            errors = doc.get("errors") if isinstance(doc.get("errors"), int) and doc["errors"] >= 0 else 0
+            schedule = self.settings.service(service).schedule
+            step = transition(State(mode, errors), outcome, now, schedule, self.rng)
+            saved = await self._save(doc, lease, outcome, step, new_items, now)
+            if step.service_paused_until is not None:
+                await self.store.pause_service(service, step.service_paused_until, step.reason, now)
+            fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
+                          next=step.scheduled_to.isoformat() if step.scheduled_to else None)
+            if not saved:
+                log.warning("lease lost: state dropped, items kept", **fields)
+            elif step.disabled:
+                log.warning("network disabled", **fields)
+            elif not step.success:
+                log.info("run failed", **fields)
+            else:
+                log.info("run", **fields)
+            return RunResult(doc.get("_id"), service, outcome, step, new_items, saved)
+        finally:
+            logs.reset_run_secrets(secrets)
+            structlog.contextvars.unbind_contextvars("network", "user", "service", "mode")
+
+    async def _save(self, doc: dict[str, Any], lease: Lease, outcome: Outcome, step: Transition,
+                    new_items: int, now: datetime) -> bool:
+        fields: dict[str, Any] = {
+            "scheduledTo": step.scheduled_to,
+            "errors": step.errors,
+            "lastExecution": now,
+            "lastOutcome": {"at": now, "kind": outcome.kind.value, "reason": logs.scrub(step.reason),
+                            "status": outcome.status, "items": outcome.items, "new": new_items},
+        }
+        if step.success:
+            fields.update(mode=step.mode, lastSuccess=now)
+            if step.cursor is not None:
+                fields["cursor"] = step.cursor
+        if step.error is not None:
+            fields["lastError"] = {**step.error, "message": logs.scrub(step.error["message"])}
+        if step.rate_limited_until is not None:
+            fields["rateLimitedUntil"] = step.rate_limited_until
+        if step.disabled:
+            fields.update(disabled=True, disabledReason=logs.scrub(step.reason), disabledAt=now,
+                          unauthorized=step.unauthorized)
+        inc = {"stats.runs": 1, f"stats.{outcome.kind.value}": 1}
+        if new_items:
+            inc["stats.items"] = new_items
+        return await self.store.save_state(doc["_id"], lease, fields, inc=inc)
+
+    async def _attempt(self, doc: dict[str, Any], now: datetime) -> tuple[Outcome, list[Item]]:
+        service = doc.get("service")
+        if not isinstance(service, str) or not service:
+            return Outcome(Kind.PERMANENT, error="malformed",
+                           message="field 'service' must be a non-empty string"), []
+        connector = self.connector(service)
+        if isinstance(connector, Outcome):
+            return connector, []
+        try:
+            network = Network.from_doc(doc, required=connector.required)
+        except Malformed as exc:
+            kind = "missing_credentials" if str(exc).startswith("missing field") else "malformed"
+            return Outcome(Kind.PERMANENT, error=kind, message=str(exc)), []
+        ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
+        try:
+            return await self._call(connector, ctx, now)
+        except RateLimited as exc:
+            return Outcome(Kind.RATE_LIMITED, rate_limit=exc.rate_limit, error="rate_limited", message=str(exc)), []
+        except Unauthorized as exc:
+            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", message=str(exc) or "token refused"), []
+        except Forbidden as exc:
+            return Outcome(Kind.TRANSIENT, error="forbidden", message=str(exc)), []
+        except PermanentError as exc:
+            return Outcome(Kind.PERMANENT, error="malformed", message=str(exc)), []
+        except BadResponse as exc:
+            return Outcome(Kind.TRANSIENT, error="bad_response", message=str(exc)), []
+        except (http.TotalTimeout, httpx.TimeoutException) as exc:
+            return Outcome(Kind.TRANSIENT, error="timeout", message=str(exc) or type(exc).__name__), []
+        except http.TooLarge as exc:
+            return Outcome(Kind.TRANSIENT, error="too_large", message=str(exc)), []
+        except httpx.TransportError as exc:
+            return Outcome(Kind.TRANSIENT, error="connection", message=f"{type(exc).__name__}: {exc}"), []
+        except Exception as exc:  # a bug in a connector must not stop the daemon
+            log.exception("connector raised")
+            return Outcome(Kind.TRANSIENT, error="connector_error", message=f"{type(exc).__name__}: {exc}"), []
+
+    async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
+        request = connector.request(ctx)
+        response = await http.fetch(self.client, request, max_bytes=self.settings.max_body_bytes,
+                                    total_timeout=self.settings.total_timeout)
+        connector.check(ctx, response)
+        status = response.status_code
+        limit = connector.rate_limit(response, now)
+        floor = self.settings.service(ctx.network.service).schedule.rate_limit_floor
+        if status == 304:
+            return Outcome(Kind.NOT_MODIFIED, cursor=None, rate_limit=limit, status=status), []
+        if status == 401:
+            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=status, message=_snippet(response)), []
+        if status in (403, 429):
+            if status == 429 or (limit is not None and limit.resume_at(now, floor) is not None):
+                return Outcome(Kind.RATE_LIMITED, rate_limit=limit or RateLimit(), error="rate_limited",
+                               status=status, message=_snippet(response)), []
+            return Outcome(Kind.TRANSIENT, error="forbidden", status=status, message=_snippet(response)), []
+        if status >= 500 or status == 408:
+            return Outcome(Kind.TRANSIENT, error="http_5xx", status=status, message=_snippet(response),
+                           rate_limit=limit), []
+        if not 200 <= status < 300:
+            return Outcome(Kind.TRANSIENT, error="client_error", status=status, message=_snippet(response)), []
+        try:
+            page = connector.parse(ctx, response)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return Outcome(Kind.TRANSIENT, error="bad_json", status=status, message=f"invalid JSON: {exc}"), []
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return Outcome(Kind.TRANSIENT, error="bad_response", status=status,
+                           message=f"unexpected response shape: {type(exc).__name__}: {exc}"), []
+        limit = limit.merge(page.rate_limit) if limit else page.rate_limit
+        kind = Kind.NOT_MODIFIED if page.not_modified else Kind.PAGE
+        return Outcome(kind, items=len(page.items), cursor=page.cursor, more=page.more, rate_limit=limit,
+                       status=status), list(page.items)

@@ -1,0 +1,115 @@
+"""The network document, read defensively.
+
+Documents are written by people and by other programs: anything may be missing, of the wrong
+type or absurdly large. `Network.from_doc` either returns a valid value or raises `Malformed`
+with a reason fit to show an operator; it never trusts a field it did not check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.config import MODES
+
+MAX_FIELD = 4096  # longest string accepted in an identifying or credential field
+MAX_CURSOR = 64 * 1024
+# fields that hold secrets: never logged, never shown, scrubbed from messages
+SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "clientSecret", "password")
+
+
+class Malformed(ValueError):
+    """The document cannot be run as it is; the message says why."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bson_size(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(len(str(k)) + _bson_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_bson_size(v) for v in value)
+    return len(str(value))
+
+
+@dataclass(frozen=True)
+class Network:
+    id: Any
+    user: Any
+    service: str
+    mode: str
+    cursor: dict[str, Any]
+    errors: int
+    credentials: dict[str, str] = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.credentials.get("accessToken", "")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in self.credentials.values() if v)
+
+    @classmethod
+    def from_doc(cls, doc: Any, required: tuple[str, ...] = ()) -> Network:
+        if not isinstance(doc, dict):
+            raise Malformed(f"document is a {type(doc).__name__}, not an object")
+        if "_id" not in doc:
+            raise Malformed("document has no _id")
+        user = doc.get("user")
+        if user is None or user == "":
+            raise Malformed("missing field 'user'")
+        if not isinstance(user, str | int) and type(user).__name__ != "ObjectId":
+            raise Malformed(f"field 'user' must be a string, integer or ObjectId, got {_short(user)}")
+        if isinstance(user, str) and len(user) > MAX_FIELD:
+            raise Malformed(f"field 'user' is longer than {MAX_FIELD} characters")
+        service = doc.get("service")
+        if not isinstance(service, str) or not service:
+            raise Malformed(f"field 'service' must be a non-empty string, got {_short(service)}")
+        if len(service) > 64:
+            raise Malformed("field 'service' is longer than 64 characters")
+        mode = doc.get("mode", "initial")
+        if mode not in MODES:
+            raise Malformed(f"field 'mode' must be one of {', '.join(MODES)}, got {_short(mode)}")
+        cursor = doc.get("cursor")
+        if cursor is None:
+            cursor = {}
+        if not isinstance(cursor, dict):
+            raise Malformed(f"field 'cursor' must be an object, got {_short(cursor)}")
+        if _bson_size(cursor) > MAX_CURSOR:
+            raise Malformed(f"field 'cursor' is larger than {MAX_CURSOR} bytes")
+        errors = doc.get("errors", 0)
+        if not isinstance(errors, int) or isinstance(errors, bool) or errors < 0:
+            errors = 0  # a counter we own; a junk value restarts it rather than disabling
+        credentials = {}
+        for name in SECRET_FIELDS:
+            value = doc.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise Malformed(f"field '{name}' must be a string")
+            if len(value) > MAX_FIELD:
+                raise Malformed(f"field '{name}' is longer than {MAX_FIELD} characters")
+            credentials[name] = value
+        for name in required:
+            value = doc.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise Malformed(f"missing field '{name}'" if value in (None, "") else f"field '{name}' must be a non-empty string")
+        options = doc.get("options") or {}
+        if not isinstance(options, dict):
+            raise Malformed(f"field 'options' must be an object, got {_short(options)}")
+        return cls(doc["_id"], user, service, mode, cursor, errors, credentials, options)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """MongoDB returns naive UTC datetimes unless the client is tz_aware; normalize."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

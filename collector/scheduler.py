@@ -1,0 +1,193 @@
+"""The loop: claim due networks, run them under concurrency limits, sleep until the next is due.
+
+One Scheduler per process and mode. It claims networks one atomic call at a time while it has
+free slots (a global limit and a per-service limit), runs each claim as a task, and sleeps until
+a slot frees, the next network is due, or the poll interval passes, whichever comes first.
+A database outage never ends the loop: it stops claiming, backs off (capped) and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pymongo.errors import PyMongoError
+
+from collector.config import MODES, Settings
+from collector.executor import Executor, RunResult
+from collector.model import aware, utcnow
+from collector.store import Lease, Store
+
+log = structlog.get_logger("collector.scheduler")
+
+
+def make_owner_id(mode: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{mode}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Stats:
+    """What this process has done since it started (read by the demo, status and metrics)."""
+
+    runs: Counter = field(default_factory=Counter)  # by outcome kind
+    by_service: Counter = field(default_factory=Counter)
+    items_new: int = 0
+    leases_lost: int = 0
+    crashes: int = 0
+
+    def record(self, result: RunResult) -> None:
+        self.runs[result.outcome.kind.value] += 1
+        self.by_service[result.service] += 1
+        self.items_new += result.new_items
+        self.leases_lost += 0 if result.saved else 1
+
+
+class Scheduler:
+    def __init__(self, store: Store, executor: Executor, settings: Settings, mode: str,
+                 owner: str | None = None, clock: Callable[[], datetime] = utcnow):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.store = store
+        self.executor = executor
+        self.settings = settings
+        self.mode = mode
+        self.owner = owner or make_owner_id(mode)
+        self.clock = clock
+        self.stats = Stats()
+        self.inflight: dict[asyncio.Task, tuple[str, Any, Lease]] = {}
+        self.per_service: Counter = Counter()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._last_repair: datetime | None = None
+        self._db_failures = 0
+
+    # -- control --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; `run` returns once in-flight runs are finished (or the grace is over)."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.concurrency)
+        try:
+            while not self.stopping:
+                delay = await self._tick()
+                await self._sleep(delay)
+        finally:
+            await self.drain()
+            log.info("scheduler stopped", owner=self.owner, runs=sum(self.stats.runs.values()),
+                     items=self.stats.items_new)
+
+    async def _tick(self) -> float:
+        """One pass: repair, claim what is due; returns how long to sleep."""
+        try:
+            now = self.clock()
+            await self._maybe_repair(now)
+            paused = await self.store.paused_services(now)
+            await self.fill(now, paused)
+            delay = await self._delay(now)
+            if self._db_failures:
+                log.info("database reachable again", after_failures=self._db_failures)
+                self._db_failures = 0
+            return delay
+        except PyMongoError as exc:
+            self._db_failures += 1
+            schedule = self.settings.schedule
+            delay = min(schedule.backoff_cap, self.settings.poll_interval * 2 ** min(self._db_failures - 1, 10))
+            log.error("database unavailable: not claiming", error=f"{type(exc).__name__}: {exc}",
+                      failures=self._db_failures, retry_in=round(delay, 1))
+            return delay
+
+    async def _maybe_repair(self, now: datetime) -> None:
+        if self._last_repair and (now - self._last_repair).total_seconds() < self.settings.validate_interval:
+            return
+        self._last_repair = now
+        for network_id, what in await self.store.repair(now, MODES):
+            log.warning("network document repaired", network=str(network_id), fields=what)
+
+    def _full_services(self) -> set[str]:
+        return {s for s, n in self.per_service.items() if n >= self.settings.service(s).concurrency}
+
+    async def fill(self, now: datetime, paused: dict[str, datetime] | None = None) -> int:
+        """Claim and start runs while slots are free; returns how many were started."""
+        started = 0
+        while not self.stopping and len(self.inflight) < self.settings.concurrency:
+            exclude = self._full_services() | set(paused or ())
+            claim = await self.store.claim(self.mode, self.owner, now, self.settings.lease_ttl, exclude)
+            if claim is None:
+                break
+            doc, lease = claim
+            service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
+            task = asyncio.create_task(self._run_one(doc, lease), name=f"run-{doc.get('_id')}")
+            self.inflight[task] = (service, doc.get("_id"), lease)
+            self.per_service[service] += 1
+            task.add_done_callback(self._done)
+            started += 1
+        return started
+
+    async def _run_one(self, doc: dict[str, Any], lease: Lease) -> None:
+        try:
+            self.stats.record(await self.executor.run(doc, lease))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a database error while saving: the lease expires, the page re-runs
+            self.stats.crashes += 1
+            log.error("run aborted, its lease will expire", network=str(doc.get("_id")),
+                      error=f"{type(exc).__name__}: {exc}")
+
+    def _done(self, task: asyncio.Task) -> None:
+        service, _id, _lease = self.inflight.pop(task, ("?", None, None))
+        self.per_service[service] -= 1
+        if self.per_service[service] <= 0:
+            del self.per_service[service]
+        self._wake.set()
+
+    async def _delay(self, now: datetime) -> float:
+        poll = self.settings.poll_interval
+        if len(self.inflight) >= self.settings.concurrency:
+            return poll  # woken early by the next completion
+        nxt = await self.store.next_due(self.mode)
+        if nxt is None:
+            return poll
+        ahead = (aware(nxt) - now).total_seconds()
+        return min(poll, ahead) if ahead > 0 else poll
+
+    async def _sleep(self, delay: float) -> None:
+        if self.stopping or delay <= 0:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    async def drain(self) -> None:
+        """Let in-flight runs finish within the grace period; cancel the rest, release their leases."""
+        if not self.inflight:
+            return
+        tasks = list(self.inflight)
+        log.info("waiting for in-flight runs", count=len(tasks), grace=self.settings.shutdown_grace)
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        for task in pending:
+            _service, network_id, lease = self.inflight.get(task, ("?", None, None))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            if lease is not None:
+                with contextlib.suppress(PyMongoError):
+                    await self.store.release(network_id, lease)
+        if pending:
+            log.warning("cancelled runs at shutdown, leases released", count=len(pending))

@@ -1,0 +1,310 @@
+"""The plugin API a connector author sees.
+
+A connector translates one API into pages of items. It builds the request for a cursor and
+parses a response into a `Page`; the engine owns the loop, the HTTP client, the rate limits,
+the retries and the storage. Connectors are discovered only through the entry-point group
+`collector.connectors`: the built-in ones are registered in pyproject.toml the way a third-party
+package registers its own.
+
+    class MyStars(Connector):
+        service = "myapi"
+        api = "MyAPI stars (GET /v1/stars)"
+        default_base_url = "https://api.example.com"
+
+        def request(self, ctx):
+            return Request(f"{self.base_url}/v1/stars", params={"page": ctx.cursor.get("page", 1)},
+                           headers={"Authorization": f"Bearer {ctx.network.token}"})
+
+        def parse(self, ctx, response):
+            data = response.json()
+            ...
+            return Page(items=[...], cursor={"page": n + 1}, more=bool(data["next"]))
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+if TYPE_CHECKING:
+    from collector.config import ServiceSettings
+    from collector.model import Network
+
+ENTRY_POINT_GROUP = "collector.connectors"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One collected thing. `id` is unique per (user, service)."""
+
+    id: str
+    title: str | None = None
+    url: str | None = None
+    author: str | None = None
+    created: datetime | None = None
+    raw: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What an API said about its limits, in one shape the engine acts on.
+
+    `scope="service"` means the limit is app-wide (e.g. one quota per app key): nobody may call
+    the service until it resets, not only this network.
+    """
+
+    remaining: int | None = None
+    limit: int | None = None
+    reset_at: datetime | None = None
+    retry_after: float | None = None
+    scope: str = "network"
+
+    def resume_at(self, now: datetime, floor: int) -> datetime | None:
+        """When calling again is allowed, or None when the API left room for more now."""
+        moments = []
+        if self.retry_after is not None and self.retry_after > 0:
+            moments.append(now + timedelta(seconds=self.retry_after))
+        if self.remaining is not None and self.remaining < floor:
+            moments.append(self.reset_at if self.reset_at and self.reset_at > now else now + timedelta(seconds=60))
+        return max(moments) if moments else None
+
+    def merge(self, other: RateLimit | None) -> RateLimit:
+        """Combine two readings (headers and body): the stricter one of each field wins."""
+        if other is None:
+            return self
+
+        def pick(a, b, fn):
+            return b if a is None else a if b is None else fn(a, b)
+
+        return RateLimit(
+            remaining=pick(self.remaining, other.remaining, min),
+            limit=pick(self.limit, other.limit, max),
+            reset_at=pick(self.reset_at, other.reset_at, max),
+            retry_after=pick(self.retry_after, other.retry_after, max),
+            scope="service" if "service" in (self.scope, other.scope) else "network",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request a connector wants sent. Tokens go in headers, never in the URL."""
+
+    url: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    method: str = "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The result of one request.
+
+    cursor: the connector-owned checkpoint to store (the next request starts from it).
+    more:   another page is waiting right now; False ends the sweep (initial mode switches to
+            normal, normal mode waits for its interval).
+    """
+
+    items: list[Item]
+    cursor: dict[str, Any]
+    more: bool
+    rate_limit: RateLimit | None = None
+    not_modified: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a connector knows about the run in progress."""
+
+    network: Network
+    mode: str
+    cursor: dict[str, Any]
+    now: datetime
+
+
+# -- errors a connector may raise; the executor turns each into an outcome ----------------------
+
+
+class ConnectorError(Exception):
+    """Base class; the message is recorded on the network (never put a token in it)."""
+
+
+class BadResponse(ConnectorError):
+    """The API answered something we cannot use (unexpected shape): a transient failure."""
+
+
+class Unauthorized(ConnectorError):
+    """The token is revoked or invalid: the network becomes unauthorized."""
+
+
+class Forbidden(ConnectorError):
+    """Access refused for another reason than limits: transient, disables after max_errors."""
+
+
+class PermanentError(ConnectorError):
+    """The network document cannot work (e.g. a missing option): the network is disabled."""
+
+
+class RateLimited(ConnectorError):
+    """The API asked us to wait; `rate_limit` says until when."""
+
+    def __init__(self, message: str, rate_limit: RateLimit):
+        super().__init__(message)
+        self.rate_limit = rate_limit
+
+
+class Connector:
+    """Subclass this, set the class attributes, implement `request` and `parse`."""
+
+    service: ClassVar[str]
+    api: ClassVar[str] = ""
+    default_base_url: ClassVar[str] = ""
+    # fields a network document must carry for this connector (checked before any request)
+    required: ClassVar[tuple[str, ...]] = ("accessToken",)
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        self.options = settings.options
+
+    def request(self, ctx: Context) -> Request:
+        raise NotImplementedError
+
+    def parse(self, ctx: Context, response: httpx.Response) -> Page:
+        raise NotImplementedError
+
+    def check(self, ctx: Context, response: httpx.Response) -> None:
+        """Look at any response before the engine's own status handling; raise to classify it
+        (e.g. an API that reports throttling as HTTP 400 with a body field)."""
+
+    def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
+        """Read the API's rate-limit headers; the default knows x-ratelimit-* and Retry-After."""
+        return header_rate_limit(response.headers, now)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+_LINK_RE = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_REL_RE = re.compile(r'rel\s*=\s*"?([^";]+)"?')
+
+
+def links(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
+    """Parse an RFC 8288 Link header into {rel: url}."""
+    value = headers.get("link") or headers.get("Link") or ""
+    out = {}
+    for url, params in _LINK_RE.findall(value):
+        rel = _REL_RE.search(params)
+        if rel:
+            for name in rel.group(1).split():
+                out[name] = url
+    return out
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After in delta-seconds or as an HTTP date, as seconds from now (None if absent/invalid)."""
+    if value is None:
+        return None
+    value = value.strip()
+    seconds = _int(value)
+    if seconds is not None:
+        return float(max(seconds, 0))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+MAX_WAIT = timedelta(days=2)  # an API never makes us wait longer: absurd headers are clamped
+
+
+def epoch(value: str | int | float | None, now: datetime) -> datetime | None:
+    """A reset given as Unix seconds, clamped to [now, now + 2 days]."""
+    seconds = _int(value) if not isinstance(value, int | float) else int(value)
+    if seconds is None:
+        return None
+    try:
+        when = datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return now + MAX_WAIT
+    return min(max(when, now), now + MAX_WAIT)
+
+
+def header_rate_limit(headers: httpx.Headers, now: datetime) -> RateLimit | None:
+    """GitHub-style x-ratelimit-remaining/limit/reset (Unix seconds) plus Retry-After."""
+    remaining = _int(headers.get("x-ratelimit-remaining"))
+    after = retry_after(headers.get("retry-after"), now)
+    if remaining is None and after is None:
+        return None
+    if after is not None:
+        after = min(after, MAX_WAIT.total_seconds())
+    return RateLimit(
+        remaining=remaining,
+        limit=_int(headers.get("x-ratelimit-limit")),
+        reset_at=epoch(headers.get("x-ratelimit-reset"), now),
+        retry_after=after,
+    )
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 strings and Unix seconds to aware UTC datetimes; None for anything else."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registered:
+    service: str
+    cls: type[Connector] | None
+    package: str | None
+    version: str | None
+    error: str | None = None
+
+
+def discover() -> dict[str, Registered]:
+    """Every connector installed under the entry-point group; a broken plugin is reported, not fatal."""
+    found: dict[str, Registered] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        package = dist.name if dist else None
+        version = dist.version if dist else None
+        try:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Connector)):
+                raise TypeError(f"{ep.value} is not a collector.sdk.Connector subclass")
+            if getattr(cls, "service", None) != ep.name:
+                raise TypeError(f"{ep.value}.service must be {ep.name!r} (its entry-point name)")
+            found[ep.name] = Registered(ep.name, cls, package, version)
+        except Exception as exc:  # a plugin that fails to import must not take the daemon down
+            found[ep.name] = Registered(ep.name, None, package, version, f"{type(exc).__name__}: {exc}")
+    return found

@@ -1,0 +1,159 @@
+"""The state machine: pure functions, no I/O.
+
+A run ends in one `Outcome`; `transition(state, outcome, now, schedule)` gives the next state of
+the network and why. Every row of the table below is a unit test (tests/unit/test_states.py).
+
+| outcome       | condition          | next mode | next due                              | errors | disabled          |
+|---------------|--------------------|-----------|---------------------------------------|--------|-------------------|
+| page          | more pages waiting | same      | now + initial_pace                    | 0      | -                 |
+| page          | initial, no more   | normal    | now + normal_interval                 | 0      | -                 |
+| page          | normal, no more    | normal    | now + normal_interval                 | 0      | -                 |
+| not_modified  | 304                | normal    | now + normal_interval                 | 0      | -                 |
+| (any success) | rate limit low     | as above  | max(above, reset + slack)             | 0      | -                 |
+| rate_limited  | 403/429/body       | same      | resume_at + slack (never earlier)     | same   | -                 |
+| unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
+| transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | at max_errors     |
+| permanent     | bad input          | same      | never                                 | same   | yes               |
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import pendulum
+
+from collector.config import Schedule
+from collector.sdk import RateLimit
+
+
+class Kind(StrEnum):
+    PAGE = "page"
+    NOT_MODIFIED = "not_modified"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+# error kinds recorded in lastError.kind
+TRANSIENT_KINDS = (
+    "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large", "forbidden",
+    "client_error", "connector_error",
+)
+PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    items: int = 0
+    cursor: dict[str, Any] | None = None  # the new cursor (PAGE only); None keeps the old one
+    more: bool = False
+    rate_limit: RateLimit | None = None
+    error: str | None = None  # one of TRANSIENT_KINDS / PERMANENT_KINDS, or "rate_limited"/"unauthorized"
+    status: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class State:
+    mode: str
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    mode: str
+    scheduled_to: datetime | None  # None: never due until an operator acts
+    errors: int
+    reason: str
+    success: bool
+    cursor: dict[str, Any] | None = None
+    disabled: bool = False
+    unauthorized: bool = False
+    rate_limited_until: datetime | None = None
+    service_paused_until: datetime | None = None
+    error: dict[str, Any] | None = field(default=None)
+
+
+def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
+    factor = 1.0 + rng.uniform(-jitter, jitter) if jitter else 1.0
+    return pendulum.duration(seconds=max(seconds * factor, 0.0))
+
+
+def backoff(errors: int, schedule: Schedule) -> float:
+    """Seconds to wait after the n-th consecutive transient failure (n >= 1), capped."""
+    exponent = min(max(errors - 1, 0), 32)
+    return min(schedule.backoff_cap, schedule.backoff_base * (2**exponent))
+
+
+def _after_limit(rate_limit: RateLimit | None, now: datetime, schedule: Schedule,
+                 rng: random.Random) -> datetime | None:
+    if rate_limit is None:
+        return None
+    resume = rate_limit.resume_at(now, schedule.rate_limit_floor)
+    if resume is None:
+        return None
+    spread = rng.uniform(0, schedule.jitter * 10) if schedule.jitter else 0.0  # never before the reset
+    return resume + pendulum.duration(seconds=schedule.rate_limit_slack + spread)
+
+
+def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule,
+               rng: random.Random | None = None) -> Transition:
+    """The next state of a network after a run that ended in `outcome`."""
+    rng = rng or random.Random()
+    error = None
+    if outcome.error:
+        error = {"at": now, "kind": outcome.error, "status": outcome.status, "message": outcome.message}
+
+    if outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):
+        if outcome.kind is Kind.PAGE and outcome.more:
+            mode, due = state.mode, now + _jittered(schedule.initial_pace, schedule.jitter, rng)
+            reason = f"{outcome.items} items, more pages waiting"
+        else:
+            mode, due = "normal", now + _jittered(schedule.normal_interval, schedule.jitter, rng)
+            if outcome.kind is Kind.NOT_MODIFIED:
+                reason = "not modified (304)"
+            elif state.mode == "initial":
+                reason = f"{outcome.items} items, history exhausted: switching to normal"
+            else:
+                reason = f"{outcome.items} items, caught up" if outcome.items else "nothing new"
+        limited = _after_limit(outcome.rate_limit, now, schedule, rng)
+        if limited and limited > due:
+            due = limited
+            reason += f"; rate limit low, resuming at {limited.isoformat()}"
+        service_pause = limited if limited and outcome.rate_limit and outcome.rate_limit.scope == "service" else None
+        return Transition(mode, due, 0, reason, True, cursor=outcome.cursor,
+                          rate_limited_until=limited, service_paused_until=service_pause)
+
+    if outcome.kind is Kind.RATE_LIMITED:
+        limited = _after_limit(outcome.rate_limit, now, schedule, rng)
+        if limited is None:  # told to wait without saying how long: a conservative minute
+            limited = now + pendulum.duration(seconds=60 + schedule.rate_limit_slack)
+        scope = outcome.rate_limit.scope if outcome.rate_limit else "network"
+        reason = f"rate limited ({outcome.message or outcome.status}), resuming at {limited.isoformat()}"
+        return Transition(state.mode, limited, state.errors, reason, False, rate_limited_until=limited,
+                          service_paused_until=limited if scope == "service" else None, error=error)
+
+    if outcome.kind is Kind.UNAUTHORIZED:
+        reason = f"unauthorized: {outcome.message or 'the API refused the token'}"
+        return Transition(state.mode, None, state.errors, reason, False, disabled=True,
+                          unauthorized=True, error=error)
+
+    if outcome.kind is Kind.PERMANENT:
+        reason = f"{outcome.error}: {outcome.message}"
+        return Transition(state.mode, None, state.errors, reason, False, disabled=True, error=error)
+
+    # transient
+    errors = state.errors + 1
+    if errors >= schedule.max_errors:
+        reason = f"disabled after {errors} consecutive failures; last: {outcome.error}: {outcome.message}"
+        return Transition(state.mode, None, errors, reason, False, disabled=True, error=error)
+    delay = backoff(errors, schedule)
+    due = now + _jittered(delay, schedule.jitter, rng)
+    reason = f"{outcome.error}: {outcome.message}; retry {errors}/{schedule.max_errors - 1} in {delay:.0f}s"
+    return Transition(state.mode, due, errors, reason, False, error=error)

@@ -1,0 +1,74 @@
+"""GitHub: the authenticated user's starred repositories (GET /user/starred).
+
+Link-header pagination with per_page=100, newest star first; the star+json media type adds
+`starred_at`. Normal mode sends If-None-Match with the ETag of the last first page: a 304
+costs no quota. Limits: x-ratelimit-* headers (engine default), secondary limits as 403/429
+with Retry-After, or a 403 whose message says so (then wait at least a minute, per GitHub).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from collector.sdk import (
+    BadResponse,
+    Connector,
+    Context,
+    Item,
+    Page,
+    RateLimit,
+    RateLimited,
+    Request,
+    links,
+    parse_time,
+)
+from connectors._incremental import sweep
+
+
+class GitHubStarred(Connector):
+    service = "github"
+    api = "GitHub REST API: starred repositories (GET /user/starred)"
+    default_base_url = "https://api.github.com"
+
+    def request(self, ctx: Context) -> Request:
+        headers = {
+            "Authorization": f"Bearer {ctx.network.token}",
+            "Accept": "application/vnd.github.star+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+        }
+        nxt = ctx.cursor.get("next")
+        if nxt:
+            if not str(nxt).startswith(self.base_url + "/"):
+                raise BadResponse("stored next-page link points outside the configured base URL")
+            return Request(str(nxt), headers=headers)
+        if ctx.mode == "normal" and ctx.cursor.get("etag"):
+            headers["If-None-Match"] = ctx.cursor["etag"]
+        params = {"per_page": 100, "sort": "created", "direction": "desc"}
+        return Request(f"{self.base_url}/user/starred", params=params, headers=headers)
+
+    def check(self, ctx: Context, response: httpx.Response) -> None:
+        if response.status_code in (403, 429) and b"secondary rate limit" in response.content[:2000].lower():
+            raise RateLimited("secondary rate limit", RateLimit(retry_after=60.0))
+
+    def parse(self, ctx: Context, response: httpx.Response) -> Page:
+        data = response.json()
+        if not isinstance(data, list):
+            raise BadResponse(f"expected a list of starred repositories, got {type(data).__name__}")
+        items = []
+        for entry in data:
+            repo = entry.get("repo", entry)  # star+json wraps {starred_at, repo}
+            items.append(Item(
+                id=str(repo["id"]),
+                title=repo.get("full_name"),
+                url=repo.get("html_url"),
+                author=(repo.get("owner") or {}).get("login"),
+                created=parse_time(entry.get("starred_at")) or parse_time(repo.get("created_at")),
+                raw=entry,
+            ))
+        nxt = links(response.headers).get("next")
+        if nxt and not nxt.startswith(self.base_url + "/"):
+            raise BadResponse("Link header points outside the configured base URL")
+        first = ctx.cursor.get("next") is None
+        etag = response.headers.get("etag") if first else ctx.cursor.get("etag")
+        fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode, keep={"etag": etag} if etag else {})
+        return Page(items=fresh, cursor=cursor, more=more)

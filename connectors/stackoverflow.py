@@ -1,0 +1,103 @@
+"""Stack Overflow: the user's favorites (bookmarks), Stack Exchange API 2.3 `GET /me/favorites`.
+
+pagesize=100, page=N, `has_more`; newest favorite first (sort=added), normal mode stops at the
+first known question. Every response is gzip'd (decoded by the engine). Limits are in the body:
+`quota_remaining` is the daily quota of the app key (app-wide: at 0 the whole service pauses
+until midnight UTC) and `backoff` asks every caller of the method to wait N seconds. Errors come
+as HTTP 400 with an `error_id` (502 throttle_violation, 401-406 token problems).
+The access token travels in the X-API-Access-Token header, never in the URL; the app key is not
+a secret (Stack Exchange says so) and goes in the `key` parameter.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import datetime, timedelta
+
+import httpx
+
+from collector.sdk import (
+    Connector,
+    Context,
+    Item,
+    Page,
+    RateLimit,
+    RateLimited,
+    Request,
+    Unauthorized,
+    parse_time,
+)
+from connectors._incremental import sweep
+
+TOKEN_ERRORS = {401, 402, 403, 406}  # access_token_required, invalid, access_denied, compromised
+THROTTLE = 502
+
+
+def _midnight_after(now: datetime) -> datetime:
+    return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+class StackOverflowFavorites(Connector):
+    service = "stackoverflow"
+    api = "Stack Exchange API 2.3: favorites (GET /me/favorites)"
+    default_base_url = "https://api.stackexchange.com/2.3"
+
+    def request(self, ctx: Context) -> Request:
+        params = {
+            "site": ctx.network.options.get("site") or self.options.get("site", "stackoverflow"),
+            "pagesize": 100,
+            "page": int(ctx.cursor.get("next") or 1),
+            "sort": "added",
+            "order": "desc",
+        }
+        if self.options.get("key"):
+            params["key"] = self.options["key"]
+        return Request(f"{self.base_url}/me/favorites", params=params,
+                       headers={"X-API-Access-Token": ctx.network.token})
+
+    def check(self, ctx: Context, response: httpx.Response) -> None:
+        if response.status_code < 400 or not response.content.lstrip().startswith(b"{"):
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            return
+        error_id = body.get("error_id") if isinstance(body, dict) else None
+        message = f"{body.get('error_name')}: {body.get('error_message')}" if error_id else ""
+        if error_id in TOKEN_ERRORS:
+            raise Unauthorized(message)
+        if error_id == THROTTLE:
+            wait = re.search(r"available in (\d+) seconds", str(body.get("error_message")))
+            raise RateLimited(message, RateLimit(retry_after=float(wait.group(1)) if wait else 60.0,
+                                                 scope="service"))
+
+    def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
+        return None  # Stack Exchange reports limits in the body: see parse
+
+    def parse(self, ctx: Context, response: httpx.Response) -> Page:
+        body = response.json()
+        items = [
+            Item(
+                id=str(q["question_id"]),
+                title=html.unescape(q.get("title") or ""),
+                url=q.get("link") or f"https://stackoverflow.com/q/{q['question_id']}",
+                author=html.unescape((q.get("owner") or {}).get("display_name") or "") or None,
+                created=parse_time(q.get("creation_date")),
+                raw=q,
+            )
+            for q in body["items"]
+        ]
+        page = int(ctx.cursor.get("next") or 1)
+        nxt = page + 1 if body.get("has_more") else None
+        fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode)
+        limit = None
+        if "quota_remaining" in body or "backoff" in body:
+            limit = RateLimit(
+                remaining=body.get("quota_remaining"),
+                limit=body.get("quota_max"),
+                reset_at=_midnight_after(ctx.now),
+                retry_after=float(body["backoff"]) if body.get("backoff") else None,
+                scope="service",
+            )
+        return Page(items=fresh, cursor=cursor, more=more, rate_limit=limit)

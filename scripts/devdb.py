@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Throwaway MongoDB-compatible database for tests: FerretDB v1 with the SQLite backend.
+
+Uses $MONGODB_URI as is when set. Otherwise builds FerretDB once into $COLLECTOR_CACHE_DIR/ferretdb-v1.24.2
+(default ~/.cache/collector/...), not with `go install` (that binary panics: the module lacks the
+generated build/version/version.txt) but by `go build` of a copy of the module source plus version.txt.
+Importable: start_server() -> Server (.uri, .stop()).
+  run -- CMD ARGS...    start, run CMD with MONGODB_URI set, stop; exit with CMD's code
+  start --state-file F  start detached, write {uri, pid, dir} to F, print the URI
+  stop --state-file F   stop that server, remove its temporary directory
+  uri                   print $MONGODB_URI (exit 1 if unset)
+  build                 build (or find the cached) ferretdb binary, print its path
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import DEVNULL, PIPE, STDOUT, Popen
+
+VERSION = "v1.24.2"
+MODULE = "github.com/FerretDB/FerretDB"
+TMP_PREFIX = "collector-devdb-"
+
+
+class DevDBError(RuntimeError):
+    """A failure with a one-line, human-readable reason."""
+
+
+def _works(binary: Path) -> bool:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and f"version: {VERSION}" in out.stdout
+
+
+def _go_build(binary: Path) -> None:
+    if (go_bin := shutil.which("go")) is None:
+        raise DevDBError("'go' not found on PATH: install Go to build FerretDB, or set MONGODB_URI")
+    log_path = binary.parent / "build.log"
+    env = {**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly"}
+    with tempfile.TemporaryDirectory(prefix="ferretdb-build-") as tmp, log_path.open("w") as log:
+
+        def go(*args: str, cwd: str | Path = tmp) -> str:
+            res = subprocess.run([go_bin, *args], cwd=cwd, env=env, stdout=PIPE, stderr=log, text=True)
+            if res.returncode:
+                log.flush()
+                last = (log_path.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+                raise DevDBError(f"FerretDB build failed (go {args[0]}): {last.strip()} (log: {log_path})")
+            return res.stdout
+
+        src = Path(tmp, "src")
+        shutil.copytree(json.loads(go("mod", "download", "-json", f"{MODULE}@{VERSION}"))["Dir"], src)
+        for root, _dirs, _files in os.walk(src):  # the module cache is read-only
+            os.chmod(root, 0o755)
+        (src / "build" / "version" / "version.txt").write_text(VERSION + "\n")
+        partial = binary.with_name(f".ferretdb.{os.getpid()}.tmp")
+        go("build", "-buildvcs=false", "-o", str(partial), "./cmd/ferretdb", cwd=src)
+        os.replace(partial, binary)  # atomic: a half-written binary is never visible
+
+
+def build() -> Path:
+    """Return the path of a working ferretdb binary, building it first if needed."""
+    cache = os.environ.get("COLLECTOR_CACHE_DIR") or Path.home() / ".cache" / "collector"
+    binary = Path(cache).expanduser() / f"ferretdb-{VERSION}" / "ferretdb"
+    if _works(binary):
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with (binary.parent / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time, e.g. for parallel test workers
+        pgrep = ["pgrep", "-f", f"go (install|build) .*ferretdb@{VERSION}"]
+        for _ in range(1800):  # a build started by hand (e.g. `go install`): wait up to 30 min for it
+            if not shutil.which("pgrep") or subprocess.run(pgrep, stdout=DEVNULL).returncode:
+                break
+            time.sleep(1)
+        if not _works(binary):
+            print(f"devdb: building FerretDB {VERSION} into {binary.parent} ...", file=sys.stderr)
+            _go_build(binary)
+    return binary
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"  # zombie == dead
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, proc: Popen[bytes] | None = None, grace: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while (proc.poll() is None if proc else _alive(pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None if proc else _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    if proc:
+        proc.wait()
+
+
+@dataclass
+class Server:
+    uri: str
+    pid: int | None = None  # None: the external $MONGODB_URI server, never stopped by us
+    dir: Path | None = None
+    _proc: Popen[bytes] | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            cmdline = Path(f"/proc/{self.pid}/cmdline")
+            if self._proc or not cmdline.exists() or b"ferretdb" in cmdline.read_bytes():  # pid reused?
+                _terminate(self.pid, self._proc)
+        if self.dir is not None and self.dir.name.startswith(TMP_PREFIX):
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.pid = self.dir = self._proc = None
+
+
+def _ping(uri: str, port: int) -> None:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    try:
+        from pymongo import MongoClient
+    except ImportError:
+        return  # the TCP connect has to do
+    with MongoClient(uri, directConnection=True, serverSelectionTimeoutMS=1000) as client:
+        client.admin.command("ping")
+
+
+def start_server(timeout: float = 30.0) -> Server:
+    """Use $MONGODB_URI if set, else start a fresh FerretDB; it runs until .stop(), even past our exit."""
+    if uri := os.environ.get("MONGODB_URI"):
+        return Server(uri=uri)
+    binary, tmp, proc = build(), Path(tempfile.mkdtemp(prefix=TMP_PREFIX)), None
+    log_path = tmp / "ferretdb.log"
+    try:
+        (tmp / "data").mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        cmd = [binary, "--handler=sqlite", f"--sqlite-url=file:{tmp / 'data'}/", "--telemetry=disable"]
+        cmd += [f"--listen-addr=127.0.0.1:{port}", "--debug-addr=-", f"--state-dir={tmp}"]
+        with log_path.open("wb") as log:  # own session: no Ctrl-C from the terminal, survives `start`
+            proc = Popen(cmd, cwd=tmp, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True)
+        uri, deadline, why = f"mongodb://127.0.0.1:{port}/", time.monotonic() + timeout, "no answer"
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                _ping(uri, port)
+                return Server(uri=uri, pid=proc.pid, dir=tmp, _proc=proc)
+            except Exception as exc:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            why = f"exited with code {proc.returncode}"
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise DevDBError(f"ferretdb did not start ({why}); end of {log_path}:\n{tail}")
+    except BaseException:
+        if proc is not None:
+            _terminate(proc.pid, proc, grace=5)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cmd_run(cmd: list[str]) -> int:
+    cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
+    if not cmd:
+        raise DevDBError("usage: devdb.py run -- CMD ARGS...")
+    child: Popen[bytes] | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if child is None or child.poll() is not None:
+            raise SystemExit(128 + signum)  # the finally/except blocks clean up
+        child.send_signal(signum)  # let CMD shut down; the server is stopped once it exits
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    server, rc = start_server(), 130
+    try:
+        child = Popen(cmd, env={**os.environ, "MONGODB_URI": server.uri})
+        rc = child.wait()
+    except FileNotFoundError:
+        print(f"devdb: error: command not found: {cmd[0]}", file=sys.stderr)
+        rc = 127
+    except KeyboardInterrupt:
+        pass  # CMD got the terminal's SIGINT too: give it a moment to finish
+    finally:
+        if child is not None:
+            try:
+                child.wait(10)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                _terminate(child.pid, child, grace=5)
+            rc = child.returncode
+        server.stop()
+    return rc if rc >= 0 else 128 - rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run").add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("start").add_argument("--state-file", type=Path, required=True)
+    sub.add_parser("stop").add_argument("--state-file", type=Path, required=True)
+    sub.add_parser("uri")
+    sub.add_parser("build")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args.cmd)
+        if args.command == "start":
+            pid = json.loads(args.state_file.read_text()).get("pid") if args.state_file.exists() else None
+            if pid and _alive(pid):
+                raise DevDBError(f"{args.state_file} describes a running server (pid {pid}); `stop` it first")
+            server = start_server()
+            state = {"uri": server.uri, "pid": server.pid, "dir": str(server.dir) if server.dir else None}
+            try:
+                args.state_file.write_text(json.dumps(state) + "\n")
+            except BaseException:
+                server.stop()
+                raise
+            print(server.uri)
+            return 0
+        if args.command == "stop":
+            st = json.loads(args.state_file.read_text())
+            Server(st["uri"], st.get("pid"), Path(st["dir"]) if st.get("dir") else None).stop()
+            args.state_file.unlink()
+            return 0
+        if args.command == "build":
+            print(build())
+        elif uri := os.environ.get("MONGODB_URI"):
+            print(uri)
+        return 0 if args.command == "build" or uri else 1
+    except (DevDBError, OSError, ValueError) as exc:
+        print(f"devdb: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
