@@ -70,18 +70,19 @@ class Settings:
         return self.services.get(name) or ServiceSettings(name=name, schedule=self.schedule)
 
 
-def config_dirs() -> list[Path]:
+def config_dirs(environ: dict[str, str] | None = None) -> list[Path]:
     """Where TOML files are looked up, first found wins per file name."""
+    environ = os.environ if environ is None else environ
     dirs = []
-    if os.environ.get("COLLECTOR_CONFIG_DIR"):
-        dirs.append(Path(os.environ["COLLECTOR_CONFIG_DIR"]))
+    if environ.get("COLLECTOR_CONFIG_DIR"):
+        dirs.append(Path(environ["COLLECTOR_CONFIG_DIR"]))
     dirs.append(Path(__file__).resolve().parent.parent / "config")
     dirs.append(Path("/etc/collector"))
     return dirs
 
 
-def _find(name: str) -> Path | None:
-    for d in config_dirs():
+def _find(name: str, environ: dict[str, str]) -> Path | None:
+    for d in config_dirs(environ):
         if (d / name).is_file():
             return d / name
     return None
@@ -209,7 +210,7 @@ def load(
     tree: dict[str, Any] = {}
     sources = []
     for name in ("default.toml", f"{env}.toml"):
-        path = _find(name)
+        path = _find(name, environ)
         if path is None:
             continue
         try:

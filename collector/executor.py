@@ -150,8 +150,7 @@ class Executor:
         try:
             network = Network.from_doc(doc, required=connector.required)
         except Malformed as exc:
-            kind = "missing_credentials" if str(exc).startswith("missing field") else "malformed"
-            return Outcome(Kind.PERMANENT, error=kind, message=str(exc)), []
+            return Outcome(Kind.PERMANENT, error=exc.kind, message=str(exc)), []
         ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
         try:
             return await self._call(connector, ctx, now)

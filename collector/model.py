@@ -20,7 +20,11 @@ SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "clientSecr
 
 
 class Malformed(ValueError):
-    """The document cannot be run as it is; the message says why."""
+    """The document cannot be run as it is; the message says why, `kind` names the state."""
+
+    def __init__(self, message: str, kind: str = "malformed"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _short(value: Any) -> str:
@@ -99,7 +103,9 @@ class Network:
         for name in required:
             value = doc.get(name)
             if not isinstance(value, str) or not value.strip():
-                raise Malformed(f"missing field '{name}'" if value in (None, "") else f"field '{name}' must be a non-empty string")
+                if value in (None, ""):
+                    raise Malformed(f"missing field '{name}'", kind="missing_credentials")
+                raise Malformed(f"field '{name}' must be a non-empty string")
         options = doc.get("options") or {}
         if not isinstance(options, dict):
             raise Malformed(f"field 'options' must be an object, got {_short(options)}")

@@ -1,0 +1,201 @@
+"""Every failure ends in a documented state with its reason; nothing escapes the executor."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+
+from collector import sdk
+from collector.executor import Executor
+from collector.states import Kind
+from collector.store import Store
+from tests.conftest import make_settings
+
+BASE = "https://fake.test"
+TOKEN = "tok_verysecret_123456"
+
+
+class Fake(sdk.Connector):
+    service = "fake"
+    api = "a fake API for engine tests"
+    default_base_url = BASE
+
+    def request(self, ctx):
+        if ctx.cursor.get("explode"):
+            raise RuntimeError(f"connector bug with {ctx.network.token}")
+        return sdk.Request(f"{self.base_url}/items", params={"page": ctx.cursor.get("next", 1)},
+                           headers={"Authorization": f"Bearer {ctx.network.token}"})
+
+    def parse(self, ctx, response):
+        data = response.json()
+        items = [sdk.Item(id=str(x["id"]), title=x.get("t")) for x in data["items"]]
+        return sdk.Page(items=items, cursor={"next": data["next"]} if data["next"] else {}, more=bool(data["next"]))
+
+
+REGISTRY = {"fake": sdk.Registered("fake", Fake, "tests", "0"),
+            "broken": sdk.Registered("broken", None, "brokenpkg", "1.0", "ImportError: no module named x")}
+
+
+@pytest.fixture
+def settings():
+    return make_settings(http={"max_body_bytes": 1000, "total_timeout": 1.0})
+
+
+@pytest.fixture
+async def env(mock_db, settings, clock, rng):
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    async with httpx.AsyncClient() as client:
+        yield store, Executor(store, client, settings, REGISTRY, clock=clock, rng=rng)
+
+
+async def run(env, clock, **doc):
+    store, executor = env
+    base = {"user": "u1", "service": "fake", "accessToken": TOKEN, "mode": "initial",
+            "scheduledTo": clock.now, "errors": 0}
+    base.update(doc)
+    await store.networks.insert_one(base)
+    doc, lease = await store.claim(base["mode"], "me", clock.now, 60)
+    result = await executor.run(doc, lease)
+    return result, await store.networks.find_one({"_id": doc["_id"]})
+
+
+def page(n_items=2, nxt=None):
+    return httpx.Response(200, json={"items": [{"id": i, "t": f"item {i}"} for i in range(n_items)], "next": nxt})
+
+
+@respx.mock
+async def test_page_then_state(env, clock, mock_db):
+    respx.get(f"{BASE}/items").mock(return_value=page(3, nxt=2))
+    result, net = await run(env, clock)
+    assert result.outcome.kind is Kind.PAGE and result.new_items == 3 and result.saved
+    assert net["cursor"] == {"next": 2} and net["mode"] == "initial" and "lease" not in net
+    assert net["lastOutcome"]["kind"] == "page" and net["stats"] == {"runs": 1, "page": 1, "items": 3}
+    assert await mock_db.items.count_documents({"user": "u1", "service": "fake"}) == 3
+    item = await mock_db.items.find_one({"itemId": "0"})
+    assert item["network"] == net["_id"] and item["title"] == "item 0" and item["collectedAt"] == clock.now
+
+
+@pytest.mark.parametrize("response, kind, error", [
+    (httpx.Response(500, text="oops"), Kind.TRANSIENT, "http_5xx"),
+    (httpx.Response(502), Kind.TRANSIENT, "http_5xx"),
+    (httpx.Response(200, text="{not json"), Kind.TRANSIENT, "bad_json"),
+    (httpx.Response(200, json={"unexpected": True}), Kind.TRANSIENT, "bad_response"),
+    (httpx.Response(200, json=[1, 2]), Kind.TRANSIENT, "bad_response"),
+    (httpx.Response(404, text="gone"), Kind.TRANSIENT, "client_error"),
+    (httpx.Response(403, text="forbidden"), Kind.TRANSIENT, "forbidden"),
+    (httpx.Response(401, json={"message": "Bad credentials"}), Kind.UNAUTHORIZED, "unauthorized"),
+    (httpx.Response(429), Kind.RATE_LIMITED, "rate_limited"),
+    (httpx.Response(200, content=b"x" * 5000), Kind.TRANSIENT, "too_large"),
+])
+@respx.mock
+async def test_http_outcomes(env, clock, response, kind, error):
+    respx.get(f"{BASE}/items").mock(return_value=response)
+    result, net = await run(env, clock)
+    assert result.outcome.kind is kind
+    assert net["lastError"]["kind"] == error and net["lastError"]["message"]
+    assert "lease" not in net
+    if kind is Kind.TRANSIENT:
+        assert net["errors"] == 1 and net["scheduledTo"] > clock.now and not net.get("disabled")
+    if kind is Kind.UNAUTHORIZED:
+        assert net["disabled"] and net["unauthorized"] and net["scheduledTo"] is None
+        assert "Bad credentials" in net["disabledReason"]
+
+
+@pytest.mark.parametrize("exc, error", [
+    (httpx.ConnectError("refused"), "connection"),
+    (httpx.ReadTimeout("slow"), "timeout"),
+    (httpx.RemoteProtocolError("reset"), "connection"),
+])
+@respx.mock
+async def test_transport_failures(env, clock, exc, error):
+    respx.get(f"{BASE}/items").mock(side_effect=exc)
+    result, net = await run(env, clock)
+    assert result.outcome.kind is Kind.TRANSIENT and net["lastError"]["kind"] == error and net["errors"] == 1
+
+
+@respx.mock
+async def test_total_timeout_bounds_a_slow_response(env, clock):
+    import asyncio
+
+    async def slow(request):
+        await asyncio.sleep(5)
+        return page()
+
+    respx.get(f"{BASE}/items").mock(side_effect=slow)
+    result, net = await run(env, clock)
+    assert net["lastError"]["kind"] == "timeout" and "1s" in net["lastError"]["message"]
+
+
+@respx.mock
+async def test_gzip_body_over_the_cap_is_cut_off(env, clock):
+    import gzip
+
+    bomb = gzip.compress(b" " * 100_000)  # 100 kB of spaces, ~100 bytes compressed
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(200, content=bomb,
+                                                                headers={"content-encoding": "gzip"}))
+    _result, net = await run(env, clock)
+    assert net["lastError"]["kind"] == "too_large"
+
+
+async def test_fifth_failure_in_a_row_disables(env, clock):
+    with respx.mock:
+        respx.get(f"{BASE}/items").mock(return_value=httpx.Response(503))
+        _result, net = await run(env, clock, errors=4)
+    assert net["disabled"] and net["errors"] == 5 and net["scheduledTo"] is None
+    assert "5 consecutive failures" in net["disabledReason"]
+
+
+@pytest.mark.parametrize("doc, error, words", [
+    ({"service": "nope"}, "unknown_service", "no connector for service 'nope'"),
+    ({"service": "broken"}, "bad_connector", "ImportError"),
+    ({"accessToken": None}, "missing_credentials", "missing field 'accessToken'"),
+    ({"accessToken": ""}, "missing_credentials", "missing field 'accessToken'"),
+    ({"accessToken": 12345}, "malformed", "accessToken"),
+    ({"user": None}, "malformed", "user"),
+    ({"user": {"$junk": [1]}}, "malformed", "user"),
+    ({"service": 42}, "malformed", "service"),
+    ({"cursor": "page-3"}, "malformed", "cursor"),
+    ({"options": [1]}, "malformed", "options"),
+    ({"accessToken": "x" * 10_000}, "malformed", "longer than"),
+])
+async def test_bad_documents_are_disabled_with_the_reason(env, clock, doc, error, words):
+    result, net = await run(env, clock, **doc)
+    assert result.outcome.kind is Kind.PERMANENT
+    assert net["disabled"] and net["scheduledTo"] is None and "lease" not in net
+    assert net["lastError"]["kind"] == error and words in net["disabledReason"]
+
+
+async def test_connector_bug_is_a_transient_failure_and_the_token_is_scrubbed(env, clock):
+    result, net = await run(env, clock, cursor={"explode": True})
+    assert result.outcome.kind is Kind.TRANSIENT and net["lastError"]["kind"] == "connector_error"
+    assert "RuntimeError" in net["lastError"]["message"]
+    assert TOKEN not in json.dumps(net["lastError"], default=str) and TOKEN not in net["lastOutcome"]["reason"]
+
+
+@respx.mock
+async def test_error_body_echoing_the_token_is_scrubbed(env, clock):
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(500, text=f"bad token {TOKEN}"))
+    _result, net = await run(env, clock)
+    assert TOKEN not in net["lastError"]["message"] and "[redacted]" in net["lastError"]["message"]
+
+
+@respx.mock
+async def test_lost_lease_drops_the_state_but_keeps_the_items(env, clock, mock_db):
+    store, executor = env
+    respx.get(f"{BASE}/items").mock(return_value=page(2, nxt=2))
+    await store.networks.insert_one({"user": "u1", "service": "fake", "accessToken": TOKEN, "mode": "initial",
+                                     "scheduledTo": clock.now})
+    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    # the lease expires and another process claims the network meanwhile
+    clock.advance(61)
+    other = await store.claim("initial", "other", clock.now, 60)
+    assert other is not None
+    result = await executor.run(doc, lease)
+    assert not result.saved
+    net = await store.networks.find_one({"_id": doc["_id"]})
+    assert net["lease"]["owner"] == "other" and "cursor" not in net
+    assert await mock_db.items.count_documents({}) == 2

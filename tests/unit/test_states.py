@@ -1,0 +1,156 @@
+"""The state machine, row by row (see the table in collector/states.py)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from collector.config import Schedule
+from collector.sdk import RateLimit
+from collector.states import Kind, Outcome, State, backoff, transition
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+S = Schedule(initial_pace=2.0, normal_interval=900.0, backoff_base=30.0, backoff_cap=3600.0, max_errors=5,
+             rate_limit_floor=1, jitter=0.0, rate_limit_slack=2.0)
+
+
+def step(mode: str, outcome: Outcome, errors: int = 0, schedule: Schedule = S):
+    return transition(State(mode, errors), outcome, NOW, schedule, random.Random(1))
+
+
+def secs(when: datetime | None) -> float:
+    assert when is not None
+    return (when - NOW).total_seconds()
+
+
+@pytest.mark.parametrize("mode", ["initial", "normal"])
+def test_page_with_more_stays_in_mode_and_is_due_after_the_pace(mode):
+    t = step(mode, Outcome(Kind.PAGE, items=100, cursor={"next": 2}, more=True), errors=3)
+    assert (t.mode, t.errors, t.success, t.disabled) == (mode, 0, True, False)
+    assert t.cursor == {"next": 2}
+    assert secs(t.scheduled_to) == 2.0
+    assert "more pages" in t.reason
+
+
+def test_initial_history_exhausted_switches_to_normal():
+    t = step("initial", Outcome(Kind.PAGE, items=7, cursor={"stop": "9"}, more=False))
+    assert t.mode == "normal" and t.cursor == {"stop": "9"}
+    assert secs(t.scheduled_to) == 900.0
+    assert "switching to normal" in t.reason
+
+
+def test_normal_nothing_new():
+    t = step("normal", Outcome(Kind.PAGE, items=0, cursor={"stop": "9"}, more=False))
+    assert t.mode == "normal" and secs(t.scheduled_to) == 900.0 and t.reason == "nothing new"
+
+
+def test_normal_new_items_caught_up():
+    t = step("normal", Outcome(Kind.PAGE, items=3, cursor={"stop": "10"}, more=False))
+    assert t.mode == "normal" and "3 items, caught up" in t.reason
+
+
+def test_not_modified_keeps_cursor_and_waits_the_normal_interval():
+    t = step("normal", Outcome(Kind.NOT_MODIFIED, status=304), errors=2)
+    assert t.mode == "normal" and t.cursor is None and t.errors == 0
+    assert secs(t.scheduled_to) == 900.0 and "304" in t.reason
+
+
+def test_success_with_low_remaining_waits_for_the_reset():
+    reset = NOW + timedelta(hours=1)
+    t = step("initial", Outcome(Kind.PAGE, items=100, cursor={"next": 3}, more=True,
+                                rate_limit=RateLimit(remaining=0, reset_at=reset)))
+    assert t.scheduled_to == reset + timedelta(seconds=2.0)
+    assert t.rate_limited_until == t.scheduled_to and t.success and t.mode == "initial"
+    assert t.service_paused_until is None
+
+
+def test_success_with_room_left_is_not_delayed():
+    t = step("initial", Outcome(Kind.PAGE, items=1, cursor={}, more=True,
+                                rate_limit=RateLimit(remaining=4000, reset_at=NOW + timedelta(hours=1))))
+    assert secs(t.scheduled_to) == 2.0 and t.rate_limited_until is None
+
+
+def test_app_wide_quota_spent_pauses_the_service():
+    reset = NOW + timedelta(hours=5)
+    t = step("normal", Outcome(Kind.PAGE, items=1, cursor={}, more=False,
+                               rate_limit=RateLimit(remaining=0, reset_at=reset, scope="service")))
+    assert t.service_paused_until == reset + timedelta(seconds=2.0)
+
+
+@pytest.mark.parametrize("mode", ["initial", "normal"])
+def test_rate_limited_waits_exactly_until_reset_and_keeps_errors(mode):
+    reset = NOW + timedelta(minutes=30)
+    t = step(mode, Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(remaining=0, reset_at=reset),
+                           error="rate_limited", status=403), errors=2)
+    assert t.mode == mode and t.errors == 2 and not t.success and not t.disabled
+    assert t.scheduled_to == reset + timedelta(seconds=2.0)
+    assert t.cursor is None and t.error["kind"] == "rate_limited"
+
+
+def test_rate_limited_by_retry_after():
+    t = step("initial", Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(retry_after=120), status=429))
+    assert secs(t.scheduled_to) == 122.0
+
+
+def test_rate_limited_without_any_hint_waits_a_minute():
+    t = step("initial", Outcome(Kind.RATE_LIMITED, rate_limit=None, status=429))
+    assert secs(t.scheduled_to) == 62.0
+
+
+def test_rate_limit_jitter_never_resumes_before_the_reset():
+    jittery = Schedule(jitter=0.5, rate_limit_slack=0.0)
+    reset = NOW + timedelta(seconds=100)
+    for seed in range(50):
+        t = transition(State("initial"), Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(remaining=0, reset_at=reset)),
+                       NOW, jittery, random.Random(seed))
+        assert t.scheduled_to >= reset
+
+
+def test_unauthorized_disables_and_marks_the_network():
+    t = step("normal", Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=401, message="Bad credentials"))
+    assert t.disabled and t.unauthorized and t.scheduled_to is None
+    assert "Bad credentials" in t.reason and t.error["status"] == 401
+
+
+@pytest.mark.parametrize("kind", ["http_5xx", "timeout", "connection", "bad_json"])
+def test_transient_failure_backs_off_exponentially(kind):
+    delays = []
+    for errors in range(4):
+        t = step("initial", Outcome(Kind.TRANSIENT, error=kind, message="boom"), errors=errors)
+        assert t.errors == errors + 1 and not t.disabled and t.error["kind"] == kind
+        delays.append(secs(t.scheduled_to))
+    assert delays == [30.0, 60.0, 120.0, 240.0]
+
+
+def test_backoff_is_capped():
+    assert backoff(30, S) == 3600.0
+    assert backoff(10_000, S) == 3600.0
+
+
+def test_transient_failure_disables_after_max_errors():
+    t = step("normal", Outcome(Kind.TRANSIENT, error="http_5xx", status=503, message="HTTP 503"), errors=4)
+    assert t.disabled and not t.unauthorized and t.errors == 5 and t.scheduled_to is None
+    assert "5 consecutive failures" in t.reason and "http_5xx" in t.reason
+
+
+@pytest.mark.parametrize("kind", ["malformed", "unknown_service", "missing_credentials"])
+def test_permanent_bad_input_disables_with_the_reason(kind):
+    t = step("initial", Outcome(Kind.PERMANENT, error=kind, message="why it cannot run"))
+    assert t.disabled and t.scheduled_to is None and t.reason == f"{kind}: why it cannot run"
+
+
+def test_any_success_resets_errors():
+    t = step("normal", Outcome(Kind.PAGE, items=0, cursor={}, more=False), errors=4)
+    assert t.errors == 0
+
+
+def test_jitter_spreads_delays_within_bounds():
+    jittery = Schedule(normal_interval=1000.0, jitter=0.1)
+    seen = set()
+    for seed in range(30):
+        t = transition(State("normal"), Outcome(Kind.PAGE, cursor={}), NOW, jittery, random.Random(seed))
+        assert 900.0 <= secs(t.scheduled_to) <= 1100.0
+        seen.add(round(secs(t.scheduled_to)))
+    assert len(seen) > 10
