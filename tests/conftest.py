@@ -101,3 +101,12 @@ def stackexchange_page(name: str, has_more: bool | None = None, quota_remaining:
     if backoff is not None:
         body["backoff"] = backoff
     return gzip.compress(json.dumps(body).encode("utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging():
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,139 @@
+"""The loop: concurrency limits, the run loop, graceful stop, database outages (mongomock-motor)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import respx
+from pymongo.errors import ServerSelectionTimeoutError
+
+from collector import sdk
+from collector.executor import Executor
+from collector.scheduler import Scheduler
+from collector.store import Store
+from tests.conftest import make_settings
+from tests.unit.test_executor import BASE, Fake
+
+
+class Fake2(Fake):
+    service = "fake2"
+
+
+REGISTRY = {"fake": sdk.Registered("fake", Fake, "tests", "0"), "fake2": sdk.Registered("fake2", Fake2, "tests", "0")}
+
+
+async def seed(store, clock, n, service="fake", mode="initial"):
+    await store.networks.insert_many([
+        {"user": f"u{i}", "service": service, "accessToken": f"token-{i}", "mode": mode, "scheduledTo": clock.now}
+        for i in range(n)
+    ])
+
+
+def build(mock_db, clock, **over):
+    settings = make_settings(**over)
+    store = Store(mock_db)
+    client = httpx.AsyncClient()
+    return store, Scheduler(store, Executor(store, client, settings, REGISTRY, clock=clock), settings,
+                            "initial", owner="test", clock=clock)
+
+
+@respx.mock
+async def test_global_and_per_service_limits(mock_db, clock):
+    gate = asyncio.Event()
+
+    async def blocked(request):
+        await gate.wait()
+        return httpx.Response(200, json={"items": [], "next": None})
+
+    respx.get(f"{BASE}/items").mock(side_effect=blocked)
+    store, sched = build(mock_db, clock, daemon={"concurrency": 5}, services={"fake": {"concurrency": 2}})
+    await seed(store, clock, 10, "fake")
+    await seed(store, clock, 10, "fake2")
+    started = await sched.fill(clock.now)
+    assert started == 5 and len(sched.inflight) == 5
+    assert sched.per_service["fake"] == 2 and sched.per_service["fake2"] == 3
+    assert await store.networks.count_documents({"lease.owner": "test"}) == 5
+    gate.set()
+    await asyncio.gather(*list(sched.inflight))
+    assert not sched.inflight and sum(sched.stats.runs.values()) == 5
+    assert await store.networks.count_documents({"lease": {"$exists": True}}) == 0
+
+
+@respx.mock
+async def test_run_loop_collects_every_due_network_once_then_stop_returns(mock_db, clock):
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(200, json={"items": [{"id": 1}], "next": None}))
+    store, sched = build(mock_db, clock, daemon={"concurrency": 4})
+    await seed(store, clock, 12)
+    done = asyncio.Event()
+    original = sched.executor.run
+
+    async def counting(doc, lease):
+        result = await original(doc, lease)
+        if sum(sched.stats.runs.values()) + 1 >= 12:
+            done.set()
+        return result
+
+    sched.executor.run = counting
+    task = asyncio.create_task(sched.run())
+    await asyncio.wait_for(done.wait(), 10)
+    sched.stop()
+    await asyncio.wait_for(task, 10)
+    assert sum(sched.stats.runs.values()) == 12 and sched.stats.items_new == 12
+    assert await store.networks.count_documents({"mode": "normal"}) == 12
+    assert len(respx.calls) == 12
+
+
+@respx.mock
+async def test_stop_cancels_runs_past_the_grace_and_releases_their_leases(mock_db, clock):
+    async def hang(request):
+        await asyncio.Event().wait()
+
+    respx.get(f"{BASE}/items").mock(side_effect=hang)
+    store, sched = build(mock_db, clock, daemon={"shutdown_grace": 0.05})
+    await seed(store, clock, 3)
+    await sched.fill(clock.now)
+    assert await store.networks.count_documents({"lease": {"$ne": None}}) == 3
+    sched.stop()
+    await sched.drain()
+    assert await store.networks.count_documents({"lease": {"$ne": None}}) == 0
+    assert await store.networks.count_documents({"scheduledTo": clock.now, "mode": "initial"}) == 3
+
+
+async def test_a_database_outage_backs_off_and_never_raises(mock_db, clock):
+    store, sched = build(mock_db, clock)
+
+    async def down(*args, **kwargs):
+        raise ServerSelectionTimeoutError("no servers")
+
+    store.paused_services = down
+    delays = [await sched._tick() for _ in range(4)]
+    assert delays == sorted(delays) and delays[0] < delays[-1]
+    assert sched._db_failures == 4
+
+
+async def test_paused_services_are_not_claimed(mock_db, clock):
+    store, sched = build(mock_db, clock)
+    await seed(store, clock, 2, "fake")
+    await store.pause_service("fake", clock.now.replace(year=2030), "quota", clock.now)
+    assert await sched._tick() > 0
+    assert not sched.inflight
+
+
+async def test_repair_gives_defaults_and_disables_junk_modes(mock_db, clock):
+    store, sched = build(mock_db, clock)
+    await store.networks.insert_many([
+        {"user": "a", "service": "fake", "accessToken": "t1234"},
+        {"user": "b", "service": "fake", "accessToken": "t1234", "mode": "sideways", "scheduledTo": clock.now},
+    ])
+    await sched._maybe_repair(clock.now)
+    a = await store.networks.find_one({"user": "a"})
+    b = await store.networks.find_one({"user": "b"})
+    assert a["mode"] == "initial" and a["scheduledTo"] == clock.now and not a.get("disabled")
+    assert b["disabled"] and "mode" in b["disabledReason"] and b["lastError"]["kind"] == "malformed"
+
+
+def test_unknown_mode_is_refused(mock_db, clock):
+    with pytest.raises(ValueError):
+        build(mock_db, clock)[1].__class__(None, None, make_settings(), "sideways")
