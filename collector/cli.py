@@ -168,7 +168,8 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
             raise click.ClickException("each network must be a JSON object")
         reg = known.get(doc.get("service"))
         if reg is None:
-            raise click.ClickException(f"unknown service {doc.get('service')!r} (installed: {', '.join(sorted(known))})")
+            installed = ", ".join(sorted(known))
+            raise click.ClickException(f"unknown service {doc.get('service')!r} (installed: {installed})")
         try:
             Network.from_doc({"_id": 0, **doc}, required=reg.cls.required if reg.cls else ())
         except Malformed as exc:
@@ -197,7 +198,9 @@ def networks_list(ctx: click.Context, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(doc, default=str))
         else:
-            state = "unauthorized" if doc.get("unauthorized") else "disabled" if doc.get("disabled") else doc.get("mode")
+            state = doc.get("mode")
+            if doc.get("disabled"):
+                state = "unauthorized" if doc.get("unauthorized") else "disabled"
             reason = doc.get("disabledReason") or (doc.get("lastOutcome") or {}).get("reason", "")
             click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {state!s:<12} "
                        f"next={doc.get('scheduledTo')}  {reason}")

@@ -95,7 +95,13 @@ class Executor:
             new_items = await self.store.save_items(doc, items, now) if items else 0
             errors = doc.get("errors") if isinstance(doc.get("errors"), int) and doc["errors"] >= 0 else 0
             schedule = self.settings.service(service).schedule
-            step = transition(State(mode, errors), outcome, now, schedule, self.rng)
+            try:
+                step = transition(State(mode, errors), outcome, now, schedule, self.rng)
+            except Exception as exc:  # e.g. a connector's RateLimit with junk values
+                log.exception("connector returned an invalid outcome")
+                outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
+                                  message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
+                step = transition(State(mode, errors), outcome, now, schedule, self.rng)
             saved = await self._save(doc, lease, outcome, step, new_items, now)
             if step.service_paused_until is not None:
                 await self.store.pause_service(service, step.service_paused_until, step.reason, now)
@@ -120,6 +126,7 @@ class Executor:
             "scheduledTo": step.scheduled_to,
             "errors": step.errors,
             "lastExecution": now,
+            "lastOwner": lease.owner,
             "lastOutcome": {"at": now, "kind": outcome.kind.value, "reason": logs.scrub(step.reason),
                             "status": outcome.status, "items": outcome.items, "new": new_items},
         }

@@ -40,9 +40,17 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     )
 
 
+def build(client: httpx.AsyncClient, request: Request) -> httpx.Request:
+    """The httpx request for a connector's Request. httpx (0.28) replaces a URL's query string with
+    `params` instead of merging them; a next-page link keeps its query, explicit params win."""
+    url = httpx.URL(request.url)
+    if request.params:
+        url = url.copy_merge_params(dict(request.params))
+    return client.build_request(request.method, url, headers=dict(request.headers))
+
+
 async def _read(client: httpx.AsyncClient, request: Request, max_bytes: int) -> httpx.Response:
-    req = client.build_request(request.method, request.url, params=dict(request.params),
-                               headers=dict(request.headers))
+    req = build(client, request)
     response = await client.send(req, stream=True)
     try:
         declared = response.headers.get("content-length")

@@ -209,7 +209,7 @@ def links(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "1e999", "inf": int(float) overflows
         return None
 
 
@@ -235,7 +235,7 @@ MAX_WAIT = timedelta(days=2)  # an API never makes us wait longer: absurd header
 
 def epoch(value: str | int | float | None, now: datetime) -> datetime | None:
     """A reset given as Unix seconds, clamped to [now, now + 2 days]."""
-    seconds = _int(value) if not isinstance(value, int | float) else int(value)
+    seconds = value if isinstance(value, int) else _int(value)  # a float may be inf or nan
     if seconds is None:
         return None
     try:

@@ -48,7 +48,9 @@ class GitHubStarred(Connector):
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code in (403, 429) and b"secondary rate limit" in response.content[:2000].lower():
-            raise RateLimited("secondary rate limit", RateLimit(retry_after=60.0))
+            # at least a minute, longer when Retry-After or an exhausted x-ratelimit-reset says so
+            waits = RateLimit(retry_after=60.0).merge(self.rate_limit(response, ctx.now))
+            raise RateLimited("secondary rate limit", waits)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         data = response.json()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,16 @@ from connectors._incremental import sweep
 
 TOKEN_ERRORS = {401, 402, 403, 406}  # access_token_required, invalid, access_denied, compromised
 THROTTLE = 502
+
+
+def _number(value: Any) -> int | None:
+    """A count from the body (quota_remaining, backoff...); None unless it is a finite number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _midnight_after(now: datetime) -> datetime:
@@ -93,11 +104,13 @@ class StackOverflowFavorites(Connector):
         fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode)
         limit = None
         if "quota_remaining" in body or "backoff" in body:
+            # numbers from the body are checked: a str here would break the engine's comparisons
+            backoff = _number(body.get("backoff"))
             limit = RateLimit(
-                remaining=body.get("quota_remaining"),
-                limit=body.get("quota_max"),
+                remaining=_number(body.get("quota_remaining")),
+                limit=_number(body.get("quota_max")),
                 reset_at=_midnight_after(ctx.now),
-                retry_after=float(body["backoff"]) if body.get("backoff") else None,
+                retry_after=float(backoff) if backoff else None,
                 scope="service",
             )
         return Page(items=fresh, cursor=cursor, more=more, rate_limit=limit)

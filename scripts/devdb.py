@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Throwaway MongoDB-compatible database for tests: FerretDB v1 with the SQLite backend.
 
-Uses $MONGODB_URI as is when set. Otherwise builds FerretDB once into $COLLECTOR_CACHE_DIR/ferretdb-v1.24.2
-(default ~/.cache/collector/...), not with `go install` (that binary panics: the module lacks the
-generated build/version/version.txt) but by `go build` of a copy of the module source plus version.txt.
-Importable: start_server() -> Server (.uri, .stop()).
+Uses $MONGODB_URI as is when set, else builds FerretDB once into $COLLECTOR_CACHE_DIR/ferretdb-v1.24.2
+(default ~/.cache/collector/...) by `go build` of the module source plus build/version/version.txt (`go
+install` makes a binary that panics: the module lacks that file). Importable: start_server() -> Server.
+
   run -- CMD ARGS...    start, run CMD with MONGODB_URI set, stop; exit with CMD's code
   start --state-file F  start detached, write {uri, pid, dir} to F, print the URI
   stop --state-file F   stop that server, remove its temporary directory
@@ -31,7 +31,6 @@ from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT, Popen
 
 VERSION = "v1.24.2"
-MODULE = "github.com/FerretDB/FerretDB"
 TMP_PREFIX = "collector-devdb-"
 
 
@@ -40,30 +39,28 @@ class DevDBError(RuntimeError):
 
 
 def _works(binary: Path) -> bool:
-    try:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and f"version: {VERSION}" in out.stdout
+        return out.returncode == 0 and f"version: {VERSION}" in out.stdout
+    return False
 
 
 def _go_build(binary: Path) -> None:
     if (go_bin := shutil.which("go")) is None:
         raise DevDBError("'go' not found on PATH: install Go to build FerretDB, or set MONGODB_URI")
-    log_path = binary.parent / "build.log"
-    env = {**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly"}
+    log_path, env = binary.parent / "build.log", {**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly"}
     with tempfile.TemporaryDirectory(prefix="ferretdb-build-") as tmp, log_path.open("w") as log:
 
         def go(*args: str, cwd: str | Path = tmp) -> str:
             res = subprocess.run([go_bin, *args], cwd=cwd, env=env, stdout=PIPE, stderr=log, text=True)
             if res.returncode:
-                log.flush()
-                last = (log_path.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+                out = " ".join(res.stdout.split())[-300:] or "no output"  # `go mod download -json` errors
+                last = (log_path.read_text(errors="replace").strip().splitlines() or [out])[-1]
                 raise DevDBError(f"FerretDB build failed (go {args[0]}): {last.strip()} (log: {log_path})")
             return res.stdout
 
-        src = Path(tmp, "src")
-        shutil.copytree(json.loads(go("mod", "download", "-json", f"{MODULE}@{VERSION}"))["Dir"], src)
+        info = json.loads(go("mod", "download", "-json", f"github.com/FerretDB/FerretDB@{VERSION}"))
+        shutil.copytree(info["Dir"], src := Path(tmp, "src"))
         for root, _dirs, _files in os.walk(src):  # the module cache is read-only
             os.chmod(root, 0o755)
         (src / "build" / "version" / "version.txt").write_text(VERSION + "\n")
@@ -81,7 +78,7 @@ def build() -> Path:
     binary.parent.mkdir(parents=True, exist_ok=True)
     with (binary.parent / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time, e.g. for parallel test workers
-        pgrep = ["pgrep", "-f", f"go (install|build) .*ferretdb@{VERSION}"]
+        pgrep = ["pgrep", "-f", f"^(\\S*/)?go (install|build) .*ferretdb@{VERSION}"]
         for _ in range(1800):  # a build started by hand (e.g. `go install`): wait up to 30 min for it
             if not shutil.which("pgrep") or subprocess.run(pgrep, stdout=DEVNULL).returncode:
                 break
@@ -119,10 +116,9 @@ class Server:
     _proc: Popen[bytes] | None = field(default=None, repr=False)
 
     def stop(self) -> None:
-        if self.pid is not None:
-            cmdline = Path(f"/proc/{self.pid}/cmdline")
-            if self._proc or not cmdline.exists() or b"ferretdb" in cmdline.read_bytes():  # pid reused?
-                _terminate(self.pid, self._proc)
+        cmdline = Path(f"/proc/{self.pid}/cmdline")  # a pid from a state file may have been reused
+        if self.pid and (self._proc or not cmdline.exists() or b"ferretdb" in cmdline.read_bytes()):
+            _terminate(self.pid, self._proc)
         if self.dir is not None and self.dir.name.startswith(TMP_PREFIX):
             shutil.rmtree(self.dir, ignore_errors=True)
         self.pid = self.dir = self._proc = None
@@ -145,11 +141,10 @@ def start_server(timeout: float = 30.0) -> Server:
     binary, tmp, proc = build(), Path(tempfile.mkdtemp(prefix=TMP_PREFIX)), None
     log_path = tmp / "ferretdb.log"
     try:
-        (tmp / "data").mkdir()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        cmd = [binary, "--handler=sqlite", f"--sqlite-url=file:{tmp / 'data'}/", "--telemetry=disable"]
+        cmd = [binary, "--handler=sqlite", f"--sqlite-url=file:{tmp}/", "--telemetry=disable"]
         cmd += [f"--listen-addr=127.0.0.1:{port}", "--debug-addr=-", f"--state-dir={tmp}"]
         with log_path.open("wb") as log:  # own session: no Ctrl-C from the terminal, survives `start`
             proc = Popen(cmd, cwd=tmp, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True)
@@ -161,10 +156,9 @@ def start_server(timeout: float = 30.0) -> Server:
             except Exception as exc:
                 why = (str(exc).splitlines() or [type(exc).__name__])[0]
             time.sleep(0.1)
-        if proc.poll() is not None:
-            why = f"exited with code {proc.returncode}"
+        why = f"exited with code {proc.returncode}" if proc.poll() is not None else why
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-        raise DevDBError(f"ferretdb did not start ({why}); end of {log_path}:\n{tail}")
+        raise DevDBError(f"ferretdb did not start within {timeout:g}s ({why}); end of {log_path}:\n{tail}")
     except BaseException:
         if proc is not None:
             _terminate(proc.pid, proc, grace=5)
@@ -177,11 +171,15 @@ def cmd_run(cmd: list[str]) -> int:
     if not cmd:
         raise DevDBError("usage: devdb.py run -- CMD ARGS...")
     child: Popen[bytes] | None = None
+    exiting = False
 
     def on_signal(signum: int, _frame: object) -> None:
-        if child is None or child.poll() is not None:
-            raise SystemExit(128 + signum)  # the finally/except blocks clean up
-        child.send_signal(signum)  # let CMD shut down; the server is stopped once it exits
+        nonlocal exiting
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)  # let CMD shut down; the server is stopped once it exits
+        elif not exiting:  # abort startup; a further signal must not interrupt the cleanup
+            exiting = True
+            raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -195,6 +193,7 @@ def cmd_run(cmd: list[str]) -> int:
     except KeyboardInterrupt:
         pass  # CMD got the terminal's SIGINT too: give it a moment to finish
     finally:
+        exiting = True
         if child is not None:
             try:
                 child.wait(10)
@@ -218,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args.cmd)
         if args.command == "start":
-            pid = json.loads(args.state_file.read_text()).get("pid") if args.state_file.exists() else None
-            if pid and _alive(pid):
-                raise DevDBError(f"{args.state_file} describes a running server (pid {pid}); `stop` it first")
+            if args.state_file.exists():
+                raise DevDBError(f"{args.state_file} exists: `stop --state-file` first (or delete it)")
             server = start_server()
             state = {"uri": server.uri, "pid": server.pid, "dir": str(server.dir) if server.dir else None}
             try:
@@ -243,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DevDBError, OSError, ValueError) as exc:
         print(f"devdb: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

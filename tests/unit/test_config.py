@@ -54,5 +54,5 @@ def test_bad_settings_give_a_clear_error(over, message):
 
 def test_bad_toml_names_the_file(tmp_path):
     (tmp_path / "default.toml").write_text("[daemon\nconcurrency = 1")
-    with pytest.raises(config.ConfigError, match="default.toml"):
+    with pytest.raises(config.ConfigError, match=r"default\.toml"):
         config.load(environment="test", environ={"COLLECTOR_CONFIG_DIR": str(tmp_path)})

@@ -126,7 +126,7 @@ async def test_total_timeout_bounds_a_slow_response(env, clock):
         return page()
 
     respx.get(f"{BASE}/items").mock(side_effect=slow)
-    result, net = await run(env, clock)
+    _result, net = await run(env, clock)
     assert net["lastError"]["kind"] == "timeout" and "1s" in net["lastError"]["message"]
 
 

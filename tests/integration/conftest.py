@@ -1,0 +1,66 @@
+"""The wire server: $MONGODB_URI when set, else FerretDB started by scripts/devdb.py for the session.
+
+When no server can be had the tests skip with one loud reason, unless COLLECTOR_REQUIRE_WIRE=1
+(set by .ci/run), where that is a failure: CI never counts a skipped storage test as passing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _devdb():
+    spec = importlib.util.spec_from_file_location("devdb", ROOT / "scripts" / "devdb.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["devdb"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def wire_uri():
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    try:
+        server = _devdb().start_server()
+    except Exception as exc:
+        reason = f"NO WIRE SERVER: integration tests need MONGODB_URI or a FerretDB build ({exc})"
+        if os.environ.get("COLLECTOR_REQUIRE_WIRE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def wire_db(wire_uri):
+    from pymongo import AsyncMongoClient
+
+    client = AsyncMongoClient(wire_uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    name = f"collector_it_{uuid.uuid4().hex[:10]}"
+    try:
+        yield client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+@pytest.fixture(params=["mongomock", "wire"])
+async def any_db(request):
+    """Storage tests run on both: mongomock-motor and the real wire server."""
+    if request.param == "mongomock":
+        from mongomock_motor import AsyncMongoMockClient
+
+        yield AsyncMongoMockClient(tz_aware=True)["collector_test"]
+    else:
+        yield request.getfixturevalue("wire_db")

@@ -1,0 +1,134 @@
+"""Real daemon processes against the wire server and the sandbox API over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from collector.sandbox import Server
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "collector", "--mode", mode, "--env", "test", "--mongodb-uri", uri,
+           "--set", f"database.name={dbname}",
+           "--set", f"services.github.base_url={sandbox_url}",
+           "--set", f"services.stackoverflow.base_url={sandbox_url}/2.3",
+           "--set", "services.github.initial_pace=0.05", "--set", "services.stackoverflow.initial_pace=0.05",
+           "--set", "log.level=warning", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll an external process's progress (the only way to wait on another process), bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.fixture
+def sandbox():
+    server = Server().start()
+    yield server
+    server.stop()
+
+
+def test_two_processes_share_200_networks_and_run_each_page_exactly_once(wire_uri, sandbox):
+    from pymongo import MongoClient
+
+    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
+    client = MongoClient(wire_uri, tz_aware=True)
+    db = client[dbname]
+    try:
+        docs = []
+        for i in range(200):
+            service = "github" if i % 4 else "stackoverflow"
+            token = f"tok-{i:03d}-{uuid.uuid4().hex[:6]}"
+            sandbox.sandbox.add_user(service, token, items=250)  # 3 pages of 100
+            docs.append({"user": f"user{i}", "service": service, "accessToken": token, "mode": "initial",
+                         "scheduledTo": datetime.now(UTC)})
+        db.networks.insert_many(docs)
+        procs = [daemon("initial", wire_uri, dbname, sandbox.url, "--concurrency", "16") for _ in range(2)]
+        try:
+            wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 200, 240,
+                     "all 200 networks to finish their back-fill")
+        finally:
+            results = [stop(p) for p in procs]
+        for code, out in results:
+            assert code == 0, out[-3000:]
+        stats = sandbox.sandbox.stats()
+        # each of the 3 pages of every network was requested exactly once, across both processes
+        assert sorted(set(stats["by_token"].values())) == [3]
+        assert len(stats["by_token"]) == 200
+        assert all(stats["served"][t] == stats["unique_served"][t] == 250 for t in stats["by_token"])
+        assert db.items.count_documents({}) == 200 * 250
+        runs = [d["stats"]["runs"] for d in db.networks.find({}, {"stats": 1})]
+        assert runs == [3] * 200
+        assert db.networks.count_documents({"lease": {"$exists": True}}) == 0
+        assert db.networks.count_documents({"disabled": True}) == 0
+        # both processes did a share of the work
+        assert len(db.networks.distinct("lastOwner")) == 2
+    finally:
+        client.drop_database(dbname)
+        client.close()
+
+
+def test_bad_documents_end_disabled_and_the_daemon_keeps_running(wire_uri, sandbox):
+    from pymongo import MongoClient
+
+    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
+    client = MongoClient(wire_uri, tz_aware=True)
+    db = client[dbname]
+    try:
+        sandbox.sandbox.add_user("github", "good-token-1", items=5)
+        now = datetime.now(UTC)
+        db.networks.insert_many([
+            {"user": "no-token", "service": "github", "mode": "initial", "scheduledTo": now},
+            {"user": "unknown", "service": "myspace", "accessToken": "abcd1234", "mode": "initial",
+             "scheduledTo": now},
+            {"user": {"nested": ["junk"]}, "service": "github", "accessToken": "abcd1234", "mode": "initial",
+             "scheduledTo": now},
+            {"user": "revoked", "service": "github", "accessToken": "revoked-token", "mode": "initial",
+             "scheduledTo": now},
+            {"user": "bare", "service": "github", "accessToken": "good-token-1"},  # no mode, no schedule
+        ])
+        proc = daemon("initial", wire_uri, dbname, sandbox.url)
+        try:
+            wait_for(lambda: db.networks.count_documents({"disabled": True}) == 4
+                     and db.networks.count_documents({"user": "bare", "mode": "normal"}) == 1, 60,
+                     "bad documents disabled and the good one collected")
+            assert proc.poll() is None, "the daemon must keep running"
+        finally:
+            code, out = stop(proc)
+        assert code == 0, out[-3000:]
+        reasons = {str(d["user"]): (d["lastError"]["kind"], d["disabledReason"]) for d in db.networks.find(
+            {"disabled": True})}
+        assert reasons["no-token"][0] == "missing_credentials"
+        assert reasons["unknown"][0] == "unknown_service" and "myspace" in reasons["unknown"][1]
+        assert reasons["{'nested': ['junk']}"][0] == "malformed"
+        assert reasons["revoked"][0] == "unauthorized"
+        assert db.networks.find_one({"user": "revoked"})["unauthorized"] is True
+        assert db.items.count_documents({"user": "bare"}) == 5
+        assert "revoked-token" not in out and "abcd1234" not in out
+    finally:
+        client.drop_database(dbname)
+        client.close()

@@ -1,0 +1,120 @@
+"""Storage behaviour on both mongomock-motor and the real wire server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from collector.sdk import Item
+from collector.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(any_db):
+    store = Store(any_db)
+    await store.ensure_indexes()
+    await store.ensure_indexes()  # idempotent: every process runs it at start
+    return store
+
+
+async def add(store, clock, **doc):
+    base = {"user": "u", "service": "github", "accessToken": "t0ken", "mode": "initial", "scheduledTo": clock.now}
+    base.update(doc)
+    return await store.insert_network(base)
+
+
+async def test_claim_takes_the_most_overdue_first_and_sets_a_lease(store, clock):
+    late = await add(store, clock, user="late", scheduledTo=clock.now - timedelta(hours=1))
+    await add(store, clock, user="now")
+    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    assert doc["_id"] == late and doc["lease"]["owner"] == "me" and doc["lease"]["id"] == lease.id
+    assert doc["lease"]["until"] == clock.now + timedelta(seconds=60)
+
+
+async def test_claim_skips_what_is_not_due(store, clock):
+    await add(store, clock, user="future", scheduledTo=clock.now + timedelta(seconds=1))
+    await add(store, clock, user="disabled", disabled=True)
+    await add(store, clock, user="other-mode", mode="normal")
+    await add(store, clock, user="paused-service", service="stackoverflow")
+    await add(store, clock, user="never", scheduledTo=None)
+    await add(store, clock, user="leased", lease={"id": "x", "owner": "o", "until": clock.now + timedelta(seconds=5)})
+    assert await store.claim("initial", "me", clock.now, 60, exclude_services={"stackoverflow"}) is None
+
+
+async def test_an_expired_lease_is_reclaimable(store, clock):
+    await add(store, clock, lease={"id": "x", "owner": "dead", "until": clock.now - timedelta(seconds=1)})
+    doc, _lease = await store.claim("initial", "me", clock.now, 60)
+    assert doc["lease"]["owner"] == "me"
+
+
+async def test_each_network_is_claimed_once_under_concurrent_claims(store, clock):
+    for i in range(30):
+        await add(store, clock, user=f"u{i}")
+    claims = await asyncio.gather(*[store.claim("initial", f"p{i}", clock.now, 60) for i in range(40)])
+    got = [c[0]["_id"] for c in claims if c]
+    assert len(got) == 30 and len(set(got)) == 30
+
+
+async def test_state_save_is_guarded_by_the_lease(store, clock):
+    nid = await add(store, clock)
+    _doc, mine = await store.claim("initial", "me", clock.now, 60)
+    later = clock.now + timedelta(seconds=61)
+    _doc, theirs = await store.claim("initial", "them", later, 60)
+    assert not await store.save_state(nid, mine, {"mode": "normal"})
+    assert (await store.get_network(nid))["mode"] == "initial"
+    assert await store.save_state(nid, theirs, {"mode": "normal", "errors": 0}, inc={"stats.runs": 1})
+    net = await store.get_network(nid)
+    assert net["mode"] == "normal" and "lease" not in net and net["stats"]["runs"] == 1
+
+
+async def test_renew_and_release(store, clock):
+    nid = await add(store, clock)
+    _doc, lease = await store.claim("initial", "me", clock.now, 60)
+    assert await store.renew(nid, lease, clock.now + timedelta(seconds=50), 60)
+    assert (await store.get_network(nid))["lease"]["until"] == clock.now + timedelta(seconds=110)
+    assert await store.release(nid, lease)
+    assert "lease" not in await store.get_network(nid)
+    assert not await store.release(nid, lease)
+
+
+def items(n, start=0):
+    return [Item(id=str(i), title=f"t{i}", url=f"https://x/{i}") for i in range(start, start + n)]
+
+
+async def test_items_are_idempotent_upserts(store, clock, any_db):
+    net = {"_id": "n1", "user": "u", "service": "github"}
+    assert await store.save_items(net, items(50), clock.now) == 50
+    later = clock.now + timedelta(minutes=5)
+    assert await store.save_items(net, items(60), later) == 10  # a re-run of the same page + 10 new
+    assert await any_db.items.count_documents({}) == 60
+    first = await any_db.items.find_one({"itemId": "0"})
+    assert first["collectedAt"] == clock.now and first["updatedAt"] == later
+    # the same item id for another user or service is another item
+    assert await store.save_items({"_id": "n2", "user": "v", "service": "github"}, items(1), clock.now) == 1
+
+
+async def test_concurrent_upserts_of_the_same_new_items_store_each_once(store, clock, any_db):
+    net = {"_id": "n1", "user": "u", "service": "github"}
+    new = await asyncio.gather(*[store.save_items(net, items(100), clock.now) for _ in range(4)])
+    assert await any_db.items.count_documents({}) == 100
+    assert sum(new) >= 100  # a racing upsert may count an item as new twice, it is stored once
+
+
+async def test_unique_index_rejects_a_duplicate_item(store, any_db):
+    from pymongo.errors import DuplicateKeyError
+
+    await any_db.items.insert_one({"user": "u", "service": "s", "itemId": "1"})
+    with pytest.raises(DuplicateKeyError):
+        await any_db.items.insert_one({"user": "u", "service": "s", "itemId": "1"})
+
+
+async def test_service_pause_only_moves_forward(store, clock):
+    await store.pause_service("stackoverflow", clock.now + timedelta(hours=2), "quota", clock.now)
+    await store.pause_service("stackoverflow", clock.now + timedelta(hours=1), "backoff", clock.now)
+    paused = await store.paused_services(clock.now)
+    assert paused["stackoverflow"] == clock.now + timedelta(hours=2)
+    assert await store.paused_services(clock.now + timedelta(hours=3)) == {}

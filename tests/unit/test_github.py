@@ -1,0 +1,477 @@
+"""The GitHub connector driven through the engine: claim -> Executor.run -> network state and items in MongoDB.
+
+HTTP is mocked with respx against the recorded replies of ../shared/fixtures/likeastore:
+init.json (30 repos, newest first), normal.new.json (one new repo, 6522994, on top of the 30) and
+normal.nonew.json (the same 30).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from collector import sdk
+from collector.executor import Executor, RunResult
+from collector.store import Store
+from tests.conftest import fixture_json
+
+TOKEN = "ghp_secret123456"
+API = "https://api.github.test"
+STARRED = f"{API}/user/starred"
+FIRST_PAGE_PARAMS = {"per_page": "100", "sort": "created", "direction": "desc"}
+PAGE_2 = f"{STARRED}?per_page=100&sort=created&direction=desc&page=2"
+LAST = PAGE_2  # a two-page history
+ETAG = 'W/"5f1e8c2b0a7d"'
+NEW_ETAG = 'W/"9a0b1c2d3e4f"'
+
+INIT = fixture_json("github.connector.init.json")
+NEW = fixture_json("github.connector.normal.new.json")
+NONEW = fixture_json("github.connector.normal.nonew.json")
+INIT_IDS = [str(repo["id"]) for repo in INIT]
+
+
+def link(next_url: str | None = None, last_url: str | None = None) -> dict[str, str]:
+    rels = [f'<{url}>; rel="{rel}"' for rel, url in (("next", next_url), ("last", last_url)) if url]
+    return {"Link": ", ".join(rels)} if rels else {}
+
+
+def older_repo(repo_id: int) -> dict[str, Any]:
+    """A repository starred before everything in init.json (what page 2 of the history holds)."""
+    repo = copy.deepcopy(INIT[-1])
+    repo.update(id=repo_id, name=f"old-{repo_id}", full_name=f"someone/old-{repo_id}",
+                html_url=f"https://github.com/someone/old-{repo_id}")
+    return repo
+
+
+class Engine:
+    """One network, the engine that runs it, and what ends up in the database."""
+
+    def __init__(self, store: Store, executor: Executor, clock, settings):
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.schedule = settings.service("github").schedule
+
+    async def add(self, **fields: Any) -> Any:
+        doc = {"user": "u1", "service": "github", "accessToken": TOKEN, "mode": "initial",
+               "scheduledTo": self.clock.now, "errors": 0, "cursor": {}, **fields}
+        return await self.store.insert_network(doc)
+
+    async def run(self, mode: str = "initial") -> RunResult:
+        claimed = await self.store.claim(mode, "test-owner", self.clock.now, 60)
+        assert claimed is not None, f"no {mode} network is due"
+        doc, lease = claimed
+        return await self.executor.run(doc, lease)
+
+    async def run_when_due(self, mode: str) -> RunResult:
+        """Move the clock to the moment the network asked for, then run it."""
+        self.clock.now = (await self.network())["scheduledTo"]
+        return await self.run(mode)
+
+    async def network(self) -> dict[str, Any]:
+        docs = await self.store.networks.find().to_list(None)
+        assert len(docs) == 1
+        return docs[0]
+
+    async def items(self) -> list[dict[str, Any]]:
+        return await self.store.items.find({"user": "u1", "service": "github"}).to_list(None)
+
+    async def item_ids(self) -> set[str]:
+        return {item["itemId"] for item in await self.items()}
+
+    async def due_in(self) -> float | None:
+        due = (await self.network())["scheduledTo"]
+        return None if due is None else (due - self.clock.now).total_seconds()
+
+
+@pytest.fixture
+async def engine(mock_db, settings, clock):
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    async with httpx.AsyncClient() as client:
+        yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings)
+
+
+@pytest.fixture
+def api():
+    with respx.mock(assert_all_called=True) as mock:
+        yield mock
+
+
+def page_one(api: respx.MockRouter) -> respx.Route:
+    """The first page of the starred list, newest star first, as many per page as GitHub allows."""
+    return api.get(STARRED, params__eq=FIRST_PAGE_PARAMS)
+
+
+def assert_sent_by_the_book(request: httpx.Request) -> None:
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["Accept"] == "application/vnd.github.star+json"
+    assert TOKEN not in str(request.url)
+    assert "token" not in request.url.params
+
+
+async def finish_initial_sweep(engine: Engine, api: respx.MockRouter) -> None:
+    """Back-fill a one-page history (init.json): the network ends in normal mode, stop at its top."""
+    api.get(STARRED, params__eq=FIRST_PAGE_PARAMS, name="backfill").respond(200, json=INIT, headers={"ETag": ETAG})
+    await engine.add()
+    await engine.run("initial")
+    assert api.routes.pop("backfill").called  # from now on the test's own routes answer
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"etag": ETAG, "stop": "6522993"}
+
+
+# -- initial mode: the back-fill ---------------------------------------------------------------
+
+
+async def test_initial_first_page_stores_items_and_follows_the_next_link(engine, api):
+    route = page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.saved and result.new_items == 30
+    assert await engine.item_ids() == set(INIT_IDS)
+    network = await engine.network()
+    assert network["mode"] == "initial"
+    assert network["cursor"] == {"etag": ETAG, "next": PAGE_2, "stop": None, "top": "6522993"}
+    assert network["errors"] == 0
+    assert network["lastOutcome"]["kind"] == "page"
+    assert network["stats"] == {"runs": 1, "page": 1, "items": 30}
+    assert "lease" not in network
+    assert await engine.due_in() == pytest.approx(engine.schedule.initial_pace)
+
+    request = route.calls.last.request
+    assert_sent_by_the_book(request)
+    assert request.url.params["per_page"] == "100"
+    assert "If-None-Match" not in request.headers
+
+
+async def test_items_carry_the_repository_fields(engine, api):
+    page_one(api).respond(200, json=INIT)
+    await engine.add()
+    await engine.run("initial")
+
+    item = await engine.store.items.find_one({"itemId": "6522993"})
+    repo = INIT[0]
+    assert item["title"] == repo["full_name"]
+    assert item["url"] == repo["html_url"]
+    assert item["author"] == repo["owner"]["login"]
+    assert item["created"] == sdk.parse_time(repo["created_at"])  # plain repos: no starred_at
+    assert item["raw"] == repo
+    assert item["network"] == (await engine.network())["_id"]
+
+
+async def test_star_json_entries_take_created_from_starred_at(engine, api):
+    # newest star first, one a minute
+    starred = [{"starred_at": f"2026-11-24T10:{59 - n:02d}:00Z", "repo": repo} for n, repo in enumerate(INIT)]
+    page_one(api).respond(200, json=starred)
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 30
+    item = await engine.store.items.find_one({"itemId": "6522993"})
+    assert item["created"] == datetime(2026, 11, 24, 10, 59, tzinfo=UTC)
+    oldest = await engine.store.items.find_one({"itemId": INIT_IDS[-1]})
+    assert oldest["created"] == datetime(2026, 11, 24, 10, 30, tzinfo=UTC)
+    assert item["title"] == INIT[0]["full_name"]
+    assert item["author"] == INIT[0]["owner"]["login"]
+    assert item["raw"] == starred[0]
+    assert (await engine.network())["cursor"]["stop"] == "6522993"
+
+
+async def test_last_page_switches_to_normal_and_keeps_the_first_page_etag(engine, api):
+    page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    page_two = api.get(PAGE_2).respond(200, json=[older_repo(1001), older_repo(1000)],
+                                       headers={"ETag": 'W/"page-two"', **link(last_url=LAST)})
+    await engine.add()
+    await engine.run("initial")
+
+    result = await engine.run_when_due("initial")
+
+    assert result.new_items == 2
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"etag": ETAG, "stop": "6522993"}
+    assert await engine.item_ids() == {*INIT_IDS, "1001", "1000"}
+    assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
+    assert network["lastOutcome"]["reason"].endswith("history exhausted: switching to normal")
+    request = page_two.calls.last.request
+    assert str(request.url) == PAGE_2
+    assert_sent_by_the_book(request)
+    assert "If-None-Match" not in request.headers
+
+
+# -- normal mode: incremental runs -------------------------------------------------------------
+
+
+async def test_normal_sends_the_etag_and_a_304_stores_nothing(engine, api):
+    await engine.add(mode="normal", cursor={"etag": ETAG, "stop": "6522993"})
+    route = api.get(STARRED, headers={"If-None-Match": ETAG}).respond(304, headers={"ETag": ETAG})
+
+    result = await engine.run("normal")
+
+    assert result.saved and result.new_items == 0
+    assert await engine.items() == []
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"etag": ETAG, "stop": "6522993"}
+    assert network["lastOutcome"]["kind"] == "not_modified"
+    assert network["errors"] == 0
+    assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
+    assert_sent_by_the_book(route.calls.last.request)
+
+
+async def test_normal_with_one_new_star_stores_exactly_that_one(engine, api):
+    await finish_initial_sweep(engine, api)
+    route = api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=NEW, headers={"ETag": NEW_ETAG})
+
+    result = await engine.run_when_due("normal")
+
+    assert result.new_items == 1
+    assert result.outcome.items == 1  # stopped at the known 6522993: the 30 below it are not even passed on
+    assert await engine.item_ids() == {"6522994", *INIT_IDS}
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"etag": NEW_ETAG, "stop": "6522994"}
+    assert network["stats"]["items"] == 31
+    assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
+    assert route.call_count == 1
+
+
+async def test_normal_without_new_stars_stores_nothing_new(engine, api):
+    await finish_initial_sweep(engine, api)
+    api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=NONEW, headers={"ETag": NEW_ETAG})
+
+    result = await engine.run_when_due("normal")
+
+    assert result.new_items == 0 and result.outcome.items == 0
+    assert len(await engine.items()) == 30
+    network = await engine.network()
+    assert network["cursor"] == {"etag": NEW_ETAG, "stop": "6522993"}
+    assert network["lastOutcome"]["reason"] == "nothing new"
+
+
+async def test_the_same_page_run_twice_stores_no_duplicates(engine, api, clock):
+    """A run whose state write is lost (lease taken over) is run again: items are upserts."""
+    page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    network_id = await engine.add()
+    doc, lease = await engine.store.claim("initial", "test-owner", clock.now, 60)
+    await engine.store.networks.update_one({"_id": network_id}, {"$set": {"lease.id": "someone-else"}})
+
+    first = await engine.executor.run(doc, lease)
+    assert not first.saved and first.new_items == 30
+    assert (await engine.network())["cursor"] == {}  # the state write was dropped
+
+    clock.advance(61)  # the other lease expires: the same page is due again
+    second = await engine.run("initial")
+
+    assert second.saved and second.new_items == 0
+    assert len(await engine.items()) == 30
+    assert await engine.store.items.count_documents({"itemId": "6522993"}) == 1
+
+
+# -- rate limits -------------------------------------------------------------------------------
+
+
+async def test_last_request_of_the_quota_stores_the_page_and_waits_for_the_reset(engine, api, clock):
+    reset = clock.now + timedelta(hours=1)
+    page_one(api).respond(200, json=INIT, headers={
+        "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(reset.timestamp())),
+        **link(PAGE_2, LAST)})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 30
+    network = await engine.network()
+    assert network["mode"] == "initial"
+    assert network["cursor"]["next"] == PAGE_2
+    assert network["scheduledTo"] == reset + timedelta(seconds=engine.schedule.rate_limit_slack)
+    assert network["rateLimitedUntil"] == network["scheduledTo"]
+    assert "rate limit low" in network["lastOutcome"]["reason"]
+
+
+async def test_403_with_nothing_remaining_waits_for_the_reset(engine, api, clock):
+    reset = clock.now + timedelta(hours=1)
+    page_one(api).respond(403, json={"message": "API rate limit exceeded for user ID 1."}, headers={
+        "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(reset.timestamp()))})
+    await engine.add(errors=2, cursor={"stop": "6522993"})
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "rate_limited"
+    assert await engine.items() == []
+    network = await engine.network()
+    assert network["errors"] == 2  # a rate limit is not a failure
+    assert network["mode"] == "initial"
+    assert network["cursor"] == {"stop": "6522993"}
+    assert network["scheduledTo"] == reset + timedelta(seconds=engine.schedule.rate_limit_slack)
+    assert network["lastError"]["kind"] == "rate_limited"
+    assert network["lastError"]["status"] == 403
+    assert not network.get("disabled")
+
+
+async def test_429_waits_retry_after(engine, api):
+    page_one(api).respond(429, headers={"Retry-After": "120"})
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["errors"] == 0
+    assert network["lastOutcome"]["kind"] == "rate_limited"
+    assert await engine.due_in() == pytest.approx(120 + engine.schedule.rate_limit_slack)
+
+
+async def test_secondary_rate_limit_without_headers_waits_a_minute(engine, api):
+    page_one(api).respond(403, json={
+        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "rate_limited"
+    network = await engine.network()
+    assert network["errors"] == 0
+    assert await engine.due_in() == pytest.approx(60 + engine.schedule.rate_limit_slack)
+
+
+async def test_secondary_rate_limit_honours_a_longer_retry_after(engine, api):
+    page_one(api).respond(403, headers={"Retry-After": "300"},
+                          json={"message": "You have exceeded a secondary rate limit."})
+    await engine.add()
+
+    await engine.run("initial")
+
+    assert await engine.due_in() == pytest.approx(300 + engine.schedule.rate_limit_slack)
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+async def test_401_disables_the_network_as_unauthorized(engine, api, clock):
+    page_one(api).respond(401, json={"message": "Bad credentials", "token": TOKEN})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "unauthorized"
+    network = await engine.network()
+    assert network["disabled"] is True
+    assert network["unauthorized"] is True
+    assert network["scheduledTo"] is None
+    assert network["disabledReason"].startswith("unauthorized: HTTP 401")
+    assert "Bad credentials" in network["disabledReason"]
+    assert network["lastError"]["kind"] == "unauthorized"
+    for text in (network["disabledReason"], network["lastError"]["message"], network["lastOutcome"]["reason"]):
+        assert TOKEN not in text
+    assert await engine.store.claim("initial", "test-owner", clock.now + timedelta(days=3650), 60) is None
+
+
+async def test_500_is_retried_with_backoff(engine, api):
+    page_one(api).respond(500, text="Internal Server Error")
+    await engine.add(cursor={"stop": "6522993"})
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "transient"
+    network = await engine.network()
+    assert network["errors"] == 1
+    assert network["mode"] == "initial"
+    assert network["cursor"] == {"stop": "6522993"}
+    assert network["lastError"]["kind"] == "http_5xx"
+    assert network["lastError"]["status"] == 500
+    assert not network.get("disabled")
+    assert await engine.due_in() == pytest.approx(engine.schedule.backoff_base)
+
+
+async def test_repeated_failures_disable_the_network(engine, api):
+    page_one(api).respond(502)
+    await engine.add(errors=engine.schedule.max_errors - 1)
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["disabled"] is True
+    assert not network["unauthorized"]
+    assert network["errors"] == engine.schedule.max_errors
+    assert network["scheduledTo"] is None
+
+
+async def test_plain_403_is_a_transient_failure(engine, api):
+    page_one(api).respond(403, json={"message": "Resource not accessible by integration"})
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["errors"] == 1
+    assert network["lastError"]["kind"] == "forbidden"
+
+
+async def test_invalid_json_is_bad_json(engine, api):
+    page_one(api).respond(200, text='[{"id": 1, "full_name": ', headers={"content-type": "application/json"})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "transient"
+    network = await engine.network()
+    assert network["lastError"]["kind"] == "bad_json"
+    assert network["errors"] == 1
+    assert await engine.items() == []
+
+
+async def test_an_unexpected_shape_is_bad_response(engine, api):
+    page_one(api).respond(200, json={"message": "not a list"})
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["lastError"]["kind"] == "bad_response"
+    assert await engine.items() == []
+
+
+async def test_a_link_to_another_host_fails_and_the_token_never_goes_there(engine):
+    elsewhere = "https://api.github.test.evil.example/user/starred?page=2"
+    with respx.mock(assert_all_called=False) as api:  # the other host must stay uncalled
+        page_one(api).respond(200, json=INIT, headers=link(elsewhere))
+        evil = api.get(host="api.github.test.evil.example").respond(200, json=[])
+        await engine.add()
+
+        result = await engine.run("initial")
+        # even if the broken page were run again, the stored cursor leads nowhere else
+        engine.clock.now = (await engine.network())["scheduledTo"]
+        await engine.run("initial")
+
+    assert result.outcome.kind == "transient"
+    assert not evil.called
+    network = await engine.network()
+    assert network["lastError"]["kind"] == "bad_response"
+    assert "outside the configured base URL" in network["lastError"]["message"]
+    assert network["cursor"] == {}
+    assert await engine.items() == []
+
+
+async def test_a_stored_next_link_to_another_host_is_never_requested(engine):
+    with respx.mock(assert_all_called=False) as api:
+        evil = api.get(host="evil.example").respond(200, json=INIT)
+        await engine.add(cursor={"next": "https://evil.example/user/starred?page=2", "stop": None, "top": "1"})
+
+        result = await engine.run("initial")
+
+    assert result.outcome.kind == "transient"
+    assert not evil.called
+    network = await engine.network()
+    assert network["lastError"]["kind"] == "bad_response"
+    assert network["errors"] == 1
+    assert await engine.items() == []

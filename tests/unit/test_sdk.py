@@ -1,0 +1,302 @@
+"""The connector helpers of collector.sdk: Link headers, Retry-After, resets, rate limits, times, discovery."""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime, timedelta, timezone
+from importlib.metadata import EntryPoint
+
+import httpx
+import pytest
+
+from collector import sdk
+from collector.sdk import MAX_WAIT, RateLimit, epoch, header_rate_limit, links, parse_time, retry_after
+from connectors.github import GitHubStarred
+from connectors.stackoverflow import StackOverflowFavorites
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+IN_AN_HOUR = NOW + timedelta(hours=1)
+
+
+def unix(when: datetime) -> str:
+    return str(int(when.timestamp()))
+
+
+# -- links() ------------------------------------------------------------------------------------
+
+GITHUB_LINK = (
+    '<https://api.github.com/user/starred?per_page=100&page=1>; rel="prev", '
+    '<https://api.github.com/user/starred?per_page=100&page=3>; rel="next", '
+    '<https://api.github.com/user/starred?per_page=100&page=7>; rel="last", '
+    '<https://api.github.com/user/starred?per_page=100&page=1>; rel="first"'
+)
+
+
+def test_links_reads_a_github_link_header():
+    assert links(httpx.Headers({"Link": GITHUB_LINK})) == {
+        "prev": "https://api.github.com/user/starred?per_page=100&page=1",
+        "next": "https://api.github.com/user/starred?per_page=100&page=3",
+        "last": "https://api.github.com/user/starred?per_page=100&page=7",
+        "first": "https://api.github.com/user/starred?per_page=100&page=1",
+    }
+
+
+def test_links_accepts_plain_mappings_with_either_spelling():
+    assert links({"link": '<https://a.test/2>; rel="next"'}) == {"next": "https://a.test/2"}
+    assert links({"Link": '<https://a.test/2>; rel="next"'}) == {"next": "https://a.test/2"}
+
+
+def test_links_handles_unquoted_and_multiple_rels_and_extra_params():
+    value = '<https://a.test/9>; rel="next last"; title="end", <https://a.test/1>;rel=prev'
+    assert links({"link": value}) == {"next": "https://a.test/9", "last": "https://a.test/9",
+                                      "prev": "https://a.test/1"}
+
+
+@pytest.mark.parametrize("value", [
+    "",
+    "garbage",
+    'rel="next"',
+    "<https://a.test/2>",                 # no rel
+    '<https://a.test/2>; title="next"',   # a parameter, but not rel
+    "<<<>>>;;;,,,",
+])
+def test_links_ignores_garbage(value):
+    assert "next" not in links({"link": value})
+
+
+def test_links_without_a_header():
+    assert links(httpx.Headers()) == {}
+
+
+# -- retry_after() ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("120", 120.0), (" 120 ", 120.0), ("0", 0.0)])
+def test_retry_after_in_seconds(value, seconds):
+    assert retry_after(value, NOW) == seconds
+
+
+def test_retry_after_as_an_http_date():
+    value = email.utils.format_datetime(NOW + timedelta(seconds=90), usegmt=True)
+    assert value.endswith("GMT")
+    assert retry_after(value, NOW) == 90.0
+
+
+def test_retry_after_a_date_in_the_past_means_now():
+    value = email.utils.format_datetime(NOW - timedelta(hours=1), usegmt=True)
+    assert retry_after(value, NOW) == 0.0
+
+
+def test_retry_after_negative_seconds_mean_now():
+    assert retry_after("-5", NOW) == 0.0
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "soon", "1e999", "inf", "nan", "Mon, 99 Foo 2026"])
+def test_retry_after_garbage_is_none(value):
+    assert retry_after(value, NOW) is None
+
+
+# -- epoch() ------------------------------------------------------------------------------------
+
+
+def test_epoch_reads_unix_seconds():
+    assert epoch(unix(IN_AN_HOUR), NOW) == IN_AN_HOUR
+    assert epoch(int(IN_AN_HOUR.timestamp()), NOW) == IN_AN_HOUR
+    assert epoch(IN_AN_HOUR.timestamp(), NOW) == IN_AN_HOUR
+
+
+@pytest.mark.parametrize("value", ["99999999999", 99999999999, 10**20, 1e300])
+def test_epoch_clamps_far_futures_to_two_days(value):
+    assert epoch(value, NOW) == NOW + MAX_WAIT == NOW + timedelta(days=2)
+
+
+@pytest.mark.parametrize("value", ["-5", -5, "0", "1332242920"])
+def test_epoch_clamps_the_past_to_now(value):
+    assert epoch(value, NOW) == NOW
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "1e999", "inf", "nan", float("inf"), float("nan")])
+def test_epoch_garbage_is_none(value):
+    assert epoch(value, NOW) is None
+
+
+# -- header_rate_limit() ------------------------------------------------------------------------
+
+
+def test_header_rate_limit_reads_github_headers():
+    headers = httpx.Headers({"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset": unix(IN_AN_HOUR), "X-RateLimit-Used": "5000"})
+    assert header_rate_limit(headers, NOW) == RateLimit(remaining=0, limit=5000, reset_at=IN_AN_HOUR)
+
+
+def test_header_rate_limit_reads_retry_after_alone():
+    assert header_rate_limit(httpx.Headers({"Retry-After": "120"}), NOW) == RateLimit(retry_after=120.0)
+
+
+def test_header_rate_limit_clamps_an_absurd_retry_after():
+    limit = header_rate_limit(httpx.Headers({"Retry-After": "999999999"}), NOW)
+    assert limit.retry_after == MAX_WAIT.total_seconds()
+
+
+def test_header_rate_limit_clamps_an_absurd_reset():
+    headers = httpx.Headers({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "99999999999"})
+    assert header_rate_limit(headers, NOW).reset_at == NOW + MAX_WAIT
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"content-type": "application/json"},
+    {"x-ratelimit-remaining": "lots"},
+    {"x-ratelimit-remaining": "1e999"},
+    {"retry-after": "later"},
+])
+def test_header_rate_limit_without_usable_headers_is_none(headers):
+    assert header_rate_limit(httpx.Headers(headers), NOW) is None
+
+
+def test_header_rate_limit_ignores_a_garbage_reset():
+    headers = httpx.Headers({"x-ratelimit-remaining": "0", "x-ratelimit-limit": "x", "x-ratelimit-reset": "1e999"})
+    assert header_rate_limit(headers, NOW) == RateLimit(remaining=0)
+
+
+# -- RateLimit ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [
+    RateLimit(),
+    RateLimit(remaining=10, reset_at=IN_AN_HOUR),
+    RateLimit(remaining=1, reset_at=IN_AN_HOUR),   # the floor itself is still allowed
+    RateLimit(retry_after=0),
+    RateLimit(retry_after=-3),
+])
+def test_resume_at_none_when_there_is_room(limit):
+    assert limit.resume_at(NOW, floor=1) is None
+
+
+def test_resume_at_the_reset_when_nothing_remains():
+    assert RateLimit(remaining=0, reset_at=IN_AN_HOUR).resume_at(NOW, floor=1) == IN_AN_HOUR
+
+
+def test_resume_at_respects_the_floor():
+    assert RateLimit(remaining=5, reset_at=IN_AN_HOUR).resume_at(NOW, floor=10) == IN_AN_HOUR
+
+
+@pytest.mark.parametrize("reset_at", [None, NOW - timedelta(seconds=1), NOW])
+def test_resume_at_waits_a_minute_without_a_future_reset(reset_at):
+    assert RateLimit(remaining=0, reset_at=reset_at).resume_at(NOW, floor=1) == NOW + timedelta(seconds=60)
+
+
+def test_resume_at_after_retry_after():
+    assert RateLimit(retry_after=120).resume_at(NOW, floor=1) == NOW + timedelta(seconds=120)
+
+
+def test_resume_at_takes_the_latest_moment():
+    limit = RateLimit(remaining=0, reset_at=NOW + timedelta(seconds=30), retry_after=120)
+    assert limit.resume_at(NOW, floor=1) == NOW + timedelta(seconds=120)
+    limit = RateLimit(remaining=0, reset_at=IN_AN_HOUR, retry_after=120)
+    assert limit.resume_at(NOW, floor=1) == IN_AN_HOUR
+
+
+def test_merge_with_none_is_identity():
+    limit = RateLimit(remaining=3, retry_after=5)
+    assert limit.merge(None) is limit
+
+
+def test_merge_keeps_the_stricter_reading_of_each_field():
+    headers = RateLimit(remaining=10, limit=5000, reset_at=IN_AN_HOUR, retry_after=30)
+    body = RateLimit(remaining=2, limit=300, reset_at=NOW + timedelta(hours=2), retry_after=10, scope="service")
+    assert headers.merge(body) == RateLimit(remaining=2, limit=5000, reset_at=NOW + timedelta(hours=2),
+                                            retry_after=30, scope="service")
+
+
+def test_merge_fills_missing_fields_from_either_side():
+    assert RateLimit(remaining=0).merge(RateLimit(reset_at=IN_AN_HOUR, retry_after=60)) == RateLimit(
+        remaining=0, reset_at=IN_AN_HOUR, retry_after=60)
+    assert RateLimit(limit=10).merge(RateLimit()) == RateLimit(limit=10)
+
+
+def test_merge_scope_network_only_when_both_are():
+    assert RateLimit().merge(RateLimit()).scope == "network"
+    assert RateLimit(scope="service").merge(RateLimit()).scope == "service"
+
+
+# -- Request ----------------------------------------------------------------------------------
+
+
+def sent_url(request: sdk.Request) -> str:
+    from collector.http import build
+
+    return str(build(httpx.AsyncClient(), request).url)
+
+
+def test_request_keeps_the_query_of_a_next_link():
+    """httpx replaces a URL's query with `params`, even empty ones: the engine merges them."""
+    url = "https://api.github.test/user/starred?per_page=100&page=2&a=1&a=2"
+    assert sent_url(sdk.Request(url)) == url
+
+
+def test_request_explicit_params_win_over_the_query():
+    assert sent_url(sdk.Request("https://a.test/x?page=2&size=10", params={"page": 3})) == \
+        "https://a.test/x?page=3&size=10"
+
+
+def test_request_without_a_query_gets_its_params():
+    assert sent_url(sdk.Request("https://a.test/x", params={"q": 1})) == "https://a.test/x?q=1"
+
+
+# -- parse_time() -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2012-03-20T11:28:40Z", datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)),
+    ("2012-03-20T11:28:40+00:00", datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)),
+    ("2012-03-20T13:28:40+02:00", datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)),
+    ("2012-03-20T11:28:40", datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)),   # naive: taken as UTC
+    ("2012-03-20T11:28:40.123Z", datetime(2012, 3, 20, 11, 28, 40, 123000, tzinfo=UTC)),
+    (1332242920, datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)),
+    (1332242920.5, datetime(2012, 3, 20, 11, 28, 40, 500000, tzinfo=UTC)),
+])
+def test_parse_time(value, expected):
+    parsed = parse_time(value)
+    assert parsed == expected
+    assert parsed.tzinfo is not None
+
+
+def test_parse_time_keeps_the_offset_it_was_given():
+    assert parse_time("2012-03-20T13:28:40+02:00").utcoffset() == timezone(timedelta(hours=2)).utcoffset(None)
+
+
+@pytest.mark.parametrize("value", [None, True, False, "", "garbage", "20/03/2012", 1e20, float("nan"), [], {}])
+def test_parse_time_garbage_is_none(value):
+    assert parse_time(value) is None
+
+
+# -- discover() ---------------------------------------------------------------------------------
+
+
+def test_discover_finds_the_builtin_connectors_through_entry_points():
+    found = sdk.discover()
+    assert found["github"].cls is GitHubStarred
+    assert found["stackoverflow"].cls is StackOverflowFavorites
+    for service in ("github", "stackoverflow"):
+        assert found[service].service == service
+        assert found[service].package == "collector"
+        assert found[service].version
+        assert found[service].error is None
+
+
+def test_discover_reports_broken_plugins_without_failing(monkeypatch):
+    group = sdk.ENTRY_POINT_GROUP
+    fake = [
+        EntryPoint("github", "connectors.github:GitHubStarred", group),
+        EntryPoint("missing", "no_such_module_anywhere:Connector", group),
+        EntryPoint("notaconnector", "collector.sdk:Item", group),
+        EntryPoint("misnamed", "connectors.github:GitHubStarred", group),
+    ]
+    monkeypatch.setattr(sdk, "entry_points", lambda group: fake)
+    found = sdk.discover()
+    assert found["github"].cls is GitHubStarred and found["github"].error is None
+    assert found["missing"].cls is None and found["missing"].error.startswith("ModuleNotFoundError")
+    assert found["notaconnector"].cls is None
+    assert "not a collector.sdk.Connector subclass" in found["notaconnector"].error
+    assert found["misnamed"].cls is None and "must be 'misnamed'" in found["misnamed"].error

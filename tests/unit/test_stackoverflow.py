@@ -1,0 +1,338 @@
+"""The Stack Overflow connector driven through the engine: claim -> Executor.run -> network, items, services.
+
+Replies are served gzip'd with `content-encoding: gzip`, as the Stack Exchange API always sends them
+(tests/conftest.py `stackexchange_page` wraps the recordings in the API 2.3 envelope):
+init.json.gz (34 favorites, newest first, top 9785903), new.json.gz (9785903 alone), normal.json.gz (none).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from collector import sdk
+from collector.executor import Executor, RunResult
+from collector.store import Store
+from tests.conftest import FIXTURES, stackexchange_page
+
+TOKEN = "se_token_secret123456"
+API = "https://api.stackexchange.test/2.3"
+FAVORITES = f"{API}/me/favorites"
+GZIP = {"content-encoding": "gzip", "content-type": "application/json; charset=utf-8"}
+
+RECORDED = json.loads(gzip.decompress((FIXTURES / "stackoverflow.connector.init.json.gz").read_bytes())
+                      .decode("latin-1"))["questions"]
+INIT_IDS = {str(q["question_id"]) for q in RECORDED}
+TOP = "9785903"
+
+
+def gz(body: dict[str, Any]) -> bytes:
+    return gzip.compress(json.dumps(body).encode("utf-8"))
+
+
+def envelope(questions: list[dict[str, Any]], has_more: bool = False, **extra: Any) -> bytes:
+    """A hand-made 2.3 reply (for cases the recordings do not cover), gzip'd."""
+    return gz({"items": questions, "has_more": has_more, "quota_max": 10_000, "quota_remaining": 9_000, **extra})
+
+
+def question(question_id: int, title: str, owner: str = "someone") -> dict[str, Any]:
+    return {"question_id": question_id, "title": title, "owner": {"display_name": owner},
+            "creation_date": 1764000000, "link": f"https://stackoverflow.com/questions/{question_id}/q"}
+
+
+def reply(body: bytes, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, content=body, headers=GZIP)
+
+
+class Engine:
+    """One network, the engine that runs it, and what ends up in the database."""
+
+    def __init__(self, store: Store, executor: Executor, clock, settings):
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.schedule = settings.service("stackoverflow").schedule
+
+    async def add(self, **fields: Any) -> Any:
+        doc = {"user": "u1", "service": "stackoverflow", "accessToken": TOKEN, "mode": "initial",
+               "scheduledTo": self.clock.now, "errors": 0, "cursor": {}, **fields}
+        return await self.store.insert_network(doc)
+
+    async def run(self, mode: str = "initial") -> RunResult:
+        claimed = await self.store.claim(mode, "test-owner", self.clock.now, 60)
+        assert claimed is not None, f"no {mode} network is due"
+        doc, lease = claimed
+        return await self.executor.run(doc, lease)
+
+    async def run_when_due(self, mode: str) -> RunResult:
+        """Move the clock to the moment the network asked for, then run it."""
+        self.clock.now = (await self.network())["scheduledTo"]
+        return await self.run(mode)
+
+    async def network(self) -> dict[str, Any]:
+        docs = await self.store.networks.find().to_list(None)
+        assert len(docs) == 1
+        return docs[0]
+
+    async def items(self) -> list[dict[str, Any]]:
+        return await self.store.items.find({"user": "u1", "service": "stackoverflow"}).to_list(None)
+
+    async def item_ids(self) -> set[str]:
+        return {item["itemId"] for item in await self.items()}
+
+    async def due_in(self) -> float | None:
+        due = (await self.network())["scheduledTo"]
+        return None if due is None else (due - self.clock.now).total_seconds()
+
+
+@pytest.fixture
+async def engine(mock_db, settings, clock):
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    async with httpx.AsyncClient() as client:
+        yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings)
+
+
+@pytest.fixture
+def api():
+    with respx.mock(assert_all_called=True) as mock:
+        yield mock
+
+
+def page(api: respx.MockRouter, number: int, **name: str) -> respx.Route:
+    return api.get(FAVORITES, params={"page": str(number)}, **name)
+
+
+def next_midnight(now: datetime) -> datetime:
+    return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+
+
+# -- initial mode: the back-fill ---------------------------------------------------------------
+
+
+async def test_initial_first_page_stores_items_and_asks_for_page_two(engine, api):
+    route = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                     has_more=True)))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.saved and result.new_items == 34
+    assert await engine.item_ids() == INIT_IDS
+    network = await engine.network()
+    assert network["mode"] == "initial"
+    assert network["cursor"] == {"next": 2, "stop": None, "top": TOP}
+    assert network["errors"] == 0
+    assert await engine.due_in() == pytest.approx(engine.schedule.initial_pace)
+
+    request = route.calls.last.request
+    assert request.headers["X-API-Access-Token"] == TOKEN
+    params = request.url.params
+    assert params["site"] == "stackoverflow"
+    assert params["pagesize"] == "100"
+    assert params["page"] == "1"
+    assert params["sort"] == "added"
+    assert params["order"] == "desc"
+    assert "access_token" not in params
+    assert TOKEN not in str(request.url)
+
+
+async def test_items_carry_the_question_fields(engine, api):
+    page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz")))
+    await engine.add()
+    await engine.run("initial")
+
+    item = await engine.store.items.find_one({"itemId": TOP})
+    assert item["title"] == "HTML5 / JS - check that application is offline"
+    assert item["author"] == "alexanderb"
+    assert item["created"] == datetime(2012, 3, 20, 11, 28, 40, tzinfo=UTC)
+    assert item["url"] == "https://stackoverflow.com/q/9785903"  # the recording has no `link`
+    assert item["raw"]["question_id"] == 9785903
+
+
+async def test_a_single_page_history_switches_to_normal(engine, api):
+    page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz", has_more=False)))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 34
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"stop": TOP}
+    assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
+
+
+async def test_backfill_then_normal_stops_at_the_known_question(engine, api):
+    page(api, 1, name="backfill").mock(return_value=reply(stackexchange_page(
+        "stackoverflow.connector.init.json.gz", has_more=True)))
+    page_two = page(api, 2).mock(return_value=reply(stackexchange_page(
+        "stackoverflow.connector.normal.json.gz", has_more=False)))
+    await engine.add()
+    await engine.run("initial")
+    await engine.run_when_due("initial")
+    assert api.routes.pop("backfill").call_count == 1
+    assert page_two.call_count == 1
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"stop": TOP}
+
+    normal = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.new.json.gz",
+                                                                      has_more=True)))
+    result = await engine.run_when_due("normal")
+
+    assert result.saved and result.new_items == 0
+    assert result.outcome.items == 0
+    assert len(await engine.items()) == 34
+    network = await engine.network()
+    assert network["mode"] == "normal"
+    assert network["cursor"] == {"stop": TOP}  # has_more was ignored: everything below the known id is known
+    assert network["lastOutcome"]["reason"] == "nothing new"
+    assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
+    assert normal.calls.last.request.headers["X-API-Access-Token"] == TOKEN
+
+
+async def test_normal_stores_only_what_is_above_the_known_question(engine, api):
+    await engine.add(mode="normal", cursor={"stop": TOP})
+    fresh = question(79000001, "A brand new favorite")
+    page(api, 1).mock(return_value=reply(envelope([fresh, *RECORDED], has_more=True)))
+
+    result = await engine.run("normal")
+
+    assert result.new_items == 1
+    assert await engine.item_ids() == {"79000001"}
+    assert (await engine.network())["cursor"] == {"stop": "79000001"}
+
+
+async def test_html_entities_in_titles_and_names_are_unescaped(engine, api):
+    page(api, 1).mock(return_value=reply(envelope([
+        question(1, "Why doesn&#39;t &quot;this&quot; work &amp; what&#39;s &lt;div&gt;?", owner="J&#246;rg &amp; co"),
+    ])))
+    await engine.add()
+
+    await engine.run("initial")
+
+    item = await engine.store.items.find_one({"itemId": "1"})
+    assert item["title"] == "Why doesn't \"this\" work & what's <div>?"
+    assert item["author"] == "Jörg & co"
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+async def test_an_exhausted_daily_quota_pauses_the_service_until_midnight_utc(engine, api, clock):
+    page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                            has_more=True, quota_remaining=0)))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 34  # the page that used the last request is kept
+    resume = next_midnight(clock.now) + timedelta(seconds=engine.schedule.rate_limit_slack)
+    assert resume == datetime(2026, 11, 26, 0, 0, 2, tzinfo=UTC)
+    service = await engine.store.services.find_one({"_id": "stackoverflow"})
+    assert service["pausedUntil"] == resume
+    assert await engine.store.paused_services(clock.now) == {"stackoverflow": resume}
+    network = await engine.network()
+    assert network["scheduledTo"] == resume
+    assert network["mode"] == "initial"
+    assert network["cursor"]["next"] == 2
+    assert network["errors"] == 0
+
+
+async def test_a_backoff_is_obeyed(engine, api):
+    page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                            has_more=True, backoff=30)))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 34
+    assert await engine.due_in() >= 30
+    assert (await engine.network())["cursor"]["next"] == 2
+
+
+async def test_limits_sent_as_strings_still_end_in_a_saved_state(engine, api, clock):
+    page(api, 1).mock(return_value=reply(gz({"items": RECORDED[:2], "has_more": True, "quota_max": "10000",
+                                             "quota_remaining": "0", "backoff": "soon"})))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.saved and result.new_items == 2
+    network = await engine.network()
+    assert network["cursor"]["next"] == 2
+    assert network["scheduledTo"] == next_midnight(clock.now) + timedelta(seconds=engine.schedule.rate_limit_slack)
+    assert "lease" not in network
+
+
+async def test_a_throttle_violation_waits_the_time_it_names(engine, api, clock):
+    route = page(api, 3).mock(return_value=reply(gz({
+        "error_id": 502, "error_name": "throttle_violation",
+        "error_message": "too many requests from this IP, more requests available in 3600 seconds"}), status=400))
+    await engine.add(errors=1, cursor={"next": 3, "stop": None, "top": TOP})
+
+    result = await engine.run("initial")
+
+    assert route.called
+    assert result.outcome.kind == "rate_limited"
+    network = await engine.network()
+    assert network["errors"] == 1  # not counted as a failure
+    assert network["cursor"] == {"next": 3, "stop": None, "top": TOP}
+    assert await engine.due_in() == pytest.approx(3600 + engine.schedule.rate_limit_slack)
+    assert network["lastError"]["kind"] == "rate_limited"
+    assert "throttle_violation" in network["lastError"]["message"]
+    service = await engine.store.services.find_one({"_id": "stackoverflow"})  # the limit is per IP: everyone waits
+    assert service["pausedUntil"] == network["scheduledTo"]
+    assert not network.get("disabled")
+    assert await engine.item_ids() == set()
+
+
+@pytest.mark.parametrize("status", [400, 403])
+async def test_access_denied_disables_the_network_as_unauthorized(engine, api, status):
+    page(api, 1).mock(return_value=reply(gz({
+        "error_id": 403, "error_name": "access_denied",
+        "error_message": "`access_token` does not have sufficient scope"}), status=status))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "unauthorized"
+    network = await engine.network()
+    assert network["disabled"] is True
+    assert network["unauthorized"] is True
+    assert network["scheduledTo"] is None
+    assert "access_denied" in network["disabledReason"]
+    assert TOKEN not in network["disabledReason"]
+
+
+@pytest.mark.parametrize(("error_id", "error_name"), [(401, "access_token_required"), (402, "invalid_access_token"),
+                                                     (406, "access_token_compromised")])
+async def test_every_token_error_is_unauthorized(engine, api, error_id, error_name):
+    page(api, 1).mock(return_value=reply(gz({"error_id": error_id, "error_name": error_name,
+                                             "error_message": "no"}), status=400))
+    await engine.add()
+
+    await engine.run("initial")
+
+    assert (await engine.network())["unauthorized"] is True
+
+
+async def test_another_api_error_is_a_transient_failure(engine, api):
+    page(api, 1).mock(return_value=reply(gz({"error_id": 400, "error_name": "bad_parameter",
+                                             "error_message": "site is required"}), status=400))
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["errors"] == 1
+    assert network["lastError"]["kind"] == "client_error"
+    assert "bad_parameter" in network["lastError"]["message"]
+    assert not network.get("disabled")
