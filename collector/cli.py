@@ -108,15 +108,12 @@ def networks() -> None:
 
 def _run(ctx: click.Context, fn: Any) -> Any:
     settings = load_settings(ctx)
-    from collector.app import DatabaseUnavailable, connect
-    from collector.store import Store
+    from collector.app import DatabaseUnavailable, connect, make_store
 
     async def go() -> Any:
         client, db = await connect(settings)
         try:
-            store = Store(db)
-            await store.ensure_indexes()
-            return await fn(store)
+            return await fn(await make_store(db, settings))
         finally:
             await client.close()
 

@@ -48,6 +48,8 @@ class Settings:
     database_uri: str
     database_name: str
     database_timeout: float
+    write_batch: int
+    store_raw: bool
     concurrency: int
     poll_interval: float
     lease_ttl: float
@@ -170,6 +172,8 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
         database_name=get("database", "name", str, "collector"),
         database_timeout=get("database", "timeout", float, 10.0),
+        write_batch=get("database", "write_batch", int, 1000),
+        store_raw=get("database", "store_raw", bool, True),
         concurrency=get("daemon", "concurrency", int, 64),
         poll_interval=get("daemon", "poll_interval", float, 5.0),
         lease_ttl=get("daemon", "lease_ttl", float, 300.0),

@@ -62,8 +62,10 @@ class Response:
 class Sandbox:
     """The state and the counters; `handle` answers one request."""
 
-    def __init__(self, latency: float = 0.0, rate_limit: int = 5000, window: float = 3600.0):
+    def __init__(self, latency: float = 0.0, rate_limit: int = 5000, window: float = 3600.0,
+                 page_cap: int = 100):
         self.latency = latency
+        self.page_cap = page_cap  # the real APIs cap pages at 100; a lower cap makes many pages cheaply
         self.rate_limit = rate_limit
         self.window = window
         self.users: dict[str, User] = {}
@@ -121,7 +123,7 @@ class Sandbox:
         if path == "/_sandbox/stats":
             return _json(200, self.stats())
         if path == "/_sandbox/reset" and method == "POST":
-            self.__init__(self.latency, self.rate_limit, self.window)
+            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap)
             return _json(200, {"ok": True})
         if path == "/_sandbox/users" and method == "POST":
             user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"))
@@ -160,7 +162,7 @@ class Sandbox:
             return _json(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
         user.remaining -= 1
         limits["x-ratelimit-remaining"] = str(user.remaining)
-        size = min(max(_int(query.get("per_page"), 30), 1), 100)
+        size = min(max(_int(query.get("per_page"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         last = max((len(user.items) + size - 1) // size, 1)
         etag = '"' + hashlib.sha1(f"{user.token}:{user.next_id}:{page}:{size}".encode()).hexdigest() + '"'
@@ -187,7 +189,7 @@ class Sandbox:
         if user is None:
             return _json(400, {"error_id": 401, "error_name": "access_token_required",
                                "error_message": "`access_token` is required"}, gzipped=True)
-        size = min(max(_int(query.get("pagesize"), 30), 1), 100)
+        size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         chunk = self._page(user, page, size)
         items = [{"question_id": i["id"], "title": f"Question {i['id']} &amp; friends",

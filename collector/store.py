@@ -10,6 +10,8 @@ state guarded by the lease id. A state save whose guard matches nothing is dropp
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,14 +19,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from collector.model import SECRET_FIELDS
+from collector.model import SECRET_FIELDS, aware
 from collector.sdk import Item
 
-NETWORKS, ITEMS, SERVICES = "networks", "items", "services"
+NETWORKS, ITEMS, SERVICES, CLAIMS = "networks", "items", "services", "claims"
 DUE_INDEX = "due"
 DUPLICATE_KEY = 11000
+
+
+def item_key(user: Any, service: str, item_id: str) -> str:
+    """The _id of an item: one value per (service, user, itemId), unambiguous whatever the parts
+    contain (JSON-encoded), so an upsert finds its document by primary key on any server."""
+    return json.dumps([service, user if isinstance(user, str | int) else str(user), item_id],
+                      separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class Lease:
     id: str
     owner: str
     until: datetime
+    occurrence: Any = None  # the network's scheduledTo when claimed (the ticket-mode save guard)
 
 
 def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -> dict[str, Any]:
@@ -49,8 +59,14 @@ def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -
 
 
 class Store:
-    def __init__(self, db: Any, store_raw: bool = True):
+    def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000,
+                 write_concurrency: int | None = None, tickets: bool = False):
         self.db = db
+        self.tickets = tickets  # claim tickets: only for servers without an atomic findAndModify
+        self.claims = db[CLAIMS]
+        self.write_batch = max(1, write_batch)
+        # bulk commands in flight per process (None: no limit); FerretDB deadlocks without one
+        self._write_gate = asyncio.Semaphore(write_concurrency) if write_concurrency else None
         self.networks = db[NETWORKS]
         self.items = db[ITEMS]
         self.services = db[SERVICES]
@@ -64,20 +80,50 @@ class Store:
             [("user", ASCENDING), ("service", ASCENDING), ("itemId", ASCENDING)], name="item_key", unique=True
         )
         await self.items.create_index([("network", ASCENDING)], name="network")
+        if self.tickets:  # FerretDB has no TTL indexes: `repair` deletes old tickets
+            await self.claims.create_index([("expireAt", ASCENDING)], name="expire")
 
     # -- claims ---------------------------------------------------------------------------------
 
     async def claim(self, mode: str, owner: str, now: datetime, ttl: float,
                     exclude_services: Iterable[str] = ()) -> tuple[dict[str, Any], Lease] | None:
         """Atomically take the most overdue network of `mode`; None when nothing is due."""
-        lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
-        doc = await self.networks.find_one_and_update(
-            due_filter(mode, now, exclude_services),
-            {"$set": {"lease": {"id": lease.id, "owner": owner, "until": lease.until}}},
-            sort=[("scheduledTo", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
-        return (doc, lease) if doc is not None else None
+        for _attempt in range(8):
+            lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
+            lease_doc = {"id": lease.id, "owner": owner, "until": lease.until}
+            before = await self.networks.find_one_and_update(
+                due_filter(mode, now, exclude_services),
+                {"$set": {"lease": lease_doc}},
+                sort=[("scheduledTo", ASCENDING)],
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is None:
+                return None
+            if self.tickets:
+                if not await self._ticket(before, lease_doc, now):
+                    continue  # another process won this occurrence: try the next due network
+                lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"))
+            return {**before, "lease": lease_doc}, lease
+        return None
+
+    async def _ticket(self, before: dict[str, Any], lease_doc: dict[str, Any], now: datetime) -> bool:
+        """Second fence for servers whose findAndModify is not atomic (FerretDB v1): one insert per
+        due occurrence (network, scheduledTo, generation) under the unique _id. A generation whose
+        holder's lease expired (it died) is succeeded by the next one; a loser hands the network's
+        lease back to the winner and walks away. The ticket holder's state save is guarded by the occurrence
+        (scheduledTo unchanged), not by the lease field, which a racing write may have replaced."""
+        for generation in range(16):
+            key = f"{before['_id']}|{before.get('scheduledTo')}|{generation}"
+            try:
+                await self.claims.insert_one({"_id": key, "lease": lease_doc, "expireAt": lease_doc["until"]})
+                return True
+            except DuplicateKeyError:
+                winner = await self.claims.find_one({"_id": key})
+            if winner is not None and aware(winner["lease"]["until"]) > now:
+                await self.networks.update_one({"_id": before["_id"], "lease.id": lease_doc["id"]},
+                                               {"$set": {"lease": winner["lease"]}})
+                return False
+        return False
 
     async def next_due(self, mode: str) -> datetime | None:
         """When the earliest enabled network of `mode` is due (leased ones included)."""
@@ -108,7 +154,8 @@ class Store:
     # -- writes ---------------------------------------------------------------------------------
 
     async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime) -> int:
-        """Bulk upsert under the unique (user, service, itemId) index; returns how many were new."""
+        """Bulk upsert keyed by `item_key`, under the unique (user, service, itemId) index; returns how
+        many were new. Sent in commands of at most `write_batch` operations."""
         if not items:
             return 0
         user, service = network["user"], network["service"]
@@ -125,14 +172,30 @@ class Store:
             if self.store_raw and item.raw is not None:
                 fields["raw"] = item.raw
             ops.append(UpdateOne(
-                {"user": user, "service": service, "itemId": item.id},
-                {"$set": fields, "$setOnInsert": {"collectedAt": now}},
+                {"_id": item_key(user, service, item.id)},
+                {"$set": fields,
+                 "$setOnInsert": {"user": user, "service": service, "itemId": item.id, "collectedAt": now}},
                 upsert=True,
             ))
+        new = 0
+        for start in range(0, len(ops), self.write_batch):
+            chunk = ops[start:start + self.write_batch]
+            if self._write_gate is None:
+                new += await self._upsert(chunk)
+            else:
+                async with self._write_gate:
+                    new += await self._upsert(chunk)
+        return new
+
+    async def _upsert(self, ops: list[UpdateOne]) -> int:
         try:
             return (await self.items.bulk_write(ops, ordered=False)).upserted_count
+        except KeyError:
+            # FerretDB v1 answers a bulk with a duplicate-key upsert without `nModified`, which PyMongo
+            # cannot parse (and it skips the rest of the batch): redo the batch one operation at a time
+            return await self._upsert_each(ops)
         except BulkWriteError as exc:
-            # two processes upserting the same new item race on the unique index: the loser gets
+            # two processes upserting the same new item race on the unique key: the loser gets
             # E11000 and retries those operations once, which now match and update
             errors = exc.details.get("writeErrors", [])
             if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
@@ -140,14 +203,33 @@ class Store:
             retried = await self.items.bulk_write([ops[e["index"]] for e in errors], ordered=False)
             return exc.details.get("nUpserted", 0) + retried.upserted_count
 
+    async def _upsert_each(self, ops: list[UpdateOne]) -> int:
+        new = 0
+        for op in ops:
+            spec = op._doc  # the update document of the UpdateOne
+            for _attempt in range(2):
+                try:
+                    result = await self.items.update_one(op._filter, spec, upsert=True)
+                    new += 1 if result.upserted_id is not None else 0
+                    break
+                except OperationFailure as exc:  # a racing insert of the same item: now it matches
+                    if _attempt or exc.code not in (DUPLICATE_KEY, 1):
+                        raise
+        return new
+
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost."""
         update: dict[str, Any] = {"$set": fields, "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
-        result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, update)
+        result = await self.networks.update_one(self._guard(network_id, lease), update)
         return result.matched_count == 1
+
+    def _guard(self, network_id: Any, lease: Lease) -> dict[str, Any]:
+        if self.tickets and lease.occurrence is not None:
+            return {"_id": network_id, "scheduledTo": lease.occurrence}
+        return {"_id": network_id, "lease.id": lease.id}
 
     # -- malformed documents --------------------------------------------------------------------
 
@@ -155,6 +237,8 @@ class Store:
         """Give documents inserted without `mode`/`scheduledTo` their defaults and disable the
         ones whose mode is junk; returns (id, what was done) for each document touched."""
         done = []
+        if self.tickets:
+            await self.claims.delete_many({"expireAt": {"$lt": now - timedelta(days=1)}})
         query = {
             "disabled": {"$ne": True},
             "$or": [

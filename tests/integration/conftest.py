@@ -6,6 +6,7 @@ When no server can be had the tests skip with one loud reason, unless COLLECTOR_
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -42,17 +43,24 @@ def wire_uri():
         server.stop()
 
 
-@pytest.fixture
-async def wire_db(wire_uri):
+@contextlib.asynccontextmanager
+async def fresh_database(uri: str):
+    """A database of its own on the wire server, dropped afterwards."""
     from pymongo import AsyncMongoClient
 
-    client = AsyncMongoClient(wire_uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    client = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
     name = f"collector_it_{uuid.uuid4().hex[:10]}"
     try:
         yield client[name]
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+@pytest.fixture
+async def wire_db(wire_uri):
+    async with fresh_database(wire_uri) as db:
+        yield db
 
 
 @pytest.fixture(params=["mongomock", "wire"])
@@ -63,4 +71,5 @@ async def any_db(request):
 
         yield AsyncMongoMockClient(tz_aware=True)["collector_test"]
     else:
-        yield request.getfixturevalue("wire_db")
+        async with fresh_database(request.getfixturevalue("wire_uri")) as db:
+            yield db

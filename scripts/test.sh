@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests (mongomock-motor + respx) and integration tests on a real MongoDB
+# wire-protocol server ($MONGODB_URI if set, else FerretDB built once and started by scripts/devdb.py).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k leases -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export COLLECTOR_REQUIRE_WIRE=1   # no wire server is a failure here, never a silent skip
+.venv/bin/ruff check .
+exec .venv/bin/python scripts/devdb.py run -- .venv/bin/python -m pytest -q -rs "$@"
