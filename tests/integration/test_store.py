@@ -128,3 +128,18 @@ async def test_service_pause_only_moves_forward(store, clock):
     paused = await store.paused_services(clock.now)
     assert paused["stackoverflow"] == clock.now + timedelta(hours=2)
     assert await store.paused_services(clock.now + timedelta(hours=3)) == {}
+
+
+async def test_claim_tickets_admit_one_winner_per_occurrence(store, clock):
+    """The second fence used on servers without an atomic findAndModify (FerretDB)."""
+    nid = await add(store, clock)
+    before = await store.get_network(nid)
+    mine = {"id": "a", "owner": "pa", "until": clock.now + timedelta(seconds=60)}
+    theirs = {"id": "b", "owner": "pb", "until": clock.now + timedelta(seconds=60)}
+    assert await store._ticket(before, mine, clock.now)
+    await store.networks.update_one({"_id": nid}, {"$set": {"lease": theirs}})  # their racing write
+    assert not await store._ticket(before, theirs, clock.now)
+    assert (await store.get_network(nid))["lease"]["id"] == "a"  # handed back to the winner
+    # the winner died: once its lease expired, the next generation of the same occurrence is free
+    later = clock.now + timedelta(seconds=61)
+    assert await store._ticket(before, {**theirs, "until": later + timedelta(seconds=60)}, later)
