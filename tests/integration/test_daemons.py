@@ -138,3 +138,34 @@ def test_bad_documents_end_disabled_and_the_daemon_keeps_running(wire_uri, sandb
     finally:
         client.drop_database(dbname)
         client.close()
+
+
+def test_networks_add_and_list_through_the_cli(wire_uri):
+    from pymongo import MongoClient
+
+    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env.update(MONGODB_URI=wire_uri, COLLECTOR_DATABASE__NAME=dbname, MY_TOKEN="ghp_cli_secret_42")
+    base = [sys.executable, "-m", "collector", "--env", "test", "networks"]
+    client = MongoClient(wire_uri, tz_aware=True)
+    try:
+        added = subprocess.run([*base, "add", "--user", "alice", "--service", "github", "--token-env", "MY_TOKEN"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+        lines = '{"user": "bob", "service": "stackoverflow", "accessToken": "so-token-1234"}\n'
+        piped = subprocess.run([*base, "add", "--stdin"], input=lines, cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert piped.returncode == 0, piped.stderr
+        bad = subprocess.run([*base, "add", "--user", "carol", "--service", "myspace"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "unknown service 'myspace'" in bad.stderr
+        docs = {d["user"]: d for d in client[dbname].networks.find()}
+        assert set(docs) == {"alice", "bob"}
+        assert docs["alice"]["accessToken"] == "ghp_cli_secret_42" and docs["alice"]["mode"] == "initial"
+        listed = subprocess.run([*base, "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "alice" in listed.stdout and "bob" in listed.stdout
+        assert "ghp_cli_secret_42" not in listed.stdout + listed.stderr
+        assert "so-token-1234" not in listed.stdout + listed.stderr
+    finally:
+        client.drop_database(dbname)
+        client.close()
