@@ -16,9 +16,8 @@ import pytest
 import respx
 
 from collector import sdk
-from collector.executor import Executor, RunResult
-from collector.store import Store
 from tests.conftest import fixture_json
+from tests.harness import Engine, engine_for
 
 TOKEN = "ghp_secret123456"
 API = "https://api.github.test"
@@ -48,53 +47,10 @@ def older_repo(repo_id: int) -> dict[str, Any]:
     return repo
 
 
-class Engine:
-    """One network, the engine that runs it, and what ends up in the database."""
-
-    def __init__(self, store: Store, executor: Executor, clock, settings):
-        self.store = store
-        self.executor = executor
-        self.clock = clock
-        self.schedule = settings.service("github").schedule
-
-    async def add(self, **fields: Any) -> Any:
-        doc = {"user": "u1", "service": "github", "accessToken": TOKEN, "mode": "initial",
-               "scheduledTo": self.clock.now, "errors": 0, "cursor": {}, **fields}
-        return await self.store.insert_network(doc)
-
-    async def run(self, mode: str = "initial") -> RunResult:
-        claimed = await self.store.claim(mode, "test-owner", self.clock.now, 60)
-        assert claimed is not None, f"no {mode} network is due"
-        doc, lease = claimed
-        return await self.executor.run(doc, lease)
-
-    async def run_when_due(self, mode: str) -> RunResult:
-        """Move the clock to the moment the network asked for, then run it."""
-        self.clock.now = (await self.network())["scheduledTo"]
-        return await self.run(mode)
-
-    async def network(self) -> dict[str, Any]:
-        docs = await self.store.networks.find().to_list(None)
-        assert len(docs) == 1
-        return docs[0]
-
-    async def items(self) -> list[dict[str, Any]]:
-        return await self.store.items.find({"user": "u1", "service": "github"}).to_list(None)
-
-    async def item_ids(self) -> set[str]:
-        return {item["itemId"] for item in await self.items()}
-
-    async def due_in(self) -> float | None:
-        due = (await self.network())["scheduledTo"]
-        return None if due is None else (due - self.clock.now).total_seconds()
-
-
 @pytest.fixture
 async def engine(mock_db, settings, clock):
-    store = Store(mock_db)
-    await store.ensure_indexes()
-    async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings)
+    async for engine in engine_for("github", TOKEN, mock_db, settings, clock):
+        yield engine
 
 
 @pytest.fixture

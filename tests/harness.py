@@ -1,0 +1,62 @@
+"""One network of one service, the engine that runs it, and what ends up in the database: the
+harness the connector tests drive (claim -> executor.run -> read back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from collector import sdk
+from collector.executor import Executor, RunResult
+from collector.store import Store
+
+
+class Engine:
+    def __init__(self, store: Store, executor: Executor, clock, settings, service: str, token: str):
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.service = service
+        self.token = token
+        self.schedule = settings.service(service).schedule
+
+    async def add(self, **fields: Any) -> Any:
+        doc = {"user": "u1", "service": self.service, "accessToken": self.token, "mode": "initial",
+               "scheduledTo": self.clock.now, "errors": 0, "cursor": {}, **fields}
+        return await self.store.insert_network(doc)
+
+    async def run(self, mode: str = "initial") -> RunResult:
+        claimed = await self.store.claim(mode, "test-owner", self.clock.now, 60)
+        assert claimed is not None, f"no {mode} network is due"
+        doc, lease = claimed
+        return await self.executor.run(doc, lease)
+
+    async def run_when_due(self, mode: str) -> RunResult:
+        """Move the clock to the moment the network asked for, then run it."""
+        self.clock.now = (await self.network())["scheduledTo"]
+        return await self.run(mode)
+
+    async def network(self) -> dict[str, Any]:
+        docs = await self.store.networks.find().to_list(None)
+        assert len(docs) == 1
+        return docs[0]
+
+    async def items(self) -> list[dict[str, Any]]:
+        return await self.store.items.find({"user": "u1", "service": self.service}).to_list(None)
+
+    async def item_ids(self) -> set[str]:
+        return {item["itemId"] for item in await self.items()}
+
+    async def due_in(self) -> float | None:
+        due = (await self.network())["scheduledTo"]
+        return None if due is None else (due - self.clock.now).total_seconds()
+
+
+async def engine_for(service: str, token: str, mock_db, settings, clock):
+    """Async generator body for an `engine` fixture."""
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    async with httpx.AsyncClient() as client:
+        yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings,
+                     service, token)
