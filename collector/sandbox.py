@@ -7,7 +7,10 @@ serves so a test can prove nothing was lost or fetched twice.
 
 Control endpoints (JSON): POST /_sandbox/users {service, token, items, user?} creates a user with
 `items` starred things (newest first); POST /_sandbox/users/<token>/add {count} makes new items
-arrive; GET /_sandbox/stats returns the counters; POST /_sandbox/reset forgets everything.
+arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, size?} makes the next
+`count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
+bodies, oversize, timeout, connection reset, slow drip); POST /_sandbox/users/<token>/revoke;
+GET /_sandbox/stats returns the counters; POST /_sandbox/reset forgets everything.
 
 Run it alone:  python -m collector.sandbox --port 8900   (prints the base URL)
 Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
@@ -42,6 +45,8 @@ class User:
     next_id: int = 1
     remaining: int = 5000
     reset_at: float = 0.0
+    faults: list[dict[str, Any]] = field(default_factory=list)  # applied to the next requests, in order
+    revoked: bool = False
 
     def add(self, count: int, now: float) -> None:
         fresh = []
@@ -57,6 +62,12 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    action: str = ""  # transport faults: "reset" (close unanswered), "delay" then answer, "drip" the body
+    seconds: float = 0.0
+
+
+FAULTS = ("status", "rate_limit", "retry_after", "unauthorized", "malformed", "truncated", "wrong_type",
+          "oversize", "timeout", "reset", "drip")
 
 
 class Sandbox:
@@ -72,6 +83,7 @@ class Sandbox:
         self.requests: Counter = Counter()  # by token
         self.served: Counter = Counter()  # item handouts by token (an item on two pages counts twice)
         self.served_ids: dict[str, set[int]] = {}
+        self.faults_served: Counter = Counter()
         self.log: list[str] = []  # every request target, to prove no token ever travels in a URL
         self.total = 0
         self.lock = threading.Lock()
@@ -91,6 +103,62 @@ class Sandbox:
         with self.lock:
             self.users[token].add(count, time.time())
 
+    def inject(self, token: str, kind: str, count: int = 1, **params: Any) -> None:
+        """The next `count` API requests of this user fail with `kind` (see FAULTS)."""
+        with self.lock:
+            self.users[token].faults.append({"kind": kind, "count": int(count), **params})
+
+    def _fault(self, user: User) -> Response | None:
+        with self.lock:
+            if user.revoked:
+                self.requests[user.token] += 1
+                return self._refuse(user)
+            if not user.faults:
+                return None
+            fault = user.faults[0]
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                user.faults.pop(0)
+            self.requests[user.token] += 1
+            self.faults_served[fault["kind"]] += 1
+        kind, seconds = fault["kind"], float(fault.get("seconds", 60))
+        if kind == "status":
+            return _json(int(fault.get("status", 500)), {"message": "sandbox fault"})
+        if kind == "rate_limit":
+            if user.service == "stackoverflow":
+                return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
+                                   f"too many requests from this IP, more requests available in {int(seconds)} "
+                                   "seconds"}, gzipped=True)
+            return _json(403, {"message": "API rate limit exceeded"}, {
+                "x-ratelimit-limit": str(self.rate_limit), "x-ratelimit-remaining": "0",
+                "x-ratelimit-reset": str(int(time.time() + seconds))})
+        if kind == "retry_after":
+            return _json(429, {"message": "slow down"}, {"retry-after": str(int(seconds))})
+        if kind == "unauthorized":
+            return self._refuse(user)
+        if kind == "malformed":
+            return Response(200, b'{"items": [1, 2,, oops', {"content-type": "application/json"})
+        if kind == "truncated":
+            return Response(200, b'[{"starred_at": "2026-01-01T00:00:00Z", "repo": {"id": 1, "full_na',
+                            {"content-type": "application/json"})
+        if kind == "wrong_type":
+            return Response(200, b"<html><body>Service Unavailable</body></html>", {"content-type": "text/html"})
+        if kind == "oversize":
+            return Response(200, b"[" + b" " * int(fault.get("size", 50_000_000)) + b"]",
+                            {"content-type": "application/json"})
+        if kind == "timeout":
+            return Response(200, b"[]", {"content-type": "application/json"}, action="delay", seconds=seconds)
+        if kind == "reset":
+            return Response(0, action="reset")
+        return Response(200, b"[]" + b" " * 1000, {"content-type": "application/json"}, action="drip",
+                        seconds=seconds)
+
+    def _refuse(self, user: User) -> Response:
+        if user.service == "stackoverflow":
+            return _json(400, {"error_id": 403, "error_name": "access_denied",
+                               "error_message": "the access token was revoked"}, gzipped=True)
+        return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
@@ -99,6 +167,7 @@ class Sandbox:
                 "served": dict(self.served),
                 "unique_served": {t: len(ids) for t, ids in self.served_ids.items()},
                 "items": {t: len(u.items) for t, u in self.users.items()},
+                "faults": dict(self.faults_served),
             }
 
     # -- API ----------------------------------------------------------------------------------
@@ -128,6 +197,18 @@ class Sandbox:
         if path == "/_sandbox/users" and method == "POST":
             user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"))
             return _json(200, {"token": user.token, "items": len(user.items)})
+        if path.startswith("/_sandbox/users/") and method == "POST":
+            token, _, verb = path[len("/_sandbox/users/"):].rpartition("/")
+            if token not in self.users:
+                return _json(404, {"message": "no such user"})
+            if verb == "faults":
+                if data.get("kind") not in FAULTS:
+                    return _json(400, {"message": f"kind must be one of {', '.join(FAULTS)}"})
+                self.inject(token, **data)
+                return _json(200, {"faults": len(self.users[token].faults)})
+            if verb == "revoke":
+                self.users[token].revoked = True
+                return _json(200, {"revoked": True})
         if path.startswith("/_sandbox/users/") and path.endswith("/add") and method == "POST":
             token = path[len("/_sandbox/users/"):-len("/add")]
             if token not in self.users:
@@ -153,6 +234,8 @@ class Sandbox:
         user = self._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github")
         if user is None:
             return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+        if (fault := self._fault(user)) is not None:
+            return fault
         now = time.time()
         if now >= user.reset_at:
             user.remaining, user.reset_at = self.rate_limit, now + self.window
@@ -189,6 +272,8 @@ class Sandbox:
         if user is None:
             return _json(400, {"error_id": 401, "error_name": "access_token_required",
                                "error_message": "`access_token` is required"}, gzipped=True)
+        if (fault := self._fault(user)) is not None:
+            return fault
         size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         chunk = self._page(user, page, size)
@@ -281,15 +366,27 @@ class Server:
                 if self.sandbox.latency and not target.startswith("/_sandbox/"):
                     await asyncio.sleep(self.sandbox.latency)
                 resp = self.sandbox.handle(method, target, headers, body)
+                if resp.action == "reset":
+                    writer.transport.abort()
+                    return
+                if resp.action == "delay":
+                    await asyncio.sleep(resp.seconds)
                 head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}",
                         f"content-length: {len(resp.body)}"]
                 head += [f"{k}: {v}" for k, v in resp.headers.items()]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+                if resp.action == "drip":  # one byte at a time over `seconds`
+                    for i in range(len(resp.body)):
+                        writer.write(resp.body[i:i + 1])
+                        await writer.drain()
+                        await asyncio.sleep(resp.seconds / max(len(resp.body), 1))
+                else:
+                    writer.write(resp.body)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            pass  # a client gone, a garbled request, or the server stopping: drop the connection
         finally:
             writer.close()
 

@@ -1,0 +1,103 @@
+"""The sandbox API over real HTTP on 127.0.0.1, driven by the real executor: each injected fault
+ends in its documented state, and the sandbox's counters say what was served."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from collector import sdk
+from collector.executor import Executor
+from collector.sandbox import Sandbox, Server
+from collector.states import Kind
+from collector.store import Store
+from tests.conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server(Sandbox(page_cap=3)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def run(server, mock_db, clock):
+    settings = make_settings(http={"total_timeout": 1.0, "max_body_bytes": 100_000},
+                             services={"github": {"base_url": server.url},
+                                       "stackoverflow": {"base_url": f"{server.url}/2.3"}})
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    counter = iter(range(10_000))
+
+    async def go(service: str, fault: dict | None = None, items: int = 5):
+        token = f"sandbox-token-{service}-{next(counter)}-{id(mock_db)}"
+        server.sandbox.add_user(service, token, items)
+        if fault:
+            server.sandbox.inject(token, **fault)
+        await store.networks.insert_one({"user": token[-12:], "service": service, "accessToken": token,
+                                         "mode": "initial", "scheduledTo": clock.now})
+        doc, lease = await store.claim("initial", "me", clock.now, 60)
+        async with httpx.AsyncClient() as client:
+            result = await Executor(store, client, settings, sdk.discover(), clock=clock).run(doc, lease)
+        return result, await store.networks.find_one({"_id": doc["_id"]}), token
+
+    return go
+
+
+@pytest.mark.parametrize("service", ["github", "stackoverflow"])
+async def test_a_clean_page_is_served_and_counted(run, server, service):
+    result, net, token = await run(service, items=5)
+    assert result.outcome.kind is Kind.PAGE and result.new_items == 3 and net["cursor"]["next"]
+    stats = server.sandbox.stats()
+    assert stats["served"][token] == 3 and stats["by_token"][token] == 1
+    assert not any(token in target for target in server.sandbox.log)  # tokens never travel in URLs
+
+
+@pytest.mark.parametrize("service, fault, kind, error", [
+    ("github", {"kind": "status", "status": 500}, Kind.TRANSIENT, "http_5xx"),
+    ("github", {"kind": "status", "status": 503}, Kind.TRANSIENT, "http_5xx"),
+    ("github", {"kind": "rate_limit", "seconds": 600}, Kind.RATE_LIMITED, "rate_limited"),
+    ("stackoverflow", {"kind": "rate_limit", "seconds": 600}, Kind.RATE_LIMITED, "rate_limited"),
+    ("github", {"kind": "retry_after", "seconds": 30}, Kind.RATE_LIMITED, "rate_limited"),
+    ("github", {"kind": "unauthorized"}, Kind.UNAUTHORIZED, "unauthorized"),
+    ("stackoverflow", {"kind": "unauthorized"}, Kind.UNAUTHORIZED, "unauthorized"),
+    ("github", {"kind": "malformed"}, Kind.TRANSIENT, "bad_json"),
+    ("github", {"kind": "truncated"}, Kind.TRANSIENT, "bad_json"),
+    ("github", {"kind": "wrong_type"}, Kind.TRANSIENT, "bad_json"),
+    ("github", {"kind": "oversize", "size": 1_000_000}, Kind.TRANSIENT, "too_large"),
+    ("github", {"kind": "timeout", "seconds": 3}, Kind.TRANSIENT, "timeout"),
+    ("github", {"kind": "drip", "seconds": 5}, Kind.TRANSIENT, "timeout"),
+    ("github", {"kind": "reset"}, Kind.TRANSIENT, "connection"),
+])
+async def test_each_fault_ends_in_its_documented_state(run, server, clock, service, fault, kind, error):
+    result, net, token = await run(service, fault)
+    assert result.outcome.kind is kind, net.get("lastError")
+    assert net["lastError"]["kind"] == error
+    recorded = {k: v for k, v in net.items() if k != "accessToken"}
+    assert token not in str(recorded)  # the reason never carries the token
+    assert server.sandbox.stats()["served"].get(token, 0) == 0  # a failed request hands out nothing
+    if kind is Kind.RATE_LIMITED:
+        assert net["errors"] == 0
+        assert (net["scheduledTo"] - clock.now).total_seconds() >= fault["seconds"]
+    if kind is Kind.UNAUTHORIZED:
+        assert net["disabled"] and net["unauthorized"]
+
+
+def test_control_api(server):
+    base = f"{server.url}/_sandbox"
+    assert httpx.post(f"{base}/users", json={"service": "github", "token": "ctl-token-1", "items": 4}).json() == {
+        "token": "ctl-token-1", "items": 4}
+    assert httpx.post(f"{base}/users/ctl-token-1/add", json={"count": 2}).json() == {"items": 6}
+    assert httpx.post(f"{base}/users/ctl-token-1/faults", json={"kind": "nope"}).status_code == 400
+    assert httpx.post(f"{base}/users/ctl-token-1/faults", json={"kind": "status", "status": 502}).status_code == 200
+    api = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer ctl-token-1"})
+    assert api.get("/user/starred").status_code == 502
+    page = api.get("/user/starred", params={"per_page": 100})
+    assert page.status_code == 200 and [r["repo"]["id"] for r in page.json()] == [6, 5, 4]  # newest first
+    assert api.get("/user/starred", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
+    assert httpx.post(f"{base}/users/ctl-token-1/revoke").json() == {"revoked": True}
+    assert api.get("/user/starred").status_code == 401
+    stats = httpx.get(f"{base}/stats").json()
+    assert stats["by_token"]["ctl-token-1"] == 4 and stats["served"]["ctl-token-1"] == 3
+    assert stats["faults"]["status"] >= 1
