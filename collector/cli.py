@@ -89,6 +89,22 @@ def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
 
 
 @main.command()
+@click.option("--users", type=click.IntRange(1, 2000), default=36, show_default=True, help="Networks to seed.")
+@click.option("--cycles", type=click.IntRange(0, 20), default=2, show_default=True,
+              help="Normal cycles with new upstream items after the back-fill.")
+@click.option("--mongodb-uri", "demo_uri", help="Use this MongoDB instead of the in-memory database.")
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="Give up after this many seconds.")
+def demo(users: int, cycles: int, demo_uri: str | None, timeout: float) -> None:
+    """Run the whole system against a local sandbox API and show it working."""
+    from collector.demo import run_demo
+
+    logs.configure("console", "error")
+    if not asyncio.run(run_demo(users=users, cycles=cycles, mongodb_uri=demo_uri, time_limit=timeout,
+                                echo=click.echo)):
+        raise SystemExit(1)
+
+
+@main.command()
 def connectors() -> None:
     """List every installed connector, its package, version and API."""
     found = sdk.discover()

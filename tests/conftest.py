@@ -19,25 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", ROOT.parent / "shared" / "fixtures" / "likeastore"))
 
 
-def _patch_mongomock_bulk() -> None:
-    """mongomock's bulk builder predates PyMongo 4.9, whose UpdateOne passes `sort`: accept and ignore it
-    (test-only shim; storage code is also proven on the real wire server)."""
-    from mongomock.collection import BulkOperationBuilder
+from collector.demo import mongomock_compat  # noqa: E402
 
-    original = BulkOperationBuilder.add_update
-    if getattr(original, "_collector_shim", False):
-        return
-
-    def add_update(self, selector, doc, multi=False, upsert=False, collation=None, array_filters=None,
-                   hint=None, sort=None):
-        return original(self, selector, doc, multi=multi, upsert=upsert, collation=collation,
-                        array_filters=array_filters, hint=hint)
-
-    add_update._collector_shim = True
-    BulkOperationBuilder.add_update = add_update
-
-
-_patch_mongomock_bulk()
+mongomock_compat()  # mongomock's bulk builder predates PyMongo 4.9 (test-only shim, also used by the demo)
 
 
 class Clock:

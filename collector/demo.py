@@ -1,0 +1,186 @@
+"""`collector demo`: the whole system in one process, nothing but pip needed.
+
+Starts the sandbox API on 127.0.0.1, a database (mongomock-motor in memory unless --mongodb-uri is
+given: in-memory storage is fine for a demo, it is not the production path), seeds networks
+across services with a few troublemakers (a rate-limited user, a revoked token, a flapping 5xx),
+runs the initial and normal schedulers side by side, shows live progress, makes new items arrive
+upstream for a few normal cycles, and ends with a summary whose item count is checked against
+what the sandbox served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from collector import config, http, sdk
+from collector.executor import Executor
+from collector.model import utcnow
+from collector.sandbox import Sandbox, Server
+from collector.scheduler import Scheduler
+from collector.store import Store
+
+SERVICES = ("github", "stackoverflow")
+TROUBLE = {0: "rate_limit", 3: "unauthorized", 4: "flapping", 7: "rate_limit", 9: "flapping"}  # by user % 12
+
+
+def mongomock_compat() -> None:
+    """mongomock's bulk builder predates PyMongo 4.9, whose UpdateOne passes `sort`: accept it."""
+    from mongomock.collection import BulkOperationBuilder
+
+    original = BulkOperationBuilder.add_update
+    if getattr(original, "_collector_shim", False):
+        return
+
+    def add_update(self, selector, doc, multi=False, upsert=False, collation=None, array_filters=None,
+                   hint=None, sort=None):
+        return original(self, selector, doc, multi=multi, upsert=upsert, collation=collation,
+                        array_filters=array_filters, hint=hint)
+
+    add_update._collector_shim = True
+    BulkOperationBuilder.add_update = add_update
+
+
+def seed(sandbox: Sandbox, users: int, rng: random.Random, now: datetime) -> tuple[list[dict[str, Any]], dict]:
+    """Networks for `users` users across services; every 12th user misbehaves in one way."""
+    docs, trouble = [], {}
+    for i in range(users):
+        service = SERVICES[i % len(SERVICES)]
+        token = f"demo-{service}-{i:03d}-{rng.getrandbits(32):08x}"
+        sandbox.add_user(service, token, items=rng.randint(15, 120), name=f"user{i:03d}")
+        kind = TROUBLE.get(i % 12)
+        if kind == "rate_limit":
+            sandbox.inject(token, "rate_limit", seconds=3)
+        elif kind == "unauthorized":
+            sandbox.users[token].revoked = True
+        elif kind == "flapping":
+            sandbox.inject(token, "status", count=2, status=503)
+        if kind:
+            trouble[f"user{i:03d}"] = kind
+        docs.append({"user": f"user{i:03d}", "service": service, "accessToken": token, "mode": "initial",
+                     "scheduledTo": now})
+    return docs, trouble
+
+
+async def progress(store: Store, now: datetime) -> dict[str, int]:
+    n = store.networks
+    return {
+        "initial": await n.count_documents({"mode": "initial", "disabled": {"$ne": True}}),
+        "normal": await n.count_documents({"mode": "normal", "disabled": {"$ne": True}}),
+        "unauthorized": await n.count_documents({"unauthorized": True}),
+        "disabled": await n.count_documents({"disabled": True, "unauthorized": {"$ne": True}}),
+        "rate_limited": await n.count_documents({"rateLimitedUntil": {"$gt": now}}),
+        "retrying": await n.count_documents({"errors": {"$gt": 0}, "disabled": {"$ne": True}}),
+        "items": await store.items.count_documents({}),
+    }
+
+
+def line(p: dict[str, int], served: int, elapsed: float) -> str:
+    return (f"[{elapsed:5.1f}s] initial {p['initial']:3d} | normal {p['normal']:3d} | unauthorized "
+            f"{p['unauthorized']} | disabled {p['disabled']} | rate-limited {p['rate_limited']} | retrying "
+            f"{p['retrying']} | items {p['items']:5d} / served {served}")
+
+
+async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = None, time_limit: float = 180.0,
+                   echo: Callable[[str], None] = print, seed_value: int = 2026) -> bool:
+    """Run the demo; True when every item the sandbox served is stored exactly once."""
+    rng = random.Random(seed_value)
+    server = Server(Sandbox(latency=0.02, page_cap=25)).start()
+    sandbox = server.sandbox
+    overrides = {"services": {"github": {"base_url": server.url},
+                              "stackoverflow": {"base_url": f"{server.url}/2.3"}}}
+    if mongodb_uri:
+        overrides["database"] = {"uri": mongodb_uri}
+    settings = config.load(environment="demo", overrides=overrides)
+    mongo = None
+    if mongodb_uri:
+        from collector.app import connect, make_store
+
+        mongo, db = await connect(settings)
+        db = mongo[f"collector_demo_{int(time.time())}"]
+        store = await make_store(db, settings)
+    else:
+        from mongomock_motor import AsyncMongoMockClient
+
+        mongomock_compat()
+        db = AsyncMongoMockClient(tz_aware=True)["collector_demo"]
+        store = Store(db)
+        await store.ensure_indexes()
+    docs, trouble = seed(sandbox, users, rng, utcnow())
+    await store.networks.insert_many(docs)
+    echo(f"sandbox API on {server.url}; database: {mongodb_uri or 'mongomock-motor (in memory)'}")
+    echo(f"{users} networks seeded ({sum(len(u.items) for u in sandbox.users.values())} items upstream); "
+         f"troublemakers: {', '.join(f'{u} ({k})' for u, k in sorted(trouble.items()))}")
+    client = http.make_client(settings)
+    executor = Executor(store, client, settings, sdk.discover())
+    schedulers = [Scheduler(store, executor, settings, mode) for mode in ("initial", "normal")]
+    tasks = [asyncio.create_task(s.run()) for s in schedulers]
+    started = time.monotonic()
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    cycle, cycle_started, ok = 0, None, False
+
+    def served() -> int:
+        return sum(sandbox.stats()["unique_served"].values())
+
+    try:
+        while time.monotonic() - started < time_limit:
+            await asyncio.sleep(0.25)
+            now = utcnow()
+            p = await progress(store, now)
+            elapsed = time.monotonic() - started
+            if tty:
+                print("\r" + line(p, served(), elapsed), end="", flush=True)
+            elif elapsed - last_print >= 2:
+                echo(line(p, served(), elapsed))
+                last_print = elapsed
+            caught_up = p["initial"] == 0 and p["retrying"] == 0 and p["items"] == served()
+            if not caught_up:
+                continue
+            if cycle_started is not None:
+                pending = await store.networks.count_documents(
+                    {"mode": "normal", "disabled": {"$ne": True}, "lastExecution": {"$lt": cycle_started}})
+                if pending:
+                    continue
+            if cycle == cycles:
+                ok = True
+                break
+            cycle += 1
+            cycle_started = utcnow()
+            fresh = 0
+            for token, user in sandbox.users.items():
+                if not user.revoked and rng.random() < 0.5:
+                    sandbox.add_items(token, 3)
+                    fresh += 3
+            if tty:
+                print()
+            echo(f"normal cycle {cycle}/{cycles}: {fresh} new items arrive upstream")
+    finally:
+        for s in schedulers:
+            s.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+        server.stop()
+    if tty:
+        print()
+    p = await progress(store, utcnow())
+    stats = sandbox.stats()
+    served_unique = sum(stats["unique_served"].values())
+    runs = sum((s.stats.runs for s in schedulers), Counter())
+    echo("summary")
+    echo(f"  networks     normal {p['normal']}, unauthorized {p['unauthorized']}, disabled {p['disabled']}")
+    echo(f"  runs         {sum(runs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(runs.items()))})")
+    echo(f"  requests     {stats['requests']} served by the sandbox; faults injected {stats['faults']}")
+    echo(f"  items        {p['items']} stored, {served_unique} distinct items served: "
+         + ("equal" if p["items"] == served_unique else "MISMATCH"))
+    echo(f"  time         {time.monotonic() - started:.1f}s" + ("" if ok else " (timed out before the end)"))
+    if mongo is not None:
+        await mongo.drop_database(db.name)
+        await mongo.close()
+    return ok and p["items"] == served_unique
