@@ -84,6 +84,7 @@ class Sandbox:
         self.served: Counter = Counter()  # item handouts by token (an item on two pages counts twice)
         self.served_ids: dict[str, set[int]] = {}
         self.faults_served: Counter = Counter()
+        self.hits: dict[str, list[float]] = {}  # request times by token (Unix seconds)
         self.log: list[str] = []  # every request target, to prove no token ever travels in a URL
         self.total = 0
         self.lock = threading.Lock()
@@ -219,7 +220,11 @@ class Sandbox:
 
     def _user(self, token: str | None, service: str) -> User | None:
         user = self.users.get(token or "")
-        return user if user and user.service == service else None
+        if user is None or user.service != service:
+            return None
+        with self.lock:
+            self.hits.setdefault(user.token, []).append(time.time())
+        return user
 
     def _page(self, user: User, page: int, size: int) -> list[dict[str, Any]]:
         with self.lock:
