@@ -67,15 +67,17 @@ class Response:
 
 
 FAULTS = ("status", "rate_limit", "retry_after", "unauthorized", "malformed", "truncated", "wrong_type",
-          "oversize", "timeout", "reset", "drip")
+          "oversize", "timeout", "reset", "drip", "backoff")
 
 
 class Sandbox:
     """The state and the counters; `handle` answers one request."""
 
     def __init__(self, latency: float = 0.0, rate_limit: int = 5000, window: float = 3600.0,
-                 page_cap: int = 100):
+                 page_cap: int = 100, quota: int = 10_000):
         self.latency = latency
+        self.quota_max = quota  # Stack Exchange: one daily quota per app key, shared by every user
+        self.quota = quota
         self.page_cap = page_cap  # the real APIs cap pages at 100; a lower cap makes many pages cheaply
         self.rate_limit = rate_limit
         self.window = window
@@ -116,12 +118,7 @@ class Sandbox:
                 return self._refuse(user)
             if not user.faults:
                 return None
-            fault = user.faults[0]
-            fault["count"] -= 1
-            if fault["count"] <= 0:
-                user.faults.pop(0)
-            self.requests[user.token] += 1
-            self.faults_served[fault["kind"]] += 1
+        fault = self._take(user)
         kind, seconds = fault["kind"], float(fault.get("seconds", 60))
         if kind == "status":
             return _json(int(fault.get("status", 500)), {"message": "sandbox fault"})
@@ -153,6 +150,18 @@ class Sandbox:
             return Response(0, action="reset")
         return Response(200, b"[]" + b" " * 1000, {"content-type": "application/json"}, action="drip",
                         seconds=seconds)
+
+    def _take(self, user: User) -> dict[str, Any]:
+        """Consume one use of the user's first fault (counted as a request and as a fault)."""
+        with self.lock:
+            fault = user.faults[0]
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                user.faults.pop(0)
+            if fault["kind"] != "backoff":  # a backoff rides on a served page, counted there
+                self.requests[user.token] += 1
+            self.faults_served[fault["kind"]] += 1
+            return fault
 
     def _refuse(self, user: User) -> Response:
         if user.service == "stackoverflow":
@@ -193,7 +202,7 @@ class Sandbox:
         if path == "/_sandbox/stats":
             return _json(200, self.stats())
         if path == "/_sandbox/reset" and method == "POST":
-            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap)
+            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap, self.quota_max)
             return _json(200, {"ok": True})
         if path == "/_sandbox/users" and method == "POST":
             user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"))
@@ -277,16 +286,29 @@ class Sandbox:
         if user is None:
             return _json(400, {"error_id": 401, "error_name": "access_token_required",
                                "error_message": "`access_token` is required"}, gzipped=True)
-        if (fault := self._fault(user)) is not None:
+        backoff = None
+        if user.faults and user.faults[0]["kind"] == "backoff":  # a normal reply asking callers to wait
+            backoff = int(self._take(user)["seconds"])
+        elif (fault := self._fault(user)) is not None:
             return fault
+        with self.lock:
+            if self.quota <= 0:
+                return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
+                                   "too many requests from this IP, more requests available in 86400 seconds"},
+                             gzipped=True)
+            self.quota -= 1
+            quota = self.quota
         size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         chunk = self._page(user, page, size)
         items = [{"question_id": i["id"], "title": f"Question {i['id']} &amp; friends",
                   "link": f"https://stackoverflow.com/questions/{i['id']}", "creation_date": int(i["at"]),
                   "owner": {"display_name": user.name}} for i in chunk]
-        return _json(200, {"items": items, "has_more": page * size < len(user.items), "quota_max": 10000,
-                           "quota_remaining": 9999}, gzipped=True)
+        body = {"items": items, "has_more": page * size < len(user.items), "quota_max": self.quota_max,
+                "quota_remaining": quota}
+        if backoff is not None:
+            body["backoff"] = backoff
+        return _json(200, body, gzipped=True)
 
 
 def _int(value: str | None, default: int) -> int:

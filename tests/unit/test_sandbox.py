@@ -69,6 +69,8 @@ async def test_a_clean_page_is_served_and_counted(run, server, service):
     ("github", {"kind": "timeout", "seconds": 3}, Kind.TRANSIENT, "timeout"),
     ("github", {"kind": "drip", "seconds": 5}, Kind.TRANSIENT, "timeout"),
     ("github", {"kind": "reset"}, Kind.TRANSIENT, "connection"),
+    ("stackoverflow", {"kind": "status", "status": 503}, Kind.TRANSIENT, "http_5xx"),
+    ("stackoverflow", {"kind": "timeout", "seconds": 3}, Kind.TRANSIENT, "timeout"),
 ])
 async def test_each_fault_ends_in_its_documented_state(run, server, clock, service, fault, kind, error):
     result, net, token = await run(service, fault)
@@ -101,3 +103,24 @@ def test_control_api(server):
     stats = httpx.get(f"{base}/stats").json()
     assert stats["by_token"]["ctl-token-1"] == 4 and stats["served"]["ctl-token-1"] == 3
     assert stats["faults"]["status"] >= 1
+
+
+async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, server, clock, mock_db):
+    result, net, _token = await run("stackoverflow", {"kind": "backoff", "seconds": 45})
+    assert result.outcome.kind is Kind.PAGE and result.new_items == 3  # the page itself is fine
+    assert (net["scheduledTo"] - clock.now).total_seconds() >= 45
+    paused = await mock_db.services.find_one({"_id": "stackoverflow"})
+    assert (paused["pausedUntil"] - clock.now).total_seconds() >= 45
+
+
+def test_stackexchange_daily_quota_runs_out_for_the_whole_app(server):
+    server.sandbox.quota, before = 1, server.sandbox.quota
+    try:
+        server.sandbox.add_user("stackoverflow", "quota-user-1", 5)
+        api = httpx.Client(base_url=server.url, headers={"X-API-Access-Token": "quota-user-1"})
+        first = api.get("/2.3/me/favorites")
+        assert first.status_code == 200 and first.json()["quota_remaining"] == 0
+        second = api.get("/2.3/me/favorites")
+        assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
+    finally:
+        server.sandbox.quota = before
