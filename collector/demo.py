@@ -106,8 +106,12 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
         db = mongo[f"collector_demo_{int(time.time())}"]
         store = await make_store(db, settings)
     else:
-        from mongomock_motor import AsyncMongoMockClient
-
+        try:
+            from mongomock_motor import AsyncMongoMockClient
+        except ImportError:
+            server.stop()
+            echo("collector demo without --mongodb-uri needs mongomock-motor: pip install -e '.[test]'")
+            return False
         mongomock_compat()
         db = AsyncMongoMockClient(tz_aware=True)["collector_demo"]
         store = Store(db)
