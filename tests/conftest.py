@@ -60,6 +60,15 @@ def settings() -> config.Settings:
 
 
 @pytest.fixture
+def api():
+    """respx for a connector test: every route declared must be called."""
+    import respx
+
+    with respx.mock(assert_all_called=True) as mock:
+        yield mock
+
+
+@pytest.fixture
 def mock_db():
     from mongomock_motor import AsyncMongoMockClient
 

@@ -53,12 +53,6 @@ async def engine(mock_db, settings, clock):
         yield engine
 
 
-@pytest.fixture
-def api():
-    with respx.mock(assert_all_called=True) as mock:
-        yield mock
-
-
 def page_one(api: respx.MockRouter) -> respx.Route:
     """The first page of the starred list, newest star first, as many per page as GitHub allows."""
     return api.get(STARRED, params__eq=FIRST_PAGE_PARAMS)

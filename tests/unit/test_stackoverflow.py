@@ -54,12 +54,6 @@ async def engine(mock_db, settings, clock):
         yield engine
 
 
-@pytest.fixture
-def api():
-    with respx.mock(assert_all_called=True) as mock:
-        yield mock
-
-
 def page(api: respx.MockRouter, number: int, **name: str) -> respx.Route:
     return api.get(FAVORITES, params={"page": str(number)}, **name)
 
