@@ -119,7 +119,7 @@ def connectors() -> None:
 
 @main.group()
 def networks() -> None:
-    """Inspect and add networks."""
+    """Inspect, add, enable, disable and reset networks."""
 
 
 def _run(ctx: click.Context, fn: Any) -> Any:
@@ -197,23 +197,111 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
         click.echo(str(network_id))
 
 
+def _state(doc: dict[str, Any]) -> str:
+    if doc.get("disabled"):
+        return "unauthorized" if doc.get("unauthorized") else "disabled"
+    return str(doc.get("mode"))
+
+
+def _network_id(raw: str) -> Any:
+    from bson import ObjectId
+    from bson.errors import InvalidId
+
+    try:
+        return ObjectId(raw)
+    except (InvalidId, TypeError):
+        return raw
+
+
 @networks.command("list")
+@click.option("--user", help="Only this user's networks.")
+@click.option("--service", help="Only this service.")
+@click.option("--mode", "mode_", type=click.Choice(MODES), help="Only this mode.")
+@click.option("--state", type=click.Choice(["active", "disabled", "unauthorized"]), help="Only this state.")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line.")
 @click.pass_context
-def networks_list(ctx: click.Context, as_json: bool) -> None:
+def networks_list(ctx: click.Context, user: str | None, service: str | None, mode_: str | None,
+                  state: str | None, limit: int, as_json: bool) -> None:
     """List networks with their state (tokens redacted)."""
     from collector.store import public_view
 
+    query: dict[str, Any] = {}
+    if user:
+        query["user"] = user
+    if service:
+        query["service"] = service
+    if mode_:
+        query["mode"] = mode_
+    if state == "active":
+        query["disabled"] = {"$ne": True}
+    elif state == "disabled":
+        query.update(disabled=True, unauthorized={"$ne": True})
+    elif state == "unauthorized":
+        query["unauthorized"] = True
+
     async def fetch(store: Any) -> list[dict[str, Any]]:
-        return [public_view(d) async for d in store.networks.find({}, projection={"raw": 0}).limit(10000)]
+        return [public_view(d) async for d in store.networks.find(query).limit(limit)]
 
     for doc in _run(ctx, fetch):
         if as_json:
             click.echo(json.dumps(doc, default=str))
-        else:
-            state = doc.get("mode")
-            if doc.get("disabled"):
-                state = "unauthorized" if doc.get("unauthorized") else "disabled"
-            reason = doc.get("disabledReason") or (doc.get("lastOutcome") or {}).get("reason", "")
-            click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {state!s:<12} "
-                       f"next={doc.get('scheduledTo')}  {reason}")
+            continue
+        reason = doc.get("disabledReason") or (doc.get("lastOutcome") or {}).get("reason", "")
+        click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {_state(doc):<12} "
+                   f"next={doc.get('scheduledTo')}  {reason}")
+
+
+@networks.command("show")
+@click.argument("network_id")
+@click.pass_context
+def networks_show(ctx: click.Context, network_id: str) -> None:
+    """One network in full: state, last error, schedule (tokens redacted)."""
+    from collector.store import public_view
+
+    async def fetch(store: Any) -> dict[str, Any] | None:
+        return await store.get_network(_network_id(network_id))
+
+    doc = _run(ctx, fetch)
+    if doc is None:
+        raise click.ClickException(f"no network {network_id}")
+    click.echo(json.dumps(public_view(doc), default=str, indent=2))
+
+
+def _operator(ctx: click.Context, network_id: str, action: str, reason: str = "") -> None:
+    from collector.model import utcnow
+
+    async def act(store: Any) -> bool:
+        nid = _network_id(network_id)
+        if action == "disable":
+            return await store.disable(nid, reason, utcnow())
+        return await getattr(store, action)(nid, utcnow())
+
+    if not _run(ctx, act):
+        raise click.ClickException(f"no network {network_id}")
+    click.echo(f"{network_id}: {action}d")
+
+
+@networks.command("enable")
+@click.argument("network_id")
+@click.pass_context
+def networks_enable(ctx: click.Context, network_id: str) -> None:
+    """Clear disabled/unauthorized/errors; due now (e.g. after the user re-authorized)."""
+    _operator(ctx, network_id, "enable")
+
+
+@networks.command("disable")
+@click.argument("network_id")
+@click.option("--reason", default="disabled by an operator", show_default=True)
+@click.pass_context
+def networks_disable(ctx: click.Context, network_id: str, reason: str) -> None:
+    """Stop collecting this network until it is enabled."""
+    _operator(ctx, network_id, "disable", reason)
+
+
+@networks.command("reset")
+@click.argument("network_id")
+@click.pass_context
+def networks_reset(ctx: click.Context, network_id: str) -> None:
+    """Back to initial mode: re-collect the whole history (stored items are kept, not duplicated)."""
+    _operator(ctx, network_id, "reset")

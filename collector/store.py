@@ -277,6 +277,28 @@ class Store:
             out[doc["_id"]] = doc["pausedUntil"]
         return out
 
+    # -- operator actions -----------------------------------------------------------------------
+
+    async def enable(self, network_id: Any, now: datetime) -> bool:
+        """Clear disabled/unauthorized/errors and make the network due now."""
+        result = await self.networks.update_one({"_id": network_id}, {
+            "$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
+            "$unset": {"disabledReason": "", "disabledAt": ""}})
+        return result.matched_count == 1
+
+    async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
+        result = await self.networks.update_one({"_id": network_id}, {"$set": {
+            "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}})
+        return result.matched_count == 1
+
+    async def reset(self, network_id: Any, now: datetime) -> bool:
+        """Back to initial mode from the start of the history (items already stored stay)."""
+        result = await self.networks.update_one({"_id": network_id}, {
+            "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
+                     "unauthorized": False},
+            "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}})
+        return result.matched_count == 1
+
     # -- reading --------------------------------------------------------------------------------
 
     async def get_network(self, network_id: Any) -> dict[str, Any] | None:

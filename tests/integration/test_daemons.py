@@ -166,6 +166,25 @@ def test_networks_add_and_list_through_the_cli(wire_uri):
         assert listed.returncode == 0 and "alice" in listed.stdout and "bob" in listed.stdout
         assert "ghp_cli_secret_42" not in listed.stdout + listed.stderr
         assert "so-token-1234" not in listed.stdout + listed.stderr
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+        alice = str(docs["alice"]["_id"])
+        shown = cli("show", alice)
+        assert shown.returncode == 0 and '"user": "alice"' in shown.stdout
+        assert "ghp_cli_secret_42" not in shown.stdout and "[redacted]" in shown.stdout
+        assert cli("disable", alice, "--reason", "customer left").returncode == 0
+        only_disabled = cli("list", "--state", "disabled")
+        assert "alice" in only_disabled.stdout and "bob" not in only_disabled.stdout
+        assert "operator: customer left" in only_disabled.stdout
+        assert cli("enable", alice).returncode == 0
+        assert client[dbname].networks.find_one({"user": "alice"})["disabled"] is False
+        assert cli("reset", alice).returncode == 0
+        assert "stackoverflow" in cli("list", "--service", "stackoverflow").stdout
+        assert "alice" not in cli("list", "--service", "stackoverflow").stdout
+        missing = cli("enable", "000000000000000000000000")
+        assert missing.returncode != 0 and "no network" in missing.stderr
     finally:
         client.drop_database(dbname)
         client.close()

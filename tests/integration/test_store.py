@@ -143,3 +143,20 @@ async def test_claim_tickets_admit_one_winner_per_occurrence(store, clock):
     # the winner died: once its lease expired, the next generation of the same occurrence is free
     later = clock.now + timedelta(seconds=61)
     assert await store._ticket(before, {**theirs, "until": later + timedelta(seconds=60)}, later)
+
+
+async def test_operator_actions(store, clock):
+    nid = await add(store, clock, mode="normal", cursor={"stop": "9"}, errors=5, disabled=True, unauthorized=True,
+                    disabledReason="unauthorized: Bad credentials", scheduledTo=None)
+    later = clock.now + timedelta(minutes=1)
+    assert await store.enable(nid, later)
+    net = await store.get_network(nid)
+    assert (net["disabled"], net["unauthorized"], net["errors"], net["scheduledTo"]) == (False, False, 0, later)
+    assert "disabledReason" not in net and net["mode"] == "normal" and net["cursor"] == {"stop": "9"}
+    assert await store.disable(nid, "customer left", later)
+    net = await store.get_network(nid)
+    assert net["disabled"] and net["disabledReason"] == "operator: customer left" and net["scheduledTo"] is None
+    assert await store.reset(nid, later)
+    net = await store.get_network(nid)
+    assert (net["mode"], net["cursor"], net["disabled"], net["scheduledTo"]) == ("initial", {}, False, later)
+    assert not await store.enable("no-such-network", later)
