@@ -18,14 +18,10 @@ FAST = ["--set", "schedule.normal_interval=1.0", "--set", "schedule.backoff_base
         "--set", "schedule.rate_limit_slack=0.2", "--set", "schedule.jitter=0.0"]
 
 
-def test_lifecycle_of_a_small_fleet(wire_uri):
-    from pymongo import MongoClient
-
+def test_lifecycle_of_a_small_fleet(wire_uri, sync_db):
     server = Server(Sandbox(page_cap=10)).start()
     box = server.sandbox
-    dbname = f"collector_e2e_{uuid.uuid4().hex[:8]}"
-    client = MongoClient(wire_uri, tz_aware=True)
-    db = client[dbname]
+    db = sync_db
     tokens = {name: f"e2e-{name}-{uuid.uuid4().hex[:8]}" for name in
               ("gh", "so", "limited", "revoked", "flapping")}
     services = {"gh": "github", "so": "stackoverflow", "limited": "github", "revoked": "github",
@@ -38,7 +34,7 @@ def test_lifecycle_of_a_small_fleet(wire_uri):
     now = datetime.now(UTC)
     db.networks.insert_many([{"user": name, "service": services[name], "accessToken": token, "mode": "initial",
                               "scheduledTo": now} for name, token in tokens.items()])
-    procs = [daemon(mode, wire_uri, dbname, server.url, *FAST) for mode in ("initial", "normal")]
+    procs = [daemon(mode, wire_uri, db.name, server.url, *FAST) for mode in ("initial", "normal")]
 
     def stored_equals_served() -> bool:
         served = sum(box.stats()["unique_served"].values())
@@ -59,28 +55,24 @@ def test_lifecycle_of_a_small_fleet(wire_uri):
     finally:
         results = [stop(p) for p in procs]
         server.stop()
-    try:
-        for code, out in results:
-            assert code == 0, out[-3000:]
-            for token in tokens.values():
-                assert token not in out
-        nets = {d["user"]: d for d in db.networks.find()}
-        stats = box.stats()
-        # every distinct item the sandbox handed out is stored, once (normal runs re-read page 1)
-        assert db.items.count_documents({}) == sum(stats["unique_served"].values()) == 4 * 25 + 8
-        # the rate-limited user was left alone until the reset it was given (Unix second), then finished
-        hits = box.hits[tokens["limited"]]
-        assert hits[1] >= int(hits[0] + 4), hits[:3]
-        assert nets["limited"]["mode"] == "normal" and nets["limited"]["errors"] == 0
-        # the revoked token was tried once and never again
-        assert stats["by_token"][tokens["revoked"]] == 1
-        assert nets["revoked"]["unauthorized"] and "Bad credentials" in nets["revoked"]["disabledReason"]
-        # the flapping 5xx backed off (0.5 s, then 1 s) and recovered
-        flaps = box.hits[tokens["flapping"]]
-        assert flaps[1] - flaps[0] >= 0.5 and flaps[2] - flaps[1] >= 1.0, flaps[:3]
-        assert nets["flapping"]["mode"] == "normal" and nets["flapping"]["errors"] == 0
-        assert not nets["flapping"].get("disabled")
-        assert nets["flapping"]["stats"]["transient"] == 2
-    finally:
-        client.drop_database(dbname)
-        client.close()
+    for code, out in results:
+        assert code == 0, out[-3000:]
+        for token in tokens.values():
+            assert token not in out
+    nets = {d["user"]: d for d in db.networks.find()}
+    stats = box.stats()
+    # every distinct item the sandbox handed out is stored, once (normal runs re-read page 1)
+    assert db.items.count_documents({}) == sum(stats["unique_served"].values()) == 4 * 25 + 8
+    # the rate-limited user was left alone until the reset it was given (Unix second), then finished
+    hits = box.hits[tokens["limited"]]
+    assert hits[1] >= int(hits[0] + 4), hits[:3]
+    assert nets["limited"]["mode"] == "normal" and nets["limited"]["errors"] == 0
+    # the revoked token was tried once and never again
+    assert stats["by_token"][tokens["revoked"]] == 1
+    assert nets["revoked"]["unauthorized"] and "Bad credentials" in nets["revoked"]["disabledReason"]
+    # the flapping 5xx backed off (0.5 s, then 1 s) and recovered
+    flaps = box.hits[tokens["flapping"]]
+    assert flaps[1] - flaps[0] >= 0.5 and flaps[2] - flaps[1] >= 1.0, flaps[:3]
+    assert nets["flapping"]["mode"] == "normal" and nets["flapping"]["errors"] == 0
+    assert not nets["flapping"].get("disabled")
+    assert nets["flapping"]["stats"]["transient"] == 2

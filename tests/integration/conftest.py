@@ -73,3 +73,17 @@ async def any_db(request):
     else:
         async with fresh_database(request.getfixturevalue("wire_uri")) as db:
             yield db
+
+
+@pytest.fixture
+def sync_db(wire_uri):
+    """A database of its own for tests that drive daemon processes and read back synchronously."""
+    from pymongo import MongoClient
+
+    client = MongoClient(wire_uri, tz_aware=True)
+    name = f"collector_it_{uuid.uuid4().hex[:10]}"
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()

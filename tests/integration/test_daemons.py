@@ -52,139 +52,116 @@ def sandbox():
     server.stop()
 
 
-def test_two_processes_share_200_networks_without_loss_or_duplicates(wire_uri, sandbox):
-    from pymongo import MongoClient
-
-    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
-    client = MongoClient(wire_uri, tz_aware=True)
-    db = client[dbname]
+def test_two_processes_share_200_networks_without_loss_or_duplicates(wire_uri, sandbox, sync_db):
+    db = sync_db
+    docs = []
+    for i in range(200):
+        service = "github" if i % 4 else "stackoverflow"
+        token = f"tok-{i:03d}-{uuid.uuid4().hex[:6]}"
+        sandbox.sandbox.add_user(service, token, items=5)  # 3 pages (the sandbox serves 2 per page)
+        docs.append({"user": f"user{i}", "service": service, "accessToken": token, "mode": "initial",
+                     "scheduledTo": datetime.now(UTC)})
+    db.networks.insert_many(docs)
+    procs = [daemon("initial", wire_uri, db.name, sandbox.url, "--concurrency", "16") for _ in range(2)]
     try:
-        docs = []
-        for i in range(200):
-            service = "github" if i % 4 else "stackoverflow"
-            token = f"tok-{i:03d}-{uuid.uuid4().hex[:6]}"
-            sandbox.sandbox.add_user(service, token, items=5)  # 3 pages (the sandbox serves 2 per page)
-            docs.append({"user": f"user{i}", "service": service, "accessToken": token, "mode": "initial",
-                         "scheduledTo": datetime.now(UTC)})
-        db.networks.insert_many(docs)
-        procs = [daemon("initial", wire_uri, dbname, sandbox.url, "--concurrency", "16") for _ in range(2)]
-        try:
-            wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 200, 240,
-                     "all 200 networks to finish their back-fill")
-        finally:
-            results = [stop(p) for p in procs]
-        for code, out in results:
-            assert code == 0, out[-3000:]
-        stats = sandbox.sandbox.stats()
-        assert len(stats["by_token"]) == 200
-        # nothing lost, nothing stored twice: every item served is stored exactly once
-        assert all(stats["unique_served"][t] == 5 for t in stats["by_token"])
-        assert db.items.count_documents({}) == 200 * 5
-        assert db.networks.count_documents({"lease": {"$exists": True}}) == 0
-        assert db.networks.count_documents({"disabled": True}) == 0
-        assert len(db.networks.distinct("lastOwner")) == 2  # both processes did a share
-        requests = sum(stats["by_token"].values())
-        if "ferretdbVersion" in client.admin.command("buildInfo"):
-            # FerretDB v1 has no atomic findAndModify: claims race and the claim tickets narrow, but
-            # cannot close, the window, so a page may be fetched twice (its items are still stored once)
-            print(f"\nFerretDB: {requests} requests for 600 pages ({requests - 600} repeated fetches)")
-            assert requests >= 600
-        else:
-            # on MongoDB the claim is atomic: each of the 3 pages of every network fetched exactly once
-            assert sorted(set(stats["by_token"].values())) == [3]
-            assert sorted({d["stats"]["runs"] for d in db.networks.find({}, {"stats": 1})}) == [3]
+        wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 200, 240,
+                 "all 200 networks to finish their back-fill")
     finally:
-        client.drop_database(dbname)
-        client.close()
-
-
-def test_bad_documents_end_disabled_and_the_daemon_keeps_running(wire_uri, sandbox):
-    from pymongo import MongoClient
-
-    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
-    client = MongoClient(wire_uri, tz_aware=True)
-    db = client[dbname]
-    try:
-        sandbox.sandbox.add_user("github", "good-token-1", items=3)
-        now = datetime.now(UTC)
-        db.networks.insert_many([
-            {"user": "no-token", "service": "github", "mode": "initial", "scheduledTo": now},
-            {"user": "unknown", "service": "myspace", "accessToken": "abcd1234", "mode": "initial",
-             "scheduledTo": now},
-            {"user": {"nested": ["junk"]}, "service": "github", "accessToken": "abcd1234", "mode": "initial",
-             "scheduledTo": now},
-            {"user": "revoked", "service": "github", "accessToken": "revoked-token", "mode": "initial",
-             "scheduledTo": now},
-            {"user": "bare", "service": "github", "accessToken": "good-token-1"},  # no mode, no schedule
-        ])
-        proc = daemon("initial", wire_uri, dbname, sandbox.url)
-        try:
-            wait_for(lambda: db.networks.count_documents({"disabled": True}) == 4
-                     and db.networks.count_documents({"user": "bare", "mode": "normal"}) == 1, 60,
-                     "bad documents disabled and the good one collected")
-            assert proc.poll() is None, "the daemon must keep running"
-        finally:
-            code, out = stop(proc)
+        results = [stop(p) for p in procs]
+    for code, out in results:
         assert code == 0, out[-3000:]
-        reasons = {str(d["user"]): (d["lastError"]["kind"], d["disabledReason"]) for d in db.networks.find(
-            {"disabled": True})}
-        assert reasons["no-token"][0] == "missing_credentials"
-        assert reasons["unknown"][0] == "unknown_service" and "myspace" in reasons["unknown"][1]
-        assert reasons["{'nested': ['junk']}"][0] == "malformed"
-        assert reasons["revoked"][0] == "unauthorized"
-        assert db.networks.find_one({"user": "revoked"})["unauthorized"] is True
-        assert db.items.count_documents({"user": "bare"}) == 3
-        assert "revoked-token" not in out and "abcd1234" not in out
-    finally:
-        client.drop_database(dbname)
-        client.close()
+    stats = sandbox.sandbox.stats()
+    assert len(stats["by_token"]) == 200
+    # nothing lost, nothing stored twice: every item served is stored exactly once
+    assert all(stats["unique_served"][t] == 5 for t in stats["by_token"])
+    assert db.items.count_documents({}) == 200 * 5
+    assert db.networks.count_documents({"lease": {"$exists": True}}) == 0
+    assert db.networks.count_documents({"disabled": True}) == 0
+    assert len(db.networks.distinct("lastOwner")) == 2  # both processes did a share
+    requests = sum(stats["by_token"].values())
+    if "ferretdbVersion" in db.client.admin.command("buildInfo"):
+        # FerretDB v1 has no atomic findAndModify: claims race and the claim tickets narrow, but
+        # cannot close, the window, so a page may be fetched twice (its items are still stored once)
+        print(f"\nFerretDB: {requests} requests for 600 pages ({requests - 600} repeated fetches)")
+        assert requests >= 600
+    else:
+        # on MongoDB the claim is atomic: each of the 3 pages of every network fetched exactly once
+        assert sorted(set(stats["by_token"].values())) == [3]
+        assert sorted({d["stats"]["runs"] for d in db.networks.find({}, {"stats": 1})}) == [3]
 
 
-def test_networks_add_and_list_through_the_cli(wire_uri):
-    from pymongo import MongoClient
-
-    dbname = f"collector_it_{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    env.update(MONGODB_URI=wire_uri, COLLECTOR_DATABASE__NAME=dbname, MY_TOKEN="ghp_cli_secret_42")
-    base = [sys.executable, "-m", "collector", "--env", "test", "networks"]
-    client = MongoClient(wire_uri, tz_aware=True)
+def test_bad_documents_end_disabled_and_the_daemon_keeps_running(wire_uri, sandbox, sync_db):
+    db = sync_db
+    sandbox.sandbox.add_user("github", "good-token-1", items=3)
+    now = datetime.now(UTC)
+    db.networks.insert_many([
+        {"user": "no-token", "service": "github", "mode": "initial", "scheduledTo": now},
+        {"user": "unknown", "service": "myspace", "accessToken": "abcd1234", "mode": "initial",
+         "scheduledTo": now},
+        {"user": {"nested": ["junk"]}, "service": "github", "accessToken": "abcd1234", "mode": "initial",
+         "scheduledTo": now},
+        {"user": "revoked", "service": "github", "accessToken": "revoked-token", "mode": "initial",
+         "scheduledTo": now},
+        {"user": "bare", "service": "github", "accessToken": "good-token-1"},  # no mode, no schedule
+    ])
+    proc = daemon("initial", wire_uri, db.name, sandbox.url)
     try:
-        added = subprocess.run([*base, "add", "--user", "alice", "--service", "github", "--token-env", "MY_TOKEN"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert added.returncode == 0, added.stderr
-        lines = '{"user": "bob", "service": "stackoverflow", "accessToken": "so-token-1234"}\n'
-        piped = subprocess.run([*base, "add", "--stdin"], input=lines, cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=60)
-        assert piped.returncode == 0, piped.stderr
-        bad = subprocess.run([*base, "add", "--user", "carol", "--service", "myspace"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
-        assert bad.returncode != 0 and "unknown service 'myspace'" in bad.stderr
-        docs = {d["user"]: d for d in client[dbname].networks.find()}
-        assert set(docs) == {"alice", "bob"}
-        assert docs["alice"]["accessToken"] == "ghp_cli_secret_42" and docs["alice"]["mode"] == "initial"
-        listed = subprocess.run([*base, "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert listed.returncode == 0 and "alice" in listed.stdout and "bob" in listed.stdout
-        assert "ghp_cli_secret_42" not in listed.stdout + listed.stderr
-        assert "so-token-1234" not in listed.stdout + listed.stderr
-
-        def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-
-        alice = str(docs["alice"]["_id"])
-        shown = cli("show", alice)
-        assert shown.returncode == 0 and '"user": "alice"' in shown.stdout
-        assert "ghp_cli_secret_42" not in shown.stdout and "[redacted]" in shown.stdout
-        assert cli("disable", alice, "--reason", "customer left").returncode == 0
-        only_disabled = cli("list", "--state", "disabled")
-        assert "alice" in only_disabled.stdout and "bob" not in only_disabled.stdout
-        assert "operator: customer left" in only_disabled.stdout
-        assert cli("enable", alice).returncode == 0
-        assert client[dbname].networks.find_one({"user": "alice"})["disabled"] is False
-        assert cli("reset", alice).returncode == 0
-        assert "stackoverflow" in cli("list", "--service", "stackoverflow").stdout
-        assert "alice" not in cli("list", "--service", "stackoverflow").stdout
-        missing = cli("enable", "000000000000000000000000")
-        assert missing.returncode != 0 and "no network" in missing.stderr
+        wait_for(lambda: db.networks.count_documents({"disabled": True}) == 4
+                 and db.networks.count_documents({"user": "bare", "mode": "normal"}) == 1, 60,
+                 "bad documents disabled and the good one collected")
+        assert proc.poll() is None, "the daemon must keep running"
     finally:
-        client.drop_database(dbname)
-        client.close()
+        code, out = stop(proc)
+    assert code == 0, out[-3000:]
+    reasons = {str(d["user"]): (d["lastError"]["kind"], d["disabledReason"]) for d in db.networks.find(
+        {"disabled": True})}
+    assert reasons["no-token"][0] == "missing_credentials"
+    assert reasons["unknown"][0] == "unknown_service" and "myspace" in reasons["unknown"][1]
+    assert reasons["{'nested': ['junk']}"][0] == "malformed"
+    assert reasons["revoked"][0] == "unauthorized"
+    assert db.networks.find_one({"user": "revoked"})["unauthorized"] is True
+    assert db.items.count_documents({"user": "bare"}) == 3
+    assert "revoked-token" not in out and "abcd1234" not in out
+
+
+def test_networks_add_and_list_through_the_cli(wire_uri, sync_db):
+    db = sync_db
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env.update(MONGODB_URI=wire_uri, COLLECTOR_DATABASE__NAME=db.name, MY_TOKEN="ghp_cli_secret_42")
+    base = [sys.executable, "-m", "collector", "--env", "test", "networks"]
+    added = subprocess.run([*base, "add", "--user", "alice", "--service", "github", "--token-env", "MY_TOKEN"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    lines = '{"user": "bob", "service": "stackoverflow", "accessToken": "so-token-1234"}\n'
+    piped = subprocess.run([*base, "add", "--stdin"], input=lines, cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    bad = subprocess.run([*base, "add", "--user", "carol", "--service", "myspace"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown service 'myspace'" in bad.stderr
+    docs = {d["user"]: d for d in db.networks.find()}
+    assert set(docs) == {"alice", "bob"}
+    assert docs["alice"]["accessToken"] == "ghp_cli_secret_42" and docs["alice"]["mode"] == "initial"
+    listed = subprocess.run([*base, "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "alice" in listed.stdout and "bob" in listed.stdout
+    assert "ghp_cli_secret_42" not in listed.stdout + listed.stderr
+    assert "so-token-1234" not in listed.stdout + listed.stderr
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    alice = str(docs["alice"]["_id"])
+    shown = cli("show", alice)
+    assert shown.returncode == 0 and '"user": "alice"' in shown.stdout
+    assert "ghp_cli_secret_42" not in shown.stdout and "[redacted]" in shown.stdout
+    assert cli("disable", alice, "--reason", "customer left").returncode == 0
+    only_disabled = cli("list", "--state", "disabled")
+    assert "alice" in only_disabled.stdout and "bob" not in only_disabled.stdout
+    assert "operator: customer left" in only_disabled.stdout
+    assert cli("enable", alice).returncode == 0
+    assert db.networks.find_one({"user": "alice"})["disabled"] is False
+    assert cli("reset", alice).returncode == 0
+    assert "stackoverflow" in cli("list", "--service", "stackoverflow").stdout
+    assert "alice" not in cli("list", "--service", "stackoverflow").stdout
+    missing = cli("enable", "000000000000000000000000")
+    assert missing.returncode != 0 and "no network" in missing.stderr
