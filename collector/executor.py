@@ -19,7 +19,7 @@ import structlog
 
 from collector import http, logs
 from collector.config import Settings
-from collector.model import Malformed, Network, utcnow
+from collector.model import Malformed, Network, error_count, utcnow
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -93,7 +93,7 @@ class Executor:
         try:
             outcome, items = await self._attempt(doc, now)
             new_items = await self.store.save_items(doc, items, now) if items else 0
-            errors = doc.get("errors") if isinstance(doc.get("errors"), int) and doc["errors"] >= 0 else 0
+            errors = error_count(doc)
             schedule = self.settings.service(service).schedule
             try:
                 step = transition(State(mode, errors), outcome, now, schedule, self.rng)

@@ -87,9 +87,7 @@ class Network:
             raise Malformed(f"field 'cursor' must be an object, got {_short(cursor)}")
         if _bson_size(cursor) > MAX_CURSOR:
             raise Malformed(f"field 'cursor' is larger than {MAX_CURSOR} bytes")
-        errors = doc.get("errors", 0)
-        if not isinstance(errors, int) or isinstance(errors, bool) or errors < 0:
-            errors = 0  # a counter we own; a junk value restarts it rather than disabling
+        errors = error_count(doc)
         credentials = {}
         for name in SECRET_FIELDS:
             value = doc.get(name)
@@ -110,6 +108,14 @@ class Network:
         if not isinstance(options, dict):
             raise Malformed(f"field 'options' must be an object, got {_short(options)}")
         return cls(doc["_id"], user, service, mode, cursor, errors, credentials, options)
+
+
+def error_count(doc: dict[str, Any]) -> int:
+    """The consecutive-failure counter; a counter we own, so a junk value restarts it at 0."""
+    errors = doc.get("errors", 0)
+    if not isinstance(errors, int) or isinstance(errors, bool) or errors < 0:
+        return 0
+    return errors
 
 
 def utcnow() -> datetime:
