@@ -8,6 +8,7 @@ lets in-flight runs finish within `shutdown_grace`, releases leases of the rest 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from datetime import datetime
@@ -20,8 +21,11 @@ from pymongo.errors import PyMongoError
 from collector import http, logs, sdk
 from collector.config import Settings
 from collector.executor import Executor
+from collector.fleet import Fleet, version
+from collector.metrics import Metrics
 from collector.model import utcnow
-from collector.scheduler import Scheduler
+from collector.notify import Notifier, watchdog_loop
+from collector.scheduler import Scheduler, make_owner_id
 from collector.store import Store
 
 log = structlog.get_logger("collector")
@@ -73,6 +77,8 @@ async def connect(settings: Settings) -> tuple[AsyncMongoClient, Any]:
     client: AsyncMongoClient = AsyncMongoClient(
         settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms, appname="collector",
+        # no database call may hang the loop forever (the watchdog would restart us, but later)
+        socketTimeoutMS=max(timeout_ms * 6, 60_000),
     )
     try:
         await client.admin.command("ping")
@@ -91,10 +97,28 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
+def describe(scheduler: Scheduler) -> str:
+    """The one-line STATUS systemd shows under `systemctl status`."""
+    stats = scheduler.stats
+    text = (f"{scheduler.mode}: {len(scheduler.inflight)} in flight, {sum(stats.runs.values())} runs, "
+            f"{stats.items_new} new items")
+    if scheduler.paused:
+        text += f", paused: {','.join(sorted(scheduler.paused))}"
+    if not scheduler.database_ok:
+        text += ", DATABASE UNAVAILABLE"
+    if scheduler.stopping:
+        text += ", stopping"
+    return text
+
+
 async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
                      clock: Callable[[], datetime] = utcnow, on_ready: Callable[[Scheduler], None] | None = None,
                      registry: dict[str, sdk.Registered] | None = None) -> Scheduler:
-    """Run one scheduler until a signal (or `scheduler.stop()`); returns it for its stats."""
+    """Run one scheduler until a signal (or `scheduler.stop()`); returns it for its stats.
+
+    Around the scheduler: the fleet heartbeat (registry document, lease renewal), the systemd
+    notifier (READY, STATUS, WATCHDOG gated on the loop being alive, STOPPING) and, when enabled,
+    the Prometheus endpoint."""
     mongo = None
     if db is None:
         mongo, db = await connect(settings)
@@ -105,22 +129,43 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
             log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)
     client = http.make_client(settings)
     executor = Executor(store, client, settings, registry, clock=clock)
-    scheduler = Scheduler(store, executor, settings, mode, clock=clock)
+    owner = make_owner_id(mode)
+    metrics, server = None, None
+    if settings.metrics_enabled:
+        metrics = Metrics(mode, owner, version(), services=registry)
+        server = metrics.serve(settings.metrics_host, settings.metrics_port)  # MetricsError: a clear exit
+        log.info("metrics endpoint listening", url=server.url)
+    scheduler = Scheduler(store, executor, settings, mode, owner=owner, clock=clock, metrics=metrics)
+    fleet = Fleet(store, scheduler, settings, clock=clock, metrics=metrics)
+    notifier = Notifier.from_env()
 
     def stop() -> None:
         if not scheduler.stopping:
             log.info("stop requested: finishing in-flight runs", grace=settings.shutdown_grace)
+            notifier.stopping(f"stopping: finishing {len(scheduler.inflight)} runs in flight")
         scheduler.stop()
 
     install_signal_handlers(stop)
-    log.info("collector starting", mode=mode, environment=settings.environment,
+    log.info("collector starting", mode=mode, owner=owner, environment=settings.environment,
              database=redacted_uri(settings.database_uri), connectors=sorted(registry),
              config=list(settings.sources))
+    await fleet.beat()  # registered before READY (a failure here is logged and retried by the loop)
+    background = [asyncio.create_task(fleet.run(), name="heartbeat"),
+                  asyncio.create_task(watchdog_loop(notifier, scheduler.alive, lambda: describe(scheduler)),
+                                      name="watchdog")]
+    notifier.ready(describe(scheduler))
     if on_ready:
         on_ready(scheduler)
     try:
         await scheduler.run()
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        with contextlib.suppress(PyMongoError):
+            await fleet.stopped()
+        if server is not None:
+            server.close()
         await client.aclose()
         if mongo is not None:
             await mongo.close()

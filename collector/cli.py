@@ -117,6 +117,28 @@ def connectors() -> None:
         click.echo(f"{name:<{width}}  {reg.package or '?'} {reg.version or '?'}  {what}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The whole report as one JSON document (exact figures).")
+@click.option("--overdue-after", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="A network due for longer than this many seconds, still unclaimed, counts as overdue.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
+    """The fleet, the backlog, paused services and disabled networks, at a glance."""
+    from collector import fleet
+
+    report = _run(ctx, lambda store: fleet.status(store, overdue_after=overdue_after))
+    if as_json:
+        click.echo(json.dumps(report, default=_json_default, indent=2))
+    else:
+        click.echo(fleet.render(report))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
 @main.group()
 def networks() -> None:
     """Inspect, add, enable, disable and reset networks."""

@@ -66,6 +66,14 @@ class Settings:
     log_level: str
     services: dict[str, ServiceSettings]
     sources: tuple[str, ...] = ()
+    db_retry_cap: float = 60.0
+    heartbeat_interval: float = 5.0
+    fleet_ttl: float = 20.0
+    fleet_retention: float = 86400.0
+    backlog_interval: float = 15.0
+    metrics_enabled: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     def service(self, name: str) -> ServiceSettings:
         """Settings of one service; a service without a section gets the global schedule."""
@@ -190,6 +198,14 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         log_level=get("log", "level", str, "info"),
         services=services,
         sources=sources,
+        db_retry_cap=get("database", "retry_cap", float, 60.0),
+        heartbeat_interval=get("fleet", "heartbeat_interval", float, 5.0),
+        fleet_ttl=get("fleet", "ttl", float, 20.0),
+        fleet_retention=get("fleet", "retention", float, 86400.0),
+        backlog_interval=get("fleet", "backlog_interval", float, 15.0),
+        metrics_enabled=get("metrics", "enabled", bool, False),
+        metrics_host=get("metrics", "host", str, "127.0.0.1"),
+        metrics_port=get("metrics", "port", int, 9464),
     )
     if settings.concurrency < 1:
         raise ConfigError("[daemon] concurrency must be at least 1")
@@ -198,6 +214,20 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
             f"[daemon] lease_ttl ({settings.lease_ttl}s) must be at least twice [http] total_timeout "
             f"({settings.total_timeout}s), so a lease never expires under a run in flight"
         )
+    if settings.heartbeat_interval <= 0:
+        raise ConfigError("[fleet] heartbeat_interval must be positive")
+    if settings.fleet_ttl < 2 * settings.heartbeat_interval:
+        raise ConfigError(
+            f"[fleet] ttl ({settings.fleet_ttl}s) must be at least twice heartbeat_interval "
+            f"({settings.heartbeat_interval}s), or one late heartbeat would declare a live process dead"
+        )
+    if settings.lease_ttl < 3 * settings.heartbeat_interval:
+        raise ConfigError(
+            f"[daemon] lease_ttl ({settings.lease_ttl}s) must be at least three [fleet] heartbeat_interval "
+            f"({settings.heartbeat_interval}s): the heartbeat renews the leases of runs in flight"
+        )
+    if not 0 < settings.metrics_port < 65536:
+        raise ConfigError(f"[metrics] port must be between 1 and 65535, got {settings.metrics_port}")
     if settings.log_format not in ("auto", "console", "json"):
         raise ConfigError("[log] format must be auto, console or json")
     return settings

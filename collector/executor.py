@@ -19,7 +19,7 @@ import structlog
 
 from collector import http, logs
 from collector.config import Settings
-from collector.model import Malformed, Network, error_count, utcnow
+from collector.model import Malformed, Network, aware, error_count, utcnow
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -64,6 +64,9 @@ class Executor:
         self.clock = clock
         self.rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
+        # service pauses this process knows of (the scheduler refreshes it every tick; a run that
+        # pauses its service adds to it at once); the database is asked again before every request
+        self.paused: dict[str, datetime] = {}
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -104,7 +107,8 @@ class Executor:
                 step = transition(State(mode, errors), outcome, now, schedule, self.rng)
             saved = await self._save(doc, lease, outcome, step, new_items, now)
             if step.service_paused_until is not None:
-                await self.store.pause_service(service, step.service_paused_until, step.reason, now)
+                self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
+                await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason), now)
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
                           next=step.scheduled_to.isoformat() if step.scheduled_to else None)
             if not saved:
@@ -158,6 +162,11 @@ class Executor:
             network = Network.from_doc(doc, required=connector.required)
         except Malformed as exc:
             return Outcome(Kind.PERMANENT, error=exc.kind, message=str(exc)), []
+        paused = await self._paused_until(service, now)
+        if paused is not None:
+            until, why = paused
+            return Outcome(Kind.DEFERRED, rate_limit=RateLimit(retry_after=(until - now).total_seconds()),
+                           message=f"service {service} paused until {until.isoformat()} ({why})"), []
         ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
         try:
             return await self._call(connector, ctx, now)
@@ -180,6 +189,18 @@ class Executor:
         except Exception as exc:  # a bug in a connector must not stop the daemon
             log.exception("connector raised")
             return Outcome(Kind.TRANSIENT, error="connector_error", message=f"{type(exc).__name__}: {exc}"), []
+
+    async def _paused_until(self, service: str, now: datetime) -> tuple[datetime, str] | None:
+        """A service paused for the whole app is not called by anyone until the pause ends: what this
+        process knows first, then the database (another process may have paused it a moment ago)."""
+        known = self.paused.get(service)
+        if known is not None and aware(known) > now:
+            return aware(known), "app-wide limit"
+        doc = await self.store.service_pause(service, now)
+        if doc is None:
+            return None
+        self.paused[service] = aware(doc["pausedUntil"])
+        return aware(doc["pausedUntil"]), logs.scrub(str(doc.get("pauseReason") or "app-wide limit"))
 
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
         request = connector.request(ctx)

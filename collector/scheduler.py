@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,38 @@ def make_owner_id(mode: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{mode}:{uuid.uuid4().hex[:6]}"
 
 
+class Recent:
+    """Runs and items over the last minute and hour, in 10-second buckets (bounded memory)."""
+
+    BUCKET = 10.0
+
+    def __init__(self, horizon: float = 3600.0):
+        self.horizon = horizon
+        self.buckets: deque[list[float]] = deque()  # [bucket start, runs, items, failures]
+
+    def add(self, at: float, items: int, failed: bool) -> None:
+        start = at - at % self.BUCKET
+        if not self.buckets or self.buckets[-1][0] < start:
+            self.buckets.append([start, 0, 0, 0])
+        bucket = self.buckets[-1]  # a clock step backwards lands in the newest bucket
+        bucket[1] += 1
+        bucket[2] += items
+        bucket[3] += 1 if failed else 0
+        self._trim(at)
+
+    def _trim(self, now: float) -> None:
+        while self.buckets and self.buckets[0][0] <= now - self.horizon - self.BUCKET:
+            self.buckets.popleft()
+
+    def window(self, now: float, seconds: float) -> dict[str, int]:
+        """Totals of the buckets that started within the last `seconds` (so up to 10 s more)."""
+        self._trim(now)
+        cut = now - seconds
+        picked = [b for b in self.buckets if b[0] + self.BUCKET > cut]
+        return {"runs": int(sum(b[1] for b in picked)), "items": int(sum(b[2] for b in picked)),
+                "failures": int(sum(b[3] for b in picked))}
+
+
 @dataclass
 class Stats:
     """What this process has done since it started (read by the demo, status and metrics)."""
@@ -43,17 +76,34 @@ class Stats:
     items_new: int = 0
     leases_lost: int = 0
     crashes: int = 0
+    recent: Recent = field(default_factory=Recent)
 
-    def record(self, result: RunResult) -> None:
+    def record(self, result: RunResult, at: float | None = None) -> None:
         self.runs[result.outcome.kind.value] += 1
         self.by_service[result.service] += 1
         self.items_new += result.new_items
         self.leases_lost += 0 if result.saved else 1
+        self.recent.add(time.time() if at is None else at, result.new_items, not result.transition.success)
+
+
+@dataclass
+class Running:
+    """A run in flight: what `collector status` shows and what the heartbeat renews."""
+
+    service: str
+    network_id: Any
+    user: Any
+    lease: Lease
+    started: datetime
+    started_mono: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
+    # how late the loop may be past the moment it said it would be back before it counts as hung
+    STALL_GRACE = 60.0
+
     def __init__(self, store: Store, executor: Executor, settings: Settings, mode: str,
-                 owner: str | None = None, clock: Callable[[], datetime] = utcnow):
+                 owner: str | None = None, clock: Callable[[], datetime] = utcnow, metrics: Any = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.store = store
@@ -63,12 +113,17 @@ class Scheduler:
         self.owner = owner or make_owner_id(mode)
         self.clock = clock
         self.stats = Stats()
-        self.inflight: dict[asyncio.Task, tuple[str, Any, Lease]] = {}
+        self.metrics = metrics
+        self.inflight: dict[asyncio.Task, Running] = {}
         self.per_service: Counter = Counter()
+        self.paused: dict[str, datetime] = {}
+        self.database_ok = True
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._last_repair: datetime | None = None
         self._db_failures = 0
+        # the loop promises its next sign of life before this monotonic moment (read by the watchdog)
+        self._alive_until = time.monotonic() + self.STALL_GRACE
 
     # -- control --------------------------------------------------------------------------------
 
@@ -81,11 +136,23 @@ class Scheduler:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def alive(self) -> bool:
+        """False when the loop is stuck (a tick that never returns): the systemd watchdog stops pinging."""
+        return time.monotonic() < self._alive_until
+
+    def _promise(self, seconds: float) -> None:
+        self._alive_until = time.monotonic() + seconds + self.STALL_GRACE
+
+    def running(self) -> list[Running]:
+        return list(self.inflight.values())
+
     async def run(self) -> None:
         log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.concurrency)
         try:
             while not self.stopping:
+                self._promise(0)
                 delay = await self._tick()
+                self._promise(delay)
                 await self._sleep(delay)
         finally:
             await self.drain()
@@ -97,20 +164,29 @@ class Scheduler:
         try:
             now = self.clock()
             await self._maybe_repair(now)
-            paused = await self.store.paused_services(now)
-            await self.fill(now, paused)
+            self.paused = await self.store.paused_services(now)
+            self.executor.paused = self.paused
+            if self.metrics:
+                self.metrics.set_paused(self.paused)
+            await self.fill(now, self.paused)
             delay = await self._delay(now)
             if self._db_failures:
                 log.info("database reachable again", after_failures=self._db_failures)
                 self._db_failures = 0
+            self._database(True)
             return delay
         except PyMongoError as exc:
             self._db_failures += 1
-            schedule = self.settings.schedule
-            delay = min(schedule.backoff_cap, self.settings.poll_interval * 2 ** min(self._db_failures - 1, 10))
+            self._database(False)
+            delay = min(self.settings.db_retry_cap, self.settings.poll_interval * 2 ** min(self._db_failures - 1, 10))
             log.error("database unavailable: not claiming", error=f"{type(exc).__name__}: {exc}",
                       failures=self._db_failures, retry_in=round(delay, 1))
             return delay
+
+    def _database(self, ok: bool) -> None:
+        self.database_ok = ok
+        if self.metrics:
+            self.metrics.database_up(ok)
 
     async def _maybe_repair(self, now: datetime) -> None:
         if self._last_repair and (now - self._last_repair).total_seconds() < self.settings.validate_interval:
@@ -132,28 +208,43 @@ class Scheduler:
                 break
             doc, lease = claim
             service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
-            task = asyncio.create_task(self._run_one(doc, lease), name=f"run-{doc.get('_id')}")
-            self.inflight[task] = (service, doc.get("_id"), lease)
+            task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
+            self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, now)
             self.per_service[service] += 1
             task.add_done_callback(self._done)
             started += 1
+        if started and self.metrics:
+            self.metrics.set_in_flight(self.per_service)
         return started
 
-    async def _run_one(self, doc: dict[str, Any], lease: Lease) -> None:
+    async def _run_one(self, doc: dict[str, Any], lease: Lease, service: str) -> None:
+        began = time.monotonic()
         try:
-            self.stats.record(await self.executor.run(doc, lease))
+            result = await self.executor.run(doc, lease)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a database error while saving: the lease expires, the page re-runs
             self.stats.crashes += 1
             log.error("run aborted, its lease will expire", network=str(doc.get("_id")),
                       error=f"{type(exc).__name__}: {exc}")
+            return
+        self.stats.record(result)
+        if self.metrics:
+            self.metrics.run_finished(service, result.outcome.kind.value, result.new_items,
+                                      time.monotonic() - began, result.saved)
+            if result.transition.service_paused_until is not None:
+                self.metrics.rate_limit_pause(service, "service")
+            elif result.transition.rate_limited_until is not None and result.outcome.kind.value != "deferred":
+                self.metrics.rate_limit_pause(service, "network")
 
     def _done(self, task: asyncio.Task) -> None:
-        service, _id, _lease = self.inflight.pop(task, ("?", None, None))
+        running = self.inflight.pop(task, None)
+        service = running.service if running else "?"
         self.per_service[service] -= 1
         if self.per_service[service] <= 0:
             del self.per_service[service]
+        if self.metrics:
+            self.metrics.set_in_flight(self.per_service)
         self._wake.set()
 
     async def _delay(self, now: datetime) -> float:
@@ -182,12 +273,12 @@ class Scheduler:
         log.info("waiting for in-flight runs", count=len(tasks), grace=self.settings.shutdown_grace)
         _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
         for task in pending:
-            _service, network_id, lease = self.inflight.get(task, ("?", None, None))
+            running = self.inflight.get(task)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            if lease is not None:
+            if running is not None:
                 with contextlib.suppress(PyMongoError):
-                    await self.store.release(network_id, lease)
+                    await self.store.release(running.network_id, running.lease)
         if pending:
             log.warning("cancelled runs at shutdown, leases released", count=len(pending))

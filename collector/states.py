@@ -14,6 +14,7 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | at max_errors     |
 | permanent     | bad input          | same      | never                                 | same   | yes               |
+| deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Kind(StrEnum):
     UNAUTHORIZED = "unauthorized"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    DEFERRED = "deferred"  # claimed while its service was paused: handed back without a request
 
 
 # error kinds recorded in lastError.kind
@@ -138,6 +140,12 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         reason = f"rate limited ({outcome.message or outcome.status}), resuming at {limited.isoformat()}"
         return Transition(state.mode, limited, state.errors, reason, False, rate_limited_until=limited,
                           service_paused_until=limited if scope == "service" else None, error=error)
+
+    if outcome.kind is Kind.DEFERRED:
+        resume = _after_limit(outcome.rate_limit, now, schedule, rng) or now + pendulum.duration(
+            seconds=60 + schedule.rate_limit_slack)
+        reason = f"not run: {outcome.message}, due again at {resume.isoformat()}"
+        return Transition(state.mode, resume, state.errors, reason, False)
 
     if outcome.kind is Kind.UNAUTHORIZED:
         reason = f"unauthorized: {outcome.message or 'the API refused the token'}"

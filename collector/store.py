@@ -11,9 +11,10 @@ state guarded by the lease id. A state save whose guard matches nothing is dropp
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from collector.model import SECRET_FIELDS, aware
 from collector.sdk import Item
 
-NETWORKS, ITEMS, SERVICES, CLAIMS = "networks", "items", "services", "claims"
+NETWORKS, ITEMS, SERVICES, CLAIMS, COLLECTORS = "networks", "items", "services", "claims", "collectors"
 DUE_INDEX = "due"
 DUPLICATE_KEY = 11000
 
@@ -42,6 +43,7 @@ class Lease:
     owner: str
     until: datetime
     occurrence: Any = None  # the network's scheduledTo when claimed (the ticket-mode save guard)
+    ticket: str | None = None  # the claim ticket's _id (ticket mode), renewed with the lease
 
 
 def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -> dict[str, Any]:
@@ -70,6 +72,7 @@ class Store:
         self.networks = db[NETWORKS]
         self.items = db[ITEMS]
         self.services = db[SERVICES]
+        self.collectors = db[COLLECTORS]
         self.store_raw = store_raw
 
     async def ensure_indexes(self) -> None:
@@ -100,13 +103,14 @@ class Store:
             if before is None:
                 return None
             if self.tickets:
-                if not await self._ticket(before, lease_doc, now):
+                ticket = await self._ticket(before, lease_doc, now)
+                if ticket is None:
                     continue  # another process won this occurrence: try the next due network
-                lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"))
+                lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"), ticket)
             return {**before, "lease": lease_doc}, lease
         return None
 
-    async def _ticket(self, before: dict[str, Any], lease_doc: dict[str, Any], now: datetime) -> bool:
+    async def _ticket(self, before: dict[str, Any], lease_doc: dict[str, Any], now: datetime) -> str | None:
         """Second fence for servers whose findAndModify is not atomic (FerretDB v1): one insert per
         due occurrence (network, scheduledTo, generation) under the unique _id. A generation whose
         holder's lease expired (it died) is succeeded by the next one; a loser hands the network's
@@ -116,14 +120,14 @@ class Store:
             key = f"{before['_id']}|{before.get('scheduledTo')}|{generation}"
             try:
                 await self.claims.insert_one({"_id": key, "lease": lease_doc, "expireAt": lease_doc["until"]})
-                return True
+                return key
             except DuplicateKeyError:
                 winner = await self.claims.find_one({"_id": key})
             if winner is not None and aware(winner["lease"]["until"]) > now:
                 await self.networks.update_one({"_id": before["_id"], "lease.id": lease_doc["id"]},
                                                {"$set": {"lease": winner["lease"]}})
-                return False
-        return False
+                return None
+        return None
 
     async def next_due(self, mode: str) -> datetime | None:
         """When the earliest enabled network of `mode` is due (leased ones included)."""
@@ -144,6 +148,22 @@ class Store:
             {"$set": {"lease.until": now + timedelta(seconds=ttl)}},
         )
         return result.matched_count == 1
+
+    async def renew_many(self, leases: Sequence[Lease], now: datetime, ttl: float) -> int:
+        """Push the leases of runs in flight forward (the heartbeat does this); returns how many of
+        them this process still holds. One command for all of them, plus one for their tickets."""
+        if not leases:
+            return 0
+        until = now + timedelta(seconds=ttl)
+        ids = [lease.id for lease in leases]
+        result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
+        tickets = [lease.ticket for lease in leases if lease.ticket]
+        if tickets:
+            ticket_result = await self.claims.update_many(
+                {"_id": {"$in": tickets}, "lease.id": {"$in": ids}},
+                {"$set": {"lease.until": until, "expireAt": until}})
+            return max(result.matched_count, ticket_result.matched_count)
+        return result.matched_count
 
     async def release(self, network_id: Any, lease: Lease) -> bool:
         """Give a lease back untouched (shutdown before the run started)."""
@@ -277,6 +297,18 @@ class Store:
             out[doc["_id"]] = doc["pausedUntil"]
         return out
 
+    async def service_pause(self, service: str, now: datetime) -> dict[str, Any] | None:
+        """The pause of one service if it is still on (one read by primary key: checked before every call)."""
+        doc = await self.services.find_one({"_id": service})
+        if doc and isinstance(doc.get("pausedUntil"), datetime) and aware(doc["pausedUntil"]) > now:
+            return doc
+        return None
+
+    async def pauses(self, now: datetime) -> list[dict[str, Any]]:
+        """Every service pause still on, with its reason and since when."""
+        docs = [doc async for doc in self.services.find({"pausedUntil": {"$gt": now}})]
+        return sorted(docs, key=lambda d: d["_id"])
+
     # -- operator actions -----------------------------------------------------------------------
 
     async def enable(self, network_id: Any, now: datetime) -> bool:
@@ -299,6 +331,66 @@ class Store:
             "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}})
         return result.matched_count == 1
 
+    # -- the fleet registry ---------------------------------------------------------------------
+
+    async def heartbeat(self, owner: str, fields: dict[str, Any], first: dict[str, Any] | None = None) -> None:
+        """Write one process's registry document (`first`: the fields set only when it registers)."""
+        update: dict[str, Any] = {"$set": fields}
+        if first:
+            update["$setOnInsert"] = first
+        await self.collectors.update_one({"_id": owner}, update, upsert=True)
+
+    async def fleet(self) -> list[dict[str, Any]]:
+        docs = [doc async for doc in self.collectors.find({})]
+        return sorted(docs, key=lambda d: (str(d.get("host")), str(d.get("mode")), str(d.get("startedAt")), d["_id"]))
+
+    async def prune_fleet(self, now: datetime) -> int:
+        """Delete registry documents past their `expireAt` (portable: not every server has TTL indexes)."""
+        return (await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count
+
+    # -- status ---------------------------------------------------------------------------------
+
+    async def backlog(self, now: datetime, overdue_after: float) -> list[dict[str, Any]]:
+        """Per (mode, service): networks due now and unclaimed, how many of them overdue (due for
+        longer than `overdue_after` seconds), how many are running, and the oldest due moment."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def row(key: dict[str, Any]) -> dict[str, Any]:
+            mode, service = str(key.get("mode")), str(key.get("service"))
+            return rows.setdefault((mode, service), {"mode": mode, "service": service, "due": 0, "overdue": 0,
+                                                     "running": 0, "oldestDue": None})
+
+        enabled = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now}}
+        unleased = {"$or": [{"lease": None}, {"lease.until": {"$lt": now}}]}
+        groups = (
+            ("due", {**enabled, **unleased}),
+            ("overdue", {**enabled, **unleased, "scheduledTo": {"$lte": now - timedelta(seconds=overdue_after)}}),
+            ("running", {"lease.until": {"$gte": now}}),
+        )
+        for name, match in groups:
+            pipeline = [{"$match": match},
+                        {"$group": {"_id": {"mode": "$mode", "service": "$service"}, "n": {"$sum": 1}}}]
+            async for doc in _aggregate(self.networks, pipeline):
+                row(doc["_id"] or {})[name] = doc["n"]
+        for (mode, service), r in rows.items():
+            if r["due"]:
+                oldest = await self.networks.find_one({**enabled, **unleased, "mode": mode, "service": service},
+                                                      projection={"scheduledTo": 1}, sort=[("scheduledTo", ASCENDING)])
+                r["oldestDue"] = oldest["scheduledTo"] if oldest else None
+        return sorted(rows.values(), key=lambda r: (r["mode"], r["service"]))
+
+    async def disabled_summary(self, top: int = 5) -> dict[str, Any]:
+        """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""
+        out: dict[str, Any] = {}
+        for name, match in (("disabled", {"disabled": True, "unauthorized": {"$ne": True}}),
+                            ("unauthorized", {"disabled": True, "unauthorized": True})):
+            pipeline = [{"$match": match}, {"$group": {"_id": "$disabledReason", "n": {"$sum": 1}}}]
+            reasons = [(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)]
+            reasons.sort(key=lambda r: (-r[0], r[1]))
+            out[name] = {"count": sum(n for n, _ in reasons),
+                         "reasons": [{"reason": reason, "count": n} for n, reason in reasons[:top]]}
+        return out
+
     # -- reading --------------------------------------------------------------------------------
 
     async def get_network(self, network_id: Any) -> dict[str, Any] | None:
@@ -306,6 +398,15 @@ class Store:
 
     async def insert_network(self, doc: dict[str, Any]) -> Any:
         return (await self.networks.insert_one(doc)).inserted_id
+
+
+async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """PyMongo async's aggregate is a coroutine that returns a cursor; mongomock-motor's returns it."""
+    cursor = collection.aggregate(pipeline)
+    if inspect.isawaitable(cursor):
+        cursor = await cursor
+    async for doc in cursor:
+        yield doc
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
