@@ -22,7 +22,7 @@ from collector import http, logs, sdk
 from collector.config import Settings
 from collector.executor import Executor
 from collector.fleet import Fleet, version
-from collector.metrics import Metrics
+from collector.metrics import Metrics, MetricsError
 from collector.model import utcnow
 from collector.notify import Notifier, watchdog_loop
 from collector.scheduler import Scheduler, make_owner_id
@@ -133,7 +133,13 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     metrics, server = None, None
     if settings.metrics_enabled:
         metrics = Metrics(mode, owner, version(), services=registry)
-        server = metrics.serve(settings.metrics_host, settings.metrics_port)  # MetricsError: a clear exit
+        try:
+            server = metrics.serve(settings.metrics_host, settings.metrics_port)  # MetricsError: a clear exit
+        except MetricsError:  # the finally below is not reached yet: close what is already open
+            await client.aclose()
+            if mongo is not None:
+                await mongo.close()
+            raise
         log.info("metrics endpoint listening", url=server.url)
     scheduler = Scheduler(store, executor, settings, mode, owner=owner, clock=clock, metrics=metrics)
     fleet = Fleet(store, scheduler, settings, clock=clock, metrics=metrics)

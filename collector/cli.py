@@ -80,12 +80,16 @@ def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
         ctx.exit(2)
     settings = load_settings(ctx)
     from collector.app import DatabaseUnavailable, run_daemon
+    from collector.metrics import MetricsError
 
     try:
         asyncio.run(run_daemon(settings, mode))
     except DatabaseUnavailable as exc:
         click.echo(f"collector: {exc}", err=True)
         ctx.exit(3)
+    except MetricsError as exc:  # e.g. the metrics port is taken: a clear message, not a traceback
+        click.echo(f"collector: {exc}", err=True)
+        ctx.exit(2)
 
 
 @main.command()

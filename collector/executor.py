@@ -105,10 +105,11 @@ class Executor:
                 outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
                                   message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
                 step = transition(State(mode, errors), outcome, now, schedule, self.rng)
-            saved = await self._save(doc, lease, outcome, step, new_items, now)
-            if step.service_paused_until is not None:
+            if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
-                await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason), now)
+                await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
+                                               self.clock())
+            saved = await self._save(doc, lease, outcome, step, new_items, now)
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
                           next=step.scheduled_to.isoformat() if step.scheduled_to else None)
             if not saved:

@@ -96,8 +96,9 @@ class Fleet:
             leases = [r.lease for r in self.scheduler.running()]
             if leases:
                 await self.store.renew_many(leases, now, self.settings.lease_ttl)
-            first = self._registration() if self.beats == 0 else None
-            await self.store.heartbeat(self.owner, self.document(now, state), first)
+            # sent every time: $setOnInsert only applies when the document is (re)created, e.g. after
+            # an operator cleared the collection or the document was pruned during a long partition
+            await self.store.heartbeat(self.owner, self.document(now, state), self._registration())
         except PyMongoError as exc:
             self.failures += 1
             if self.failures == 1 or self.failures % 12 == 0:  # not a flood during an outage
@@ -107,7 +108,10 @@ class Fleet:
             log.info("heartbeat restored", after_failures=self.failures)
         self.failures = 0
         self.beats += 1
-        await self._housekeeping(now)
+        try:  # the heartbeat is written: a failure here must not escape (run_daemon's first beat is unguarded)
+            await self._housekeeping(now)
+        except PyMongoError as exc:
+            log.warning("fleet housekeeping failed", error=f"{type(exc).__name__}: {exc}")
         return True
 
     async def _housekeeping(self, now: datetime) -> None:

@@ -227,12 +227,13 @@ class Sandbox:
             return _json(200, {"items": len(self.users[token].items)})
         return _json(404, {"message": "no such control endpoint"})
 
-    def _user(self, token: str | None, service: str) -> User | None:
+    def _user(self, token: str | None, service: str, headers: dict[str, str] | None = None) -> User | None:
         user = self.users.get(token or "")
         if user is None or user.service != service:
             return None
+        arrived = float((headers or {}).get("x-sandbox-arrived") or time.time())
         with self.lock:
-            self.hits.setdefault(user.token, []).append(time.time())
+            self.hits.setdefault(user.token, []).append(arrived)
         return user
 
     def _page(self, user: User, page: int, size: int) -> list[dict[str, Any]]:
@@ -245,7 +246,7 @@ class Sandbox:
 
     def _github(self, headers: dict[str, str], query: dict[str, str]) -> Response:
         auth = headers.get("authorization", "")
-        user = self._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github")
+        user = self._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
         if user is None:
             return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
         if (fault := self._fault(user)) is not None:
@@ -282,7 +283,7 @@ class Sandbox:
         return _json(200, body, extra)
 
     def _stackexchange(self, headers: dict[str, str], query: dict[str, str]) -> Response:
-        user = self._user(headers.get("x-api-access-token"), "stackoverflow")
+        user = self._user(headers.get("x-api-access-token"), "stackoverflow", headers)
         if user is None:
             return _json(400, {"error_id": 401, "error_name": "access_token_required",
                                "error_message": "`access_token` is required"}, gzipped=True)
@@ -390,6 +391,7 @@ class Server:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
                 headers["x-sandbox-base"] = f"http://{headers.get('host', f'127.0.0.1:{self.port}')}"
+                headers["x-sandbox-arrived"] = repr(time.time())  # the hit time, before the latency
                 if self.sandbox.latency and not target.startswith("/_sandbox/"):
                     await asyncio.sleep(self.sandbox.latency)
                 resp = self.sandbox.handle(method, target, headers, body)

@@ -124,8 +124,14 @@ class Store:
             except DuplicateKeyError:
                 winner = await self.claims.find_one({"_id": key})
             if winner is not None and aware(winner["lease"]["until"]) > now:
-                await self.networks.update_one({"_id": before["_id"], "lease.id": lease_doc["id"]},
-                                               {"$set": {"lease": winner["lease"]}})
+                # hand the network's lease field back to the winner, but only while the network is still
+                # at this occurrence: if the winner has already saved its run (and released), writing its
+                # lease back would block the network until that stale lease expired
+                mine = {"_id": before["_id"], "lease.id": lease_doc["id"]}
+                handed = await self.networks.update_one({**mine, "scheduledTo": before.get("scheduledTo")},
+                                                        {"$set": {"lease": winner["lease"]}})
+                if handed.matched_count == 0:
+                    await self.networks.update_one(mine, {"$unset": {"lease": ""}})
                 return None
         return None
 
@@ -244,7 +250,13 @@ class Store:
         if inc:
             update["$inc"] = inc
         result = await self.networks.update_one(self._guard(network_id, lease), update)
-        return result.matched_count == 1
+        saved = result.matched_count == 1
+        if self.tickets and lease.ticket:
+            if saved:  # the occurrence is done: a process that read it stale must not wait for this ticket
+                await self.claims.delete_one({"_id": lease.ticket, "lease.id": lease.id})
+            else:  # a racing write moved the network on: do not leave our lease on it to expire
+                await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, {"$unset": {"lease": ""}})
+        return saved
 
     def _guard(self, network_id: Any, lease: Lease) -> dict[str, Any]:
         if self.tickets and lease.occurrence is not None:

@@ -1,0 +1,109 @@
+"""A network claimed while its service is paused is handed back without a request (Kind.DEFERRED).
+
+Driven through the engine (claim -> Executor.run -> network) with the Stack Overflow connector and
+respx: no request may leave, so every route that must stay silent is asserted with call_count == 0.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import respx
+
+from collector.states import Kind
+from tests.conftest import stackexchange_page
+from tests.harness import engine_for
+from tests.unit.test_stackoverflow import FAVORITES, TOKEN, next_midnight, page, reply
+
+CURSOR = {"next": 3, "stop": None, "top": "9785903"}
+
+
+@pytest.fixture
+async def engine(mock_db, settings, clock):
+    async for engine in engine_for("stackoverflow", TOKEN, mock_db, settings, clock):
+        yield engine
+
+
+@pytest.fixture
+def router():
+    with respx.mock(assert_all_called=False) as mock:  # routes here are asserted by call_count
+        yield mock
+
+
+async def test_a_paused_service_is_not_called_and_the_network_waits_for_the_pause(engine, router, clock):
+    route = router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                              has_more=True)))
+    until = clock.now + timedelta(hours=1)
+    # paused by another process: this executor learns of it from the `services` collection
+    await engine.store.pause_service("stackoverflow", until, "quota exhausted", clock.now - timedelta(minutes=1))
+    await engine.add(errors=2, cursor=CURSOR)
+
+    result = await engine.run("initial")
+
+    assert route.call_count == 0 and len(router.calls) == 0
+    assert result.outcome.kind is Kind.DEFERRED and result.outcome.kind == "deferred"
+    assert result.saved and result.new_items == 0 and not result.transition.success
+    network = await engine.network()
+    assert network["scheduledTo"] >= until
+    assert network["scheduledTo"] == until + timedelta(seconds=engine.schedule.rate_limit_slack)
+    assert network["errors"] == 2
+    assert "lastError" not in network
+    assert "lease" not in network
+    assert "rateLimitedUntil" not in network and not network.get("disabled")
+    assert network["mode"] == "initial" and network["cursor"] == CURSOR
+    assert network["lastOutcome"]["kind"] == "deferred"
+    assert "paused until" in network["lastOutcome"]["reason"] and "quota exhausted" in network["lastOutcome"]["reason"]
+    assert network["stats"] == {"runs": 1, "deferred": 1}
+    assert await engine.item_ids() == set()
+
+
+async def test_once_the_pause_is_over_the_next_run_calls_the_api(engine, router, clock):
+    route = router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                              has_more=True)))
+    until = clock.now + timedelta(minutes=10)
+    await engine.store.pause_service("stackoverflow", until, "backoff", clock.now)
+    await engine.add(errors=2)
+    assert (await engine.run("initial")).outcome.kind is Kind.DEFERRED
+    assert route.call_count == 0
+
+    # the executor remembers the pause it read; past its end that memory must not hold the network back
+    assert engine.executor.paused["stackoverflow"] == until
+    result = await engine.run_when_due("initial")
+
+    assert clock.now > until
+    assert route.call_count == 1
+    assert route.calls.last.request.headers["X-API-Access-Token"] == TOKEN
+    assert result.outcome.kind is Kind.PAGE and result.new_items == 34
+    network = await engine.network()
+    assert network["errors"] == 0 and network["cursor"]["next"] == 2
+    assert network["lastOutcome"]["kind"] == "page"
+
+
+async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_request(engine, api, clock):
+    route = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                    has_more=True, quota_remaining=0)))
+    first = await engine.add(user="u1", scheduledTo=clock.now - timedelta(minutes=1))
+    second = await engine.add(user="u2", errors=1, cursor=CURSOR)
+    resume = next_midnight(clock.now) + timedelta(seconds=engine.schedule.rate_limit_slack)
+
+    result = await engine.run("initial")
+    assert result.network_id == first and result.new_items == 34
+    assert route.call_count == 1
+    assert engine.executor.paused == {"stackoverflow": resume}
+    assert (await engine.store.services.find_one({"_id": "stackoverflow"}))["pausedUntil"] == resume
+    # no scheduler tick in between; and the executor must not need the database to know: take the
+    # `services` document away, only its own memory is left
+    await engine.store.services.delete_many({})
+
+    clock.advance(1)
+    result = await engine.run("initial")
+
+    assert result.network_id == second
+    assert route.call_count == 1  # still only the first network's request
+    assert result.outcome.kind is Kind.DEFERRED
+    network = await engine.store.get_network(second)
+    assert network["scheduledTo"] >= resume
+    assert network["errors"] == 1 and "lastError" not in network and "lease" not in network
+    assert network["cursor"] == CURSOR and network["lastOutcome"]["kind"] == "deferred"
+    assert await engine.store.items.count_documents({"user": "u2"}) == 0
