@@ -25,9 +25,11 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -195,6 +197,10 @@ class Sandbox:
             return self._github(headers, query)
         if path == "/2.3/me/favorites":
             return self._stackexchange(headers, query)
+        for pattern, emulator in ROUTES:
+            match = pattern.fullmatch(path)
+            if match:
+                return emulator(self, method, headers, query, match, body)
         return _json(404, {"message": "Not Found"})
 
     def _control(self, method: str, path: str, body: bytes) -> Response:
@@ -236,10 +242,54 @@ class Sandbox:
             self.hits.setdefault(user.token, []).append(arrived)
         return user
 
+    # -- for API emulators (collector/sandbox_apis/*) -----------------------------------------
+
+    def bearer_user(self, headers: dict[str, str], service: str) -> User | None:
+        """The user of an `Authorization: Bearer <token>` request to `service` (the hit is recorded)."""
+        auth = headers.get("authorization", "")
+        return self._user(auth[7:].strip() if auth.lower().startswith("bearer ") else None, service, headers)
+
+    def user(self, token: str | None, service: str, headers: dict[str, str]) -> User | None:
+        return self._user(token, service, headers)
+
+    def fault(self, user: User) -> Response | None:
+        """The response of the next injected fault of this user (or a revoked token), else None."""
+        return self._fault(user)
+
+    def quota(self, user: User) -> tuple[bool, int, float]:
+        """One request against the user's window quota: (allowed, remaining after it, reset Unix time)."""
+        with self.lock:
+            now = time.time()
+            if now >= user.reset_at:
+                user.remaining, user.reset_at = self.rate_limit, now + self.window
+            if user.remaining <= 0:
+                return False, 0, user.reset_at
+            user.remaining -= 1
+            return True, user.remaining, user.reset_at
+
+    def serve(self, user: User, start: int, size: int) -> list[dict[str, Any]]:
+        """Items [start, start + size) of the user's history (newest first), counted as served.
+        Each item is {"id": int, "at": Unix seconds}; ids grow with time."""
+        size = min(max(size, 1), self.page_cap)
+        start = max(start, 0)
+        return self._page_slice(user, start, start + size)
+
+    def position_after(self, user: User, item_id: int) -> int:
+        """Index just past the item with this id in the newest-first history (for max_id/after cursors);
+        an id that is gone counts by value: items older than it come next."""
+        with self.lock:
+            for n, item in enumerate(user.items):
+                if item["id"] <= item_id:
+                    return n + 1 if item["id"] == item_id else n
+            return len(user.items)
+
     def _page(self, user: User, page: int, size: int) -> list[dict[str, Any]]:
+        return self._page_slice(user, (page - 1) * size, page * size)
+
+    def _page_slice(self, user: User, start: int, end: int) -> list[dict[str, Any]]:
         with self.lock:
             self.requests[user.token] += 1
-            chunk = user.items[(page - 1) * size: page * size]
+            chunk = user.items[start:end]
             self.served[user.token] += len(chunk)
             self.served_ids[user.token].update(i["id"] for i in chunk)
             return list(chunk)
@@ -336,6 +386,31 @@ def _json(status: int, data: Any, headers: dict[str, str] | None = None, gzipped
         body = gzip.compress(body, compresslevel=1)
         extra["content-encoding"] = "gzip"
     return Response(status, body, extra)
+
+
+# -- API emulators -------------------------------------------------------------------------------
+
+Emulator = Callable[[Sandbox, str, dict[str, str], dict[str, str], "re.Match[str]", bytes], Response]
+ROUTES: list[tuple[re.Pattern[str], Emulator]] = []
+
+
+def route(pattern: str) -> Callable[[Emulator], Emulator]:
+    """Register an API emulator for request paths matching `pattern` (a full match). Emulators live
+    in collector/sandbox_apis/, one module per API, imported at the end of this module."""
+
+    def register(fn: Emulator) -> Emulator:
+        ROUTES.append((re.compile(pattern), fn))
+        return fn
+
+    return register
+
+
+def json_reply(status: int, data: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> Response:
+    return _json(status, data, headers, gzipped)
+
+
+def iso(ts: float) -> str:
+    return _iso(ts)
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
@@ -437,5 +512,9 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
 
 
+from collector import sandbox_apis  # noqa: E402,F401  (registers the emulators' routes)
+
 if __name__ == "__main__":
-    main()
+    from collector.sandbox import main as _main  # the module the emulators registered with, not __main__
+
+    _main()

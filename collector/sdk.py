@@ -245,20 +245,106 @@ def epoch(value: str | int | float | None, now: datetime) -> datetime | None:
     return min(max(when, now), now + MAX_WAIT)
 
 
-def header_rate_limit(headers: httpx.Headers, now: datetime) -> RateLimit | None:
-    """GitHub-style x-ratelimit-remaining/limit/reset (Unix seconds) plus Retry-After."""
-    remaining = _int(headers.get("x-ratelimit-remaining"))
-    after = retry_after(headers.get("retry-after"), now)
+RELATIVE_LIMIT = 10**8  # a numeric reset below this is seconds from now (Reddit, IETF); above, Unix seconds
+
+
+def reset_time(value: str | int | float | None, now: datetime) -> datetime | None:
+    """A rate-limit reset in any of the forms APIs use, as a moment clamped to [now, now + 2 days]:
+    Unix seconds (GitHub, GitLab, Bluesky), seconds from now (Reddit, IETF RateLimit), or an ISO
+    8601 time (Mastodon). None when absent or unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _int(value) is None:
+        when = parse_time(value.strip())
+        return None if when is None else min(max(when, now), now + MAX_WAIT)
+    seconds = value if isinstance(value, int | float) and not isinstance(value, bool) else _int(value)
+    if seconds is None or seconds != seconds:  # absent, nan
+        return None
+    if seconds < 0:
+        return now
+    if seconds < RELATIVE_LIMIT:
+        return now + timedelta(seconds=min(seconds, MAX_WAIT.total_seconds()))
+    if seconds == float("inf"):
+        return now + MAX_WAIT
+    return epoch(int(seconds), now)
+
+
+_STRUCTURED_RE = re.compile(r"(limit|remaining|reset|r|t)\s*=\s*([0-9.]+)")
+
+
+def header_rate_limit(headers: httpx.Headers | Mapping[str, str], now: datetime) -> RateLimit | None:
+    """The rate-limit header families, whichever the API sends:
+
+    - `x-ratelimit-limit/remaining/reset`: GitHub (reset in Unix seconds), Mastodon (ISO time),
+      Reddit (`x-ratelimit-used/remaining/reset`, remaining a float, reset in seconds from now);
+    - IETF `ratelimit-limit/remaining/reset` (GitLab and Bluesky send Unix seconds, the draft
+      seconds from now) and the structured `RateLimit: limit=100, remaining=0, reset=30`;
+    - `Retry-After` in seconds or as an HTTP date.
+    Absurd values are clamped (a wait never exceeds two days)."""
+    get = headers.get
+    remaining = limit = None
+    reset = None
+    for prefix in ("x-ratelimit-", "ratelimit-"):
+        if get(prefix + "remaining") is not None:
+            remaining = _int(get(prefix + "remaining"))
+            limit = _int(get(prefix + "limit"))
+            reset = get(prefix + "reset")
+            break
+    structured = get("ratelimit")
+    if remaining is None and structured:
+        fields = dict(_STRUCTURED_RE.findall(structured.lower()))
+        remaining = _int(fields.get("remaining") or fields.get("r"))
+        limit = _int(fields.get("limit"))
+        reset = fields.get("reset") or fields.get("t")
+    after = retry_after(get("retry-after"), now)
     if remaining is None and after is None:
         return None
     if after is not None:
         after = min(after, MAX_WAIT.total_seconds())
-    return RateLimit(
-        remaining=remaining,
-        limit=_int(headers.get("x-ratelimit-limit")),
-        reset_at=epoch(headers.get("x-ratelimit-reset"), now),
-        retry_after=after,
-    )
+    return RateLimit(remaining=remaining, limit=limit, reset_at=reset_time(reset, now), retry_after=after)
+
+
+def next_link(response: httpx.Response, base_url: str) -> str | None:
+    """The Link header's rel="next" URL, refused (BadResponse) when it leaves `base_url`: the token
+    goes with the request, so it must never follow a link to another host."""
+    nxt = links(response.headers).get("next")
+    if nxt and not (nxt == base_url or nxt.startswith(base_url.rstrip("/") + "/") or nxt.startswith(base_url + "?")):
+        raise BadResponse("Link header points outside the configured base URL")
+    return nxt or None
+
+
+def json_body(response: httpx.Response, kind: type | tuple[type, ...] = dict) -> Any:
+    """The JSON body, checked to be of `kind` (BadResponse otherwise, naming what came instead)."""
+    data = response.json()
+    if not isinstance(data, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BadResponse(f"expected a JSON {want}, got {type(data).__name__}")
+    return data
+
+
+def sweep(cursor: dict[str, Any], items: list[Item], nxt: Any, mode: str,
+          keep: dict[str, Any] | None = None) -> tuple[list[Item], dict[str, Any], bool]:
+    """Pagination of newest-first APIs without a "since" filter. Given one page (newest first) and
+    where the next one is (a URL, a page number, a cursor token: yours), returns (new items, the
+    cursor to store, more). Initial mode pages through the whole history; normal mode stops at the
+    first item already seen, so a normal run usually costs one request.
+
+    Cursor fields: `next` (where the sweep in progress continues), `stop` (the newest id known
+    before this sweep: normal mode stops there), `top` (the newest id of this sweep, which becomes
+    `stop` when it ends); `keep` adds fields of your own (an ETag...)."""
+    keep = keep or {}
+    first_page = cursor.get("next") is None
+    top = (items[0].id if items else cursor.get("stop")) if first_page else cursor.get("top")
+    fresh = items
+    stop = cursor.get("stop")
+    if mode == "normal" and stop is not None:
+        ids = [i.id for i in items]
+        if stop in ids:
+            fresh = items[: ids.index(stop)]
+            nxt = None  # everything after the known item is known too
+    if nxt is not None and items:
+        return fresh, {**keep, "next": nxt, "stop": stop, "top": top}, True
+    return fresh, {**keep, "stop": top}, False
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -21,8 +21,8 @@ from collector.sdk import (
     Request,
     links,
     parse_time,
+    sweep,
 )
-from connectors._incremental import sweep
 
 
 class GitHubStarred(Connector):

@@ -28,8 +28,8 @@ from collector.sdk import (
     Request,
     Unauthorized,
     parse_time,
+    sweep,
 )
-from connectors._incremental import sweep
 
 TOKEN_ERRORS = {401, 402, 403, 406}  # access_token_required, invalid, access_denied, compromised
 THROTTLE = 502

@@ -1,0 +1,8 @@
+"""API emulators of the sandbox, one module per API; each registers its routes with
+`collector.sandbox.route`. Add a module here and import it below."""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
