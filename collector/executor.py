@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -169,6 +169,19 @@ class Executor:
             return Outcome(Kind.DEFERRED, rate_limit=RateLimit(retry_after=(until - now).total_seconds()),
                            message=f"service {service} paused until {until.isoformat()} ({why})"), []
         ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
+        outcome, items = await self._guarded(connector, ctx, now)
+        if outcome.kind is Kind.UNAUTHORIZED and network.credentials.get("refreshToken"):
+            refreshed = await self._refresh(connector, ctx, now)
+            if isinstance(refreshed, Outcome):
+                return refreshed, []
+            if refreshed is not None:  # one retry with the new token
+                outcome, items = await self._guarded(connector, refreshed, now)
+                if outcome.kind is Kind.UNAUTHORIZED:
+                    outcome = replace(outcome, message=f"the refreshed token was refused too: {outcome.message}")
+        return outcome, items
+
+    async def _guarded(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
+        """One request and its parse; every exception becomes an outcome."""
         try:
             return await self._call(connector, ctx, now)
         except RateLimited as exc:
@@ -190,6 +203,49 @@ class Executor:
         except Exception as exc:  # a bug in a connector must not stop the daemon
             log.exception("connector raised")
             return Outcome(Kind.TRANSIENT, error="connector_error", message=f"{type(exc).__name__}: {exc}"), []
+
+
+    async def _refresh(self, connector: Connector, ctx: Context, now: datetime) -> Context | Outcome | None:
+        """OAuth2 refresh after a 401: new tokens are stored at once (compare-and-set on the old refresh
+        token, lease or not: a rotated refresh token must never be lost) and the run retries once.
+        None when the service has no token endpoint configured (the network becomes unauthorized)."""
+        network = ctx.network
+        old_refresh = network.credentials["refreshToken"]
+        try:
+            request = connector.refresh_request(ctx, old_refresh)
+            if request is None:
+                return None
+            response = await http.fetch(self.client, request, max_bytes=self.settings.max_body_bytes,
+                                        total_timeout=self.settings.total_timeout)
+            tokens = connector.parse_refresh(response)
+        except Unauthorized as exc:
+            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", message=str(exc))
+        except BadResponse as exc:
+            return Outcome(Kind.TRANSIENT, error="bad_response", message=f"token refresh: {exc}")
+        except (http.TotalTimeout, httpx.TimeoutException) as exc:
+            return Outcome(Kind.TRANSIENT, error="timeout", message=f"token refresh: {exc or type(exc).__name__}")
+        except http.TooLarge as exc:
+            return Outcome(Kind.TRANSIENT, error="too_large", message=f"token refresh: {exc}")
+        except httpx.TransportError as exc:
+            return Outcome(Kind.TRANSIENT, error="connection", message=f"token refresh: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a connector's refresh hook with a bug
+            log.exception("token refresh hook raised")
+            return Outcome(Kind.TRANSIENT, error="connector_error",
+                           message=f"token refresh: {type(exc).__name__}: {exc}")
+        credentials = {**network.credentials, "accessToken": tokens.access_token}
+        if tokens.refresh_token:
+            credentials["refreshToken"] = tokens.refresh_token
+        logs.set_run_secrets((*credentials.values(), *network.credentials.values()))
+        fields: dict[str, Any] = {"accessToken": tokens.access_token, "tokenRefreshedAt": now}
+        if tokens.refresh_token:
+            fields["refreshToken"] = tokens.refresh_token
+        if tokens.expires_in is not None:
+            fields["tokenExpiresAt"] = now + timedelta(seconds=max(0.0, min(tokens.expires_in, 10 * 365 * 86400)))
+        if not await self.store.update_credentials(network.id, old_refresh, fields):
+            return Outcome(Kind.TRANSIENT, error="token_refresh",
+                           message="token refreshed but the network's refresh token changed meanwhile: retrying")
+        log.info("access token refreshed", rotated=bool(tokens.refresh_token))
+        return replace(ctx, network=replace(network, credentials=credentials))
 
     async def _paused_until(self, service: str, now: datetime) -> tuple[datetime, str] | None:
         """A service paused for the whole app is not called by anyone until the pause ends: what this

@@ -46,6 +46,8 @@ def build(client: httpx.AsyncClient, request: Request) -> httpx.Request:
     url = httpx.URL(request.url)
     if request.params:
         url = url.copy_merge_params(dict(request.params))
+    if request.form is not None:
+        return client.build_request(request.method, url, headers=dict(request.headers), data=dict(request.form))
     return client.build_request(request.method, url, headers=dict(request.headers))
 
 

@@ -23,6 +23,7 @@ package registers its own.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
@@ -93,6 +95,15 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Tokens:
+    """What a token endpoint gave back (a provider may rotate the refresh token, or not)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """An HTTP request a connector wants sent. Tokens go in headers, never in the URL."""
 
@@ -100,6 +111,7 @@ class Request:
     params: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     method: str = "GET"
+    form: Mapping[str, str] | None = None  # an application/x-www-form-urlencoded body (token requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +196,47 @@ class Connector:
         (e.g. an API that reports throttling as HTTP 400 with a body field)."""
 
     def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
-        """Read the API's rate-limit headers; the default knows x-ratelimit-* and Retry-After."""
+        """Read the API's rate-limit headers; the default knows every common family (see header_rate_limit)."""
         return header_rate_limit(response.headers, now)
+
+    # -- OAuth2 refresh (RFC 6749 section 6) --------------------------------------------------------
+    # A network that carries a `refreshToken` gets a new access token once per run when the API answers
+    # 401, if the service is configured with a token endpoint: [services.<name>] token_url, client_id,
+    # client_secret (put the secret in the environment: COLLECTOR_SERVICES__<NAME>__CLIENT_SECRET).
+
+    def refresh_request(self, ctx: Context, refresh_token: str) -> Request | None:
+        """The token request; None when this service has no token endpoint configured."""
+        token_url = self.settings.options.get("token_url")
+        if not token_url:
+            return None
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        headers = {"Accept": "application/json"}
+        client_id = str(self.settings.options.get("client_id") or "")
+        client_secret = str(self.settings.options.get("client_secret") or "")
+        if client_id and client_secret:  # client_secret_basic, which every provider accepts
+            pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        elif client_id:  # a public client
+            form["client_id"] = client_id
+        return Request(str(token_url), headers=headers, method="POST", form=form)
+
+    def parse_refresh(self, response: httpx.Response) -> Tokens:
+        """The new tokens from the token endpoint's reply; raise Unauthorized when it refuses."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code in (400, 401) and isinstance(body, dict) and body.get("error"):
+            raise Unauthorized(f"token refresh refused: {body.get('error')}")
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise BadResponse(f"token endpoint answered HTTP {response.status_code}")
+        access = body.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise BadResponse("token endpoint reply has no access_token")
+        refresh = body.get("refresh_token")
+        expires = body.get("expires_in")
+        return Tokens(access, refresh if isinstance(refresh, str) and refresh else None,
+                      float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -258,6 +258,12 @@ class Store:
                 await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, {"$unset": {"lease": ""}})
         return saved
 
+    async def update_credentials(self, network_id: Any, old_refresh_token: str, fields: dict[str, Any]) -> bool:
+        """Store refreshed tokens if the network still has the refresh token they were obtained with."""
+        result = await self.networks.update_one({"_id": network_id, "refreshToken": old_refresh_token},
+                                                {"$set": fields})
+        return result.matched_count == 1
+
     def _guard(self, network_id: Any, lease: Lease) -> dict[str, Any]:
         if self.tickets and lease.occurrence is not None:
             return {"_id": network_id, "scheduledTo": lease.occurrence}
