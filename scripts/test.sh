@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# the example plugin package: tests/e2e/test_plugin.py proves the daemon runs it with no engine change
+plugin_stamp=.venv/.plugin-$(sha1sum examples/collector-hackernews/pyproject.toml | cut -c1-12)
+if [ ! -f "$plugin_stamp" ]; then
+  .venv/bin/python -m pip install --quiet -e examples/collector-hackernews
+  rm -f .venv/.plugin-* && touch "$plugin_stamp"
+fi
 export COLLECTOR_REQUIRE_WIRE=1   # no wire server is a failure here, never a silent skip
 .venv/bin/ruff check .
 exec .venv/bin/python scripts/devdb.py run -- .venv/bin/python -m pytest -q -rs "$@"
