@@ -116,9 +116,11 @@ def connectors() -> None:
         click.echo("no connectors installed (entry-point group collector.connectors)")
         return
     width = max(len(n) for n in found)
+    packages = {name: f"{reg.package or '?'} {reg.version or '?'}" for name, reg in found.items()}
+    pwidth = max(len(p) for p in packages.values())
     for name, reg in sorted(found.items()):
         what = reg.cls.api if reg.cls else f"BROKEN: {reg.error}"
-        click.echo(f"{name:<{width}}  {reg.package or '?'} {reg.version or '?'}  {what}")
+        click.echo(f"{name:<{width}}  {packages[name]:<{pwidth}}  {what}")
 
 
 @main.command()

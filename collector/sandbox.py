@@ -9,8 +9,11 @@ Control endpoints (JSON): POST /_sandbox/users {service, token, items, user?} cr
 `items` starred things (newest first); POST /_sandbox/users/<token>/add {count} makes new items
 arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, size?} makes the next
 `count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
-bodies, oversize, timeout, connection reset, slow drip); POST /_sandbox/users/<token>/revoke;
-GET /_sandbox/stats returns the counters; POST /_sandbox/reset forgets everything.
+bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
+POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
+forgets everything. `Sandbox.transfers` records every API reply on the wire: when it arrived and
+ended, its body size and how many body bytes were handed to the kernel before the client went
+away (an oversize body cut off by the client shows sent << size).
 
 Run it alone:  python -m collector.sandbox --port 8900   (prints the base URL)
 Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import json
@@ -66,10 +70,22 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     action: str = ""  # transport faults: "reset" (close unanswered), "delay" then answer, "drip" the body
     seconds: float = 0.0
+    chunked: bool = False  # Transfer-Encoding: chunked (no Content-Length: the client cannot refuse it up front)
+    fault: str = ""  # the injected fault kind this reply carries, if any
 
 
 FAULTS = ("status", "rate_limit", "retry_after", "unauthorized", "malformed", "truncated", "wrong_type",
-          "oversize", "timeout", "reset", "drip", "backoff")
+          "oversize", "timeout", "reset", "drip", "backoff", "headers")
+# Parameters: status {status, echo}; rate_limit / retry_after / backoff / timeout / drip {seconds};
+# unauthorized {echo}; oversize {size, framing: length | chunked | gzip}; headers {status, headers}: a reply
+# with exactly these (e.g. absurd x-ratelimit-reset / Retry-After); with status 200 they ride on a served
+# page instead (like backoff). echo=True puts the user's token in the error body, as a careless API might
+# (after `pad` filler characters: e.g. across the cut of a 200-byte error snippet).
+
+
+def _rides(fault: dict[str, Any]) -> bool:
+    """A fault that rides on a normally served page (counted as a request there)."""
+    return fault["kind"] == "backoff" or (fault["kind"] == "headers" and int(fault.get("status", 429)) == 200)
 
 
 class Sandbox:
@@ -79,7 +95,7 @@ class Sandbox:
                  page_cap: int = 100, quota: int = 10_000):
         self.latency = latency
         self.quota_max = quota  # Stack Exchange: one daily quota per app key, shared by every user
-        self.quota = quota
+        self.app_quota = quota  # what is left of it
         self.page_cap = page_cap  # the real APIs cap pages at 100; a lower cap makes many pages cheaply
         self.rate_limit = rate_limit
         self.window = window
@@ -90,6 +106,7 @@ class Sandbox:
         self.faults_served: Counter = Counter()
         self.hits: dict[str, list[float]] = {}  # request times by token (Unix seconds)
         self.log: list[str] = []  # every request target, to prove no token ever travels in a URL
+        self.transfers: list[dict[str, Any]] = []  # API replies on the wire (see Server._client)
         self.total = 0
         self.lock = threading.Lock()
 
@@ -110,6 +127,8 @@ class Sandbox:
 
     def inject(self, token: str, kind: str, count: int = 1, **params: Any) -> None:
         """The next `count` API requests of this user fail with `kind` (see FAULTS)."""
+        if kind == "oversize":  # built now, not while a client waits for it
+            _oversize(int(params.get("size", 50_000_000)), params.get("framing") == "gzip")
         with self.lock:
             self.users[token].faults.append({"kind": kind, "count": int(count), **params})
 
@@ -121,9 +140,18 @@ class Sandbox:
             if not user.faults:
                 return None
         fault = self._take(user)
+        resp = self._fault_reply(user, fault)
+        resp.fault = fault["kind"]
+        return resp
+
+    def _fault_reply(self, user: User, fault: dict[str, Any]) -> Response:
         kind, seconds = fault["kind"], float(fault.get("seconds", 60))
+        echo = f"{'.' * int(fault.get('pad', 0))} (token {user.token})" if fault.get("echo") else ""
         if kind == "status":
-            return _json(int(fault.get("status", 500)), {"message": "sandbox fault"})
+            return _json(int(fault.get("status", 500)), {"message": "sandbox fault" + echo})
+        if kind == "headers":
+            return _json(int(fault.get("status", 429)), {"message": "sandbox limit headers"},
+                         {str(k).lower(): str(v) for k, v in (fault.get("headers") or {}).items()})
         if kind == "rate_limit":
             if user.service == "stackoverflow":
                 return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
@@ -135,7 +163,7 @@ class Sandbox:
         if kind == "retry_after":
             return _json(429, {"message": "slow down"}, {"retry-after": str(int(seconds))})
         if kind == "unauthorized":
-            return self._refuse(user)
+            return self._refuse(user, echo)
         if kind == "malformed":
             return Response(200, b'{"items": [1, 2,, oops', {"content-type": "application/json"})
         if kind == "truncated":
@@ -144,8 +172,11 @@ class Sandbox:
         if kind == "wrong_type":
             return Response(200, b"<html><body>Service Unavailable</body></html>", {"content-type": "text/html"})
         if kind == "oversize":
-            return Response(200, b"[" + b" " * int(fault.get("size", 50_000_000)) + b"]",
-                            {"content-type": "application/json"})
+            framing = fault.get("framing", "length")
+            body = _oversize(int(fault.get("size", 50_000_000)), framing == "gzip")
+            if framing == "gzip":  # a gzip bomb: small on the wire, `size` bytes once decoded
+                return Response(200, body, {"content-type": "application/json", "content-encoding": "gzip"})
+            return Response(200, body, {"content-type": "application/json"}, chunked=framing == "chunked")
         if kind == "timeout":
             return Response(200, b"[]", {"content-type": "application/json"}, action="delay", seconds=seconds)
         if kind == "reset":
@@ -160,16 +191,26 @@ class Sandbox:
             fault["count"] -= 1
             if fault["count"] <= 0:
                 user.faults.pop(0)
-            if fault["kind"] != "backoff":  # a backoff rides on a served page, counted there
+            if not _rides(fault):  # a backoff (or 200 headers) rides on a served page, counted there
                 self.requests[user.token] += 1
             self.faults_served[fault["kind"]] += 1
             return fault
 
-    def _refuse(self, user: User) -> Response:
+    def _refuse(self, user: User, echo: str = "") -> Response:
         if user.service == "stackoverflow":
             return _json(400, {"error_id": 403, "error_name": "access_denied",
-                               "error_message": "the access token was revoked"}, gzipped=True)
-        return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+                               "error_message": "the access token was revoked" + echo}, gzipped=True)
+        return _json(401, {"message": "Bad credentials" + echo, "documentation_url": "https://docs.github.com/rest"})
+
+    def record_transfer(self, **transfer: Any) -> None:
+        with self.lock:
+            self.transfers.append(transfer)
+
+    def _ride(self, user: User) -> dict[str, Any] | None:
+        """The user's first fault if it rides on a served page (backoff, 200 headers): taken now."""
+        with self.lock:
+            ride = bool(user.faults) and not user.revoked and _rides(user.faults[0])
+        return self._take(user) if ride else None
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -299,7 +340,8 @@ class Sandbox:
         user = self._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
         if user is None:
             return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
-        if (fault := self._fault(user)) is not None:
+        ride = self._ride(user)
+        if ride is None and (fault := self._fault(user)) is not None:
             return fault
         now = time.time()
         if now >= user.reset_at:
@@ -330,25 +372,29 @@ class Sandbox:
         extra = {**limits, "etag": etag}
         if link:
             extra["link"] = ", ".join(link)
-        return _json(200, body, extra)
+        if ride is not None:
+            extra.update({str(k).lower(): str(v) for k, v in (ride.get("headers") or {}).items()})
+        resp = _json(200, body, extra)
+        resp.fault = ride["kind"] if ride else ""
+        return resp
 
     def _stackexchange(self, headers: dict[str, str], query: dict[str, str]) -> Response:
         user = self._user(headers.get("x-api-access-token"), "stackoverflow", headers)
         if user is None:
             return _json(400, {"error_id": 401, "error_name": "access_token_required",
                                "error_message": "`access_token` is required"}, gzipped=True)
-        backoff = None
-        if user.faults and user.faults[0]["kind"] == "backoff":  # a normal reply asking callers to wait
-            backoff = int(self._take(user)["seconds"])
-        elif (fault := self._fault(user)) is not None:
+        backoff, ride = None, self._ride(user)
+        if ride is not None and ride["kind"] == "backoff":  # a normal reply asking callers to wait
+            backoff = int(ride["seconds"])
+        elif ride is None and (fault := self._fault(user)) is not None:
             return fault
         with self.lock:
-            if self.quota <= 0:
+            if self.app_quota <= 0:
                 return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
                                    "too many requests from this IP, more requests available in 86400 seconds"},
                              gzipped=True)
-            self.quota -= 1
-            quota = self.quota
+            self.app_quota -= 1
+            quota = self.app_quota
         size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         chunk = self._page(user, page, size)
@@ -359,7 +405,16 @@ class Sandbox:
                 "quota_remaining": quota}
         if backoff is not None:
             body["backoff"] = backoff
-        return _json(200, body, gzipped=True)
+        resp = _json(200, body, {str(k).lower(): str(v) for k, v in ((ride or {}).get("headers") or {}).items()},
+                     gzipped=True)
+        resp.fault = ride["kind"] if ride else ""
+        return resp
+
+
+@functools.lru_cache(maxsize=4)
+def _oversize(size: int, gzipped: bool) -> bytes:
+    body = b"[" + b" " * size + b"]"
+    return gzip.compress(body, compresslevel=9) if gzipped else body
 
 
 def _int(value: str | None, default: int) -> int:
@@ -470,29 +525,62 @@ class Server:
                 if self.sandbox.latency and not target.startswith("/_sandbox/"):
                     await asyncio.sleep(self.sandbox.latency)
                 resp = self.sandbox.handle(method, target, headers, body)
-                if resp.action == "reset":
-                    writer.transport.abort()
-                    return
-                if resp.action == "delay":
-                    await asyncio.sleep(resp.seconds)
-                head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}",
-                        f"content-length: {len(resp.body)}"]
-                head += [f"{k}: {v}" for k, v in resp.headers.items()]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-                if resp.action == "drip":  # one byte at a time over `seconds`
-                    for i in range(len(resp.body)):
-                        writer.write(resp.body[i:i + 1])
-                        await writer.drain()
-                        await asyncio.sleep(resp.seconds / max(len(resp.body), 1))
+                if target.startswith("/_sandbox/"):
+                    await self._send(writer, resp)
                 else:
-                    writer.write(resp.body)
-                await writer.drain()
+                    await self._transfer(reader, writer, resp, target, headers)
                 if headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
             pass  # a client gone, a garbled request, or the server stopping: drop the connection
         finally:
             writer.close()
+
+    async def _transfer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response,
+                        target: str, headers: dict[str, str]) -> None:
+        """Answer an API request and record the transfer: arrival, end, body bytes sent before the
+        client went away (ended early: `complete` False)."""
+        auth = headers.get("authorization", "")
+        record = {"token": auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-access-token", ""),
+                  "path": urlsplit(target).path, "status": resp.status, "fault": resp.fault,
+                  "arrived": float(headers["x-sandbox-arrived"]), "size": len(resp.body), "sent": 0,
+                  "complete": False}
+        try:
+            if resp.action == "reset":
+                writer.transport.abort()
+                return
+            if resp.action == "delay":  # answer late, unless the client gives up first
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(reader.read(1), resp.seconds) == b"":
+                        return
+            record["sent"] = await self._send(writer, resp, record)
+            record["complete"] = True
+        finally:
+            record["ended"] = time.time()
+            self.sandbox.record_transfer(**record)
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, resp: Response, record: dict[str, Any] | None = None) -> int:
+        """Write the reply; returns the body bytes handed to the kernel (kept in record["sent"] as it goes)."""
+        head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}"]
+        head.append("transfer-encoding: chunked" if resp.chunked else f"content-length: {len(resp.body)}")
+        head += [f"{k}: {v}" for k, v in resp.headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        body, step = memoryview(resp.body), 1 if resp.action == "drip" else 65536
+        written = 0
+        for i in range(0, len(body), step):
+            piece = body[i:i + step]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if resp.chunked else piece)
+            written += len(piece)
+            await writer.drain()
+            if record is not None:
+                record["sent"] = max(written - writer.transport.get_write_buffer_size(), 0)
+            if resp.action == "drip":  # one byte at a time over `seconds`
+                await asyncio.sleep(resp.seconds / max(len(resp.body), 1))
+        if resp.chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return written
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,13 +69,15 @@ class RateLimit:
     scope: str = "network"
 
     def resume_at(self, now: datetime, floor: int) -> datetime | None:
-        """When calling again is allowed, or None when the API left room for more now."""
+        """When calling again is allowed, or None when the API left room for more now. Never further
+        than MAX_WAIT: connectors build RateLimits from bodies too (a Stack Exchange `backoff` or
+        throttle_violation of 10**20 seconds), and the headers' own clamps do not cover those."""
         moments = []
         if self.retry_after is not None and self.retry_after > 0:
-            moments.append(now + timedelta(seconds=self.retry_after))
+            moments.append(now + timedelta(seconds=min(self.retry_after, MAX_WAIT.total_seconds())))
         if self.remaining is not None and self.remaining < floor:
             moments.append(self.reset_at if self.reset_at and self.reset_at > now else now + timedelta(seconds=60))
-        return max(moments) if moments else None
+        return min(max(moments), now + MAX_WAIT) if moments else None
 
     def merge(self, other: RateLimit | None) -> RateLimit:
         """Combine two readings (headers and body): the stricter one of each field wins."""
@@ -207,8 +209,8 @@ class Connector:
     def refresh_request(self, ctx: Context, refresh_token: str) -> Request | None:
         """The token request; None when this service has no token endpoint configured."""
         token_url = self.settings.options.get("token_url")
-        if not token_url:
-            return None
+        if not token_url or not self.settings.options.get("client_id"):
+            return None  # an OAuth app must be configured: without one a refresh can only fail
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         headers = {"Accept": "application/json"}
         client_id = str(self.settings.options.get("client_id") or "")

@@ -114,7 +114,7 @@ async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, se
 
 
 def test_stackexchange_daily_quota_runs_out_for_the_whole_app(server):
-    server.sandbox.quota, before = 1, server.sandbox.quota
+    server.sandbox.app_quota, before = 1, server.sandbox.app_quota
     try:
         server.sandbox.add_user("stackoverflow", "quota-user-1", 5)
         api = httpx.Client(base_url=server.url, headers={"X-API-Access-Token": "quota-user-1"})
@@ -123,4 +123,4 @@ def test_stackexchange_daily_quota_runs_out_for_the_whole_app(server):
         second = api.get("/2.3/me/favorites")
         assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
     finally:
-        server.sandbox.quota = before
+        server.sandbox.app_quota = before

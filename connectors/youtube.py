@@ -1,0 +1,108 @@
+"""YouTube: the videos the user liked, YouTube Data API v3 `GET /youtube/v3/videos?myRating=like`.
+
+Why videos.list and not playlistItems.list on the "Liked videos" playlist: the ratings guide names
+videos.list first ("retrieve a list of videos rated by the current user ... through the videos.list
+method and its myRating parameter"; playlistItems of `contentDetails.relatedPlaylists.likes` is the
+alternative), it needs no extra channels.list call (and quota) to find the playlist id, and its
+reference documents exactly this use: "myRating ... Set this parameter's value to like or dislike to
+instruct the API to only return videos liked or disliked by the authenticated user"; "maxResults ...
+is supported for use in conjunction with the myRating parameter ... Acceptable values are 1 to 50";
+the same note for `pageToken`. Quota: 1 unit per call. Pages: `nextPageToken` until it is absent.
+Order: most recent like first, as the Liked videos list (the reference does not state it): normal
+mode sweeps from the top and stops at the first known video.
+
+Errors (developers.google.com/youtube/v3/docs/errors) come as {"error": {"code", "message",
+"errors": [{"domain", "reason", "message"}]}}:
+- `quotaExceeded` (403, "you have exceeded your quota") / `dailyLimitExceeded`: the daily quota of
+  the Google Cloud project, i.e. of the app: the whole service pauses until the quota resets "at
+  midnight Pacific Time (PT)" (America/Los_Angeles, DST-aware);
+- `rateLimitExceeded` / `userRateLimitExceeded` (403 or 429): short per-network waits (Retry-After
+  when sent, else a minute);
+- `authError` (401, "Invalid Credentials"): unauthorized (the engine's 401 handling, made explicit);
+- any other 403 reason (`forbidden`, `insufficientPermissions`, account closed or suspended...):
+  unauthorized too, our choice: retrying the same token cannot help, the user must authorize again;
+  except the project's own misconfiguration (`accessNotConfigured`: the API is not enabled...), which
+  is no user's fault: left to the engine (transient `forbidden`, backoff).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from collector.sdk import (
+    Connector,
+    Context,
+    Item,
+    Page,
+    RateLimit,
+    RateLimited,
+    Request,
+    Unauthorized,
+    json_body,
+    parse_time,
+    sweep,
+)
+
+PACIFIC = ZoneInfo("America/Los_Angeles")
+DAILY = {"quotaExceeded", "dailyLimitExceeded"}
+SHORT = {"rateLimitExceeded", "userRateLimitExceeded"}
+APP_SETUP = {"accessNotConfigured", "SERVICE_DISABLED", "keyInvalid", "keyExpired", "ipRefererBlocked"}
+
+
+def quota_reset(now: datetime) -> datetime:
+    """The next midnight Pacific Time after `now` (23 or 25 hours away on DST change days)."""
+    day = now.astimezone(PACIFIC).date() + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, tzinfo=PACIFIC).astimezone(now.tzinfo)
+
+
+def _reasons(response: httpx.Response) -> tuple[list[str], str]:
+    """The `reason`s and message of a Google API error body ([] when it is not one)."""
+    try:
+        error = response.json().get("error")
+        return [str(e.get("reason")) for e in error.get("errors") or []], str(error.get("message", ""))[:200]
+    except (ValueError, AttributeError, TypeError):
+        return [], ""
+
+
+class YouTubeLiked(Connector):
+    service = "youtube"
+    api = "YouTube Data API v3: liked videos (GET /youtube/v3/videos?myRating=like)"
+    default_base_url = "https://www.googleapis.com"
+
+    def request(self, ctx: Context) -> Request:
+        params = {"myRating": "like", "part": "snippet", "maxResults": 50}
+        if ctx.cursor.get("next"):
+            params["pageToken"] = ctx.cursor["next"]
+        return Request(f"{self.base_url}/youtube/v3/videos", params=params,
+                       headers={"Authorization": f"Bearer {ctx.network.token}", "Accept": "application/json"})
+
+    def check(self, ctx: Context, response: httpx.Response) -> None:
+        if response.status_code not in (401, 403, 429):
+            return
+        reasons, message = _reasons(response)
+        why = f"HTTP {response.status_code} {', '.join(reasons)}: {message}"
+        if DAILY & set(reasons):
+            raise RateLimited(why, RateLimit(remaining=0, reset_at=quota_reset(ctx.now), scope="service"))
+        if SHORT & set(reasons) or response.status_code == 429:
+            raise RateLimited(why, RateLimit(retry_after=60.0).merge(self.rate_limit(response, ctx.now)))
+        if reasons and not APP_SETUP & set(reasons):  # authError, forbidden, insufficientPermissions...
+            raise Unauthorized(why)
+
+    def parse(self, ctx: Context, response: httpx.Response) -> Page:
+        body = json_body(response)
+        items = []
+        for video in body["items"]:
+            snippet = video.get("snippet") or {}
+            items.append(Item(
+                id=str(video["id"]),
+                title=snippet.get("title"),
+                url=f"https://www.youtube.com/watch?v={video['id']}",
+                author=snippet.get("channelTitle"),
+                created=parse_time(snippet.get("publishedAt")),
+                raw=video,
+            ))
+        fresh, cursor, more = sweep(ctx.cursor, items, body.get("nextPageToken") or None, ctx.mode)
+        return Page(items=fresh, cursor=cursor, more=more)
