@@ -1,0 +1,157 @@
+"""Bluesky: the posts the user liked (XRPC query `app.bsky.feed.getActorLikes`).
+
+GET {base}/xrpc/app.bsky.feed.getActorLikes?actor=&limit=100&cursor=, newest like first, no
+"since" filter: cursor pagination (an absent cursor is the end), normal mode stops at the first
+known post (sdk.sweep): one request when nothing is new. The token is the session's access JWT
+(`Authorization: Bearer`), sent to the PDS/entryway in `base_url` (default https://bsky.social).
+
+The actor is the network's `options.actor` (a handle or a DID); without it, the DID of the token
+holder, read from the access JWT's `sub` claim (legacy/app-password session tokens carry it:
+{"scope": "com.atproto.appPass", "sub": "did:plc:...", "exp": ...}). The method only serves the
+requesting account's own likes, so that DID is the right actor and costs no extra request
+(com.atproto.server.getSession would). A token without a readable DID and no option: PermanentError.
+
+Docs:
+- Lexicon app/bsky/feed/getActorLikes.json: "Get a list of posts liked by an actor. Requires auth,
+  actor must be the requesting account."; params actor (at-identifier, required), limit (1-100,
+  default 50), cursor; output {cursor?, feed: [feedViewPost]}; errors BlockedActor, BlockedByActor.
+  The AppView answers 400 InvalidRequest "Profile not found" when actor is not the viewer, and may
+  return a page emptied by its block/deleted-post filters that still carries a cursor: followed
+  when it moved on, the end when it did not.
+- bsky-docs advanced-guides/rate-limits.md: "Many HTTP API services return rate limit headers";
+  "Requests that cross a limit usually receive an HTTP 429"; PDS "Overall API Requests (all
+  endpoints) - Rate limited by IP - 3000 per 5 minutes". Headers ratelimit-limit: 3000,
+  ratelimit-remaining, ratelimit-reset (Unix seconds), ratelimit-policy: 3000;w=300. The limit is
+  the IP's, shared by every network this process runs: an exhausted one pauses the service.
+- Errors are {"error": "...", "message": "..."}; the PDS auth verifier throws
+  InvalidRequestError('Token has expired', 'ExpiredToken') and ('Token could not be verified',
+  'InvalidToken'): HTTP 400, not 401 (a revoked session: 400 ExpiredToken "Token has been
+  revoked"); the entryway/AppView send 401 ExpiredToken/InvalidToken, 401 AuthMissing. All of them
+  make the network unauthorized (token refresh is the engine's job).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+from datetime import datetime
+
+import httpx
+
+from collector.sdk import (
+    BadResponse,
+    Connector,
+    Context,
+    Item,
+    Page,
+    PermanentError,
+    RateLimit,
+    Request,
+    Unauthorized,
+    header_rate_limit,
+    json_body,
+    parse_time,
+    sweep,
+)
+
+TOKEN_ERRORS = {"ExpiredToken", "InvalidToken", "AuthMissing", "AuthenticationRequired"}
+DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]{1,2000}")
+HANDLE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def token_did(token: str) -> str | None:
+    """The `sub` claim of a JWT access token when it is a DID (the signature is the server's business)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and DID.fullmatch(sub) else None
+
+
+class BlueskyLikes(Connector):
+    service = "bluesky"
+    api = "Bluesky (AT Protocol): liked posts (GET /xrpc/app.bsky.feed.getActorLikes)"
+    default_base_url = "https://bsky.social"
+
+    def actor(self, ctx: Context) -> str:
+        actor = ctx.network.options.get("actor")
+        if actor is None or actor == "":
+            did = token_did(ctx.network.token)
+            if did is None:
+                raise PermanentError("missing option 'options.actor' (the account's handle or DID): "
+                                     "the access token carries no DID")
+            return did
+        actor = actor.strip().removeprefix("@") if isinstance(actor, str) else ""
+        if not (DID.fullmatch(actor) or HANDLE.fullmatch(actor)):
+            raise PermanentError("option 'options.actor' must be a handle (alice.bsky.social) or a DID")
+        return actor
+
+    def request(self, ctx: Context) -> Request:
+        params: dict[str, str | int] = {"actor": self.actor(ctx), "limit": 100}
+        if ctx.cursor.get("next"):
+            params["cursor"] = str(ctx.cursor["next"])
+        return Request(f"{self.base_url}/xrpc/app.bsky.feed.getActorLikes", params=params,
+                       headers={"Authorization": f"Bearer {ctx.network.token}"})
+
+    def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
+        """ratelimit-* as the engine reads them, for the whole service (the PDS limits by IP: every
+        network of this process shares it); a 429 without them still stops the service for a minute."""
+        limit = header_rate_limit(response.headers, now)
+        if limit is None:
+            return RateLimit(scope="service") if response.status_code == 429 else None
+        return dataclasses.replace(limit, scope="service")
+
+    def check(self, ctx: Context, response: httpx.Response) -> None:
+        status = response.status_code
+        if status not in (400, 401) or not response.content.lstrip().startswith(b"{"):
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            return
+        error = body.get("error") if isinstance(body, dict) else None
+        if error in TOKEN_ERRORS:
+            raise Unauthorized(f"HTTP {status} {error}: {str(body.get('message') or '')[:200]}")
+
+    def parse(self, ctx: Context, response: httpx.Response) -> Page:
+        body = json_body(response)
+        feed = body["feed"]
+        nxt = body.get("cursor")
+        if not isinstance(feed, list) or not (nxt is None or isinstance(nxt, str)):
+            raise BadResponse("expected {feed: [...], cursor?: string}")
+        items = [self.item(entry["post"], entry) for entry in feed]
+        sent = ctx.cursor.get("next")
+        known_top = ctx.cursor.get("top") if sent is not None else None
+        if not items and nxt and nxt != sent:
+            # a page emptied by the AppView's filters (blocked or deleted posts): go on from its cursor
+            return Page(items=[], cursor={"next": nxt, "stop": ctx.cursor.get("stop"), "top": known_top}, more=True)
+        cursor = ctx.cursor
+        if sent is not None and known_top is None:  # this sweep began with emptied pages: its top comes now
+            cursor = {**cursor, "top": items[0].id if items else cursor.get("stop")}
+        fresh, cursor, more = sweep(cursor, items, nxt or None, ctx.mode)
+        return Page(items=fresh, cursor=cursor, more=more)
+
+    @staticmethod
+    def item(post: dict, entry: dict) -> Item:
+        uri = post["uri"]
+        if not isinstance(uri, str) or not uri.startswith("at://"):
+            raise BadResponse("a liked post without an at:// URI")
+        author = post.get("author") or {}
+        record = post.get("record") or {}
+        handle = author.get("handle")
+        profile = handle if isinstance(handle, str) and handle and handle != "handle.invalid" else uri[5:].split("/")[0]
+        return Item(
+            id=uri,
+            title=record.get("text") or None,
+            url=f"https://bsky.app/profile/{profile}/post/{uri.rsplit('/', 1)[-1]}",
+            author=handle,
+            created=parse_time(record.get("createdAt")),
+            raw=entry,
+        )
