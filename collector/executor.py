@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import structlog
+from pymongo.errors import BulkWriteError, WriteError
 
 from collector import http, logs
 from collector.config import Settings
@@ -49,7 +50,9 @@ class RunResult:
 
 
 def _snippet(response: httpx.Response, limit: int = 200) -> str:
-    text = response.content[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
+    # scrubbed before the cut: a token the API echoes across the cut would survive as half a token
+    text = logs.scrub(response.content[:limit + 4096].decode("utf-8", "replace"))[:limit]
+    text = text.strip().replace("\n", " ")
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
 
@@ -74,8 +77,12 @@ class Executor:
         reg = self.registry.get(service)
         if reg is None:
             known = ", ".join(sorted(self.registry)) or "none"
+            # bounded (the reason is written three times into the document: 16 MB cap on MongoDB),
+            # scrubbed before the cut (half a token would survive the scrub of the whole reason)
+            shown = logs.scrub(service)
+            shown = repr(shown) if len(shown) <= 64 else f"{shown[:61]!r}... ({len(service)} characters)"
             return Outcome(Kind.PERMANENT, error="unknown_service",
-                           message=f"no connector for service {service!r} (installed: {known})")
+                           message=f"no connector for service {shown} (installed: {known})")
         if reg.cls is None:
             return Outcome(Kind.PERMANENT, error="bad_connector",
                            message=f"connector {service!r} failed to load: {reg.error}")
@@ -95,7 +102,13 @@ class Executor:
         secrets = logs.set_run_secrets(str(doc.get(k)) for k in ("accessToken", "refreshToken") if doc.get(k))
         try:
             outcome, items = await self._attempt(doc, now)
-            new_items = await self.store.save_items(doc, items, now) if items else 0
+            try:
+                new_items = await self.store.save_items(doc, items, now) if items else 0
+            except (WriteError, BulkWriteError) as exc:  # the server refuses these items: not an outage
+                log.error("items refused by the database", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
+                                  message=f"the database refused the items: {type(exc).__name__}: {str(exc)[:300]}")
+                items, new_items = [], 0
             errors = error_count(doc)
             schedule = self.settings.service(service).schedule
             try:

@@ -44,7 +44,7 @@ class Kind(StrEnum):
 # error kinds recorded in lastError.kind
 TRANSIENT_KINDS = (
     "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large", "forbidden",
-    "client_error", "connector_error", "token_refresh",
+    "client_error", "connector_error", "token_refresh", "store_error",
 )
 PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector")
 

@@ -11,12 +11,13 @@ state guarded by the lease id. A state save whose guard matches nothing is dropp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
@@ -27,7 +28,22 @@ from collector.sdk import Item
 
 NETWORKS, ITEMS, SERVICES, CLAIMS, COLLECTORS = "networks", "items", "services", "claims", "collectors"
 DUE_INDEX = "due"
+_NO_GATE = contextlib.nullcontext()  # reusable: entering it does nothing
 DUPLICATE_KEY = 11000
+
+
+def mongo_safe(value: Any, depth: int = 0) -> Any:
+    """An API payload with keys a document may hold: a leading `$` (Bluesky's `$type`, JSON-LD's
+    `@`-less cousins) and `.` are replaced by their full-width forms (U+FF04, U+FF0E), which
+    MongoDB and FerretDB store as plain characters. Nesting deeper than 64 levels is cut off."""
+    if depth > 64:
+        return None
+    if isinstance(value, dict):
+        return {(("\uff04" + k[1:]) if k.startswith("$") else k).replace(".", "\uff0e")
+                if isinstance(k, str) else str(k): mongo_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mongo_safe(v, depth + 1) for v in value]
+    return value
 
 
 def item_key(user: Any, service: str, item_id: str) -> str:
@@ -69,6 +85,11 @@ class Store:
         self.write_batch = max(1, write_batch)
         # bulk commands in flight per process (None: no limit); FerretDB deadlocks without one
         self._write_gate = asyncio.Semaphore(write_concurrency) if write_concurrency else None
+        # FerretDB v1 (tickets on) also loses one of two concurrent updates of one document (it reads,
+        # modifies and writes back): the heartbeat's lease renewal would overwrite a run's state save
+        # (reported saved, then gone: the lease lingers until it expires and the run is repeated).
+        # This process's writes of leased networks (renewals, state saves) go one at a time.
+        self._state_gate = asyncio.Lock() if tickets else None
         self.networks = db[NETWORKS]
         self.items = db[ITEMS]
         self.services = db[SERVICES]
@@ -162,7 +183,8 @@ class Store:
             return 0
         until = now + timedelta(seconds=ttl)
         ids = [lease.id for lease in leases]
-        result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
+        async with self._state_gate or _NO_GATE:
+            result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
         tickets = [lease.ticket for lease in leases if lease.ticket]
         if tickets:
             ticket_result = await self.claims.update_many(
@@ -196,7 +218,7 @@ class Store:
                 "updatedAt": now,
             }
             if self.store_raw and item.raw is not None:
-                fields["raw"] = item.raw
+                fields["raw"] = mongo_safe(item.raw)
             ops.append(UpdateOne(
                 {"_id": item_key(user, service, item.id)},
                 {"$set": fields,
@@ -249,7 +271,8 @@ class Store:
         update: dict[str, Any] = {"$set": fields, "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
-        result = await self.networks.update_one(self._guard(network_id, lease), update)
+        async with self._state_gate or _NO_GATE:
+            result = await self.networks.update_one(self._guard(network_id, lease), update)
         saved = result.matched_count == 1
         if self.tickets and lease.ticket:
             if saved:  # the occurrence is done: a process that read it stale must not wait for this ticket
@@ -272,8 +295,9 @@ class Store:
     # -- malformed documents --------------------------------------------------------------------
 
     async def repair(self, now: datetime, known_modes: Sequence[str]) -> list[tuple[Any, str]]:
-        """Give documents inserted without `mode`/`scheduledTo` their defaults and disable the
-        ones whose mode is junk; returns (id, what was done) for each document touched."""
+        """Give documents inserted without `mode`/`scheduledTo` (or with null) their defaults and
+        disable the ones whose mode or scheduledTo is junk (never due otherwise, and without a
+        reason); returns (id, what was done) for each document touched."""
         done = []
         if self.tickets:
             await self.claims.delete_many({"expireAt": {"$lt": now - timedelta(days=1)}})
@@ -283,17 +307,25 @@ class Store:
                 {"mode": {"$exists": False}},
                 {"scheduledTo": {"$exists": False}},
                 {"mode": {"$nin": list(known_modes)}},
+                # null or not a date (no due query ever matches those): `$nor`, as `$not` is not everywhere
+                {"$nor": [{"scheduledTo": {"$gte": datetime(1, 1, 1, tzinfo=UTC)}}]},
+                {"scheduledTo.0": {"$exists": True}},  # an array, even of dates
             ],
         }
         async for doc in self.networks.find(query, projection={"mode": 1, "scheduledTo": 1}).limit(1000):
             fields: dict[str, Any] = {}
+            reason = None
             if "mode" not in doc or doc["mode"] is None:
                 fields["mode"] = "initial"
             elif doc["mode"] not in known_modes:
                 reason = f"malformed: field 'mode' must be one of {', '.join(known_modes)}"
+            due = doc.get("scheduledTo")
+            if due is not None and not isinstance(due, datetime) and reason is None:
+                reason = f"malformed: field 'scheduledTo' must be a date, got {type(due).__name__}"
+            if reason is not None:
                 fields.update(disabled=True, disabledReason=reason, scheduledTo=None,
                               lastError={"at": now, "kind": "malformed", "status": None, "message": reason})
-            if "scheduledTo" not in doc and not fields.get("disabled"):
+            elif due is None:  # missing or null: the default
                 fields["scheduledTo"] = now
             if fields:
                 await self.networks.update_one({"_id": doc["_id"], "lease": None}, {"$set": fields})

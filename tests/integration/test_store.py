@@ -106,6 +106,17 @@ async def test_items_are_idempotent_upserts(store, clock, any_db):
     assert await store.save_items({"_id": "n2", "user": "v", "service": "github"}, items(1), clock.now) == 1
 
 
+async def test_raw_payloads_with_dollar_and_dot_keys_are_stored(store, clock, any_db):
+    """Bluesky records carry `$type`, some APIs dotted keys: a server refuses such keys in a document,
+    so the raw payload's keys are stored with full-width `$` and `.` instead (and nothing is lost)."""
+    raw = {"$type": "app.bsky.feed.post", "embed": {"$type": "x", "images": [{"a.b": 1, "$ref": "r"}]}, "ok": 2}
+    net = {"_id": "n1", "user": "u", "service": "bluesky"}
+    assert await store.save_items(net, [Item(id="p1", title="t", raw=raw)], clock.now) == 1
+    doc = await any_db.items.find_one({"itemId": "p1"})
+    assert doc["raw"] == {"\uff04type": "app.bsky.feed.post", "ok": 2,
+                          "embed": {"\uff04type": "x", "images": [{"a\uff0eb": 1, "\uff04ref": "r"}]}}
+
+
 async def test_concurrent_upserts_of_the_same_new_items_store_each_once(store, clock, any_db):
     net = {"_id": "n1", "user": "u", "service": "github"}
     new = await asyncio.gather(*[store.save_items(net, items(100), clock.now) for _ in range(4)])

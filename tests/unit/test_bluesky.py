@@ -21,7 +21,7 @@ from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
 from collector.sandbox_apis.bluesky import handle as sandbox_handle
 from collector.sdk import Registered
-from collector.store import Store
+from collector.store import Store, mongo_safe
 from connectors.bluesky import BlueskyLikes, token_did
 from tests.conftest import Clock, make_settings
 from tests.harness import Engine
@@ -148,7 +148,8 @@ async def test_items_carry_the_post_fields(engine, api):
     assert item["url"] == "https://bsky.app/profile/poster18.bsky.social/post/3kz0000000018"
     assert item["author"] == "poster18.bsky.social"
     assert item["created"] == sdk.parse_time("2026-11-18T08:00:00.000Z")
-    assert item["raw"] == PAGE1[0]
+    assert item["raw"] == mongo_safe(PAGE1[0])  # stored with `$type` as `\uff04type` (see store.mongo_safe)
+    assert item["raw"]["post"]["record"]["\uff04type"] == "app.bsky.feed.post"
     bare = await engine.store.items.find_one({"itemId": liked(9)["post"]["uri"]})
     assert bare["title"] is None  # an image-only post has no text
     assert bare["url"] == "https://bsky.app/profile/did:plc:author0009xxxxxxxxxxxxxx/post/3kz0000000009"

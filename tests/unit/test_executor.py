@@ -199,3 +199,26 @@ async def test_lost_lease_drops_the_state_but_keeps_the_items(env, clock, mock_d
     net = await store.networks.find_one({"_id": doc["_id"]})
     assert net["lease"]["owner"] == "other" and "cursor" not in net
     assert await mock_db.items.count_documents({}) == 2
+
+
+async def test_items_the_database_refuses_end_in_a_recorded_transient_state(env, clock, api):
+    """A write error that is not an outage (the server refuses the documents) must not leave the
+    network looping through lease expiries without a reason: the run records store_error."""
+    from pymongo.errors import BulkWriteError
+
+    store, executor = env
+    api.get(f"{BASE}/items").mock(return_value=httpx.Response(200, json={"items": [{"id": 1}], "next": 2}))
+
+    async def refuse(*_args, **_kw):
+        raise BulkWriteError({"writeErrors": [{"index": 0, "code": 2, "errmsg": "invalid key"}]})
+
+    store.save_items = refuse
+    network_id = await store.insert_network({"user": "u", "service": "fake", "accessToken": TOKEN,
+                                             "mode": "initial", "scheduledTo": clock.now})
+    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    result = await executor.run(doc, lease)
+    assert result.outcome.kind.value == "transient" and result.saved
+    saved = await store.get_network(network_id)
+    assert saved["errors"] == 1 and saved["lastError"]["kind"] == "store_error"
+    assert "refused the items" in saved["lastError"]["message"] and "lease" not in saved
+    assert saved.get("cursor") in (None, {})  # the cursor did not move past items that were not stored

@@ -45,7 +45,8 @@ class HackerNewsSubmissions(Connector):
         return Request(f"{self.base_url}/search_by_date", params=params)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
-        hits = json_body(response)["hits"]
+        body = json_body(response)
+        hits = body["hits"]
         cursor = ctx.cursor
         known = set(cursor.get("edge_ids", [])) | set(cursor.get("stop_ids", []))  # stored at a boundary second
         items = [Item(id=str(h["objectID"]), title=h.get("title") or h.get("story_title") or "",
@@ -56,7 +57,7 @@ class HackerNewsSubmissions(Connector):
         if "before" not in cursor and hits:  # the first page of a sweep: remember its newest second
             top = max(at.values())
             cursor = {**cursor, "top": top, "top_ids": [i for i, t in at.items() if t == top]}
-        if not items or len(hits) < PER_PAGE:  # the sweep is over: next time, stop at its newest second
+        if not items or int(body.get("nbHits") or 0) <= len(hits):  # the sweep is over: stop at its newest second
             top = cursor.get("top", cursor.get("stop"))
             done = {"stop": top, "stop_ids": cursor.get("top_ids", cursor.get("stop_ids", []))} if top else {}
             return Page(items=items, cursor=done, more=False)
