@@ -15,6 +15,7 @@ from collector.config import MODES
 
 MAX_FIELD = 4096  # longest string accepted in an identifying or credential field
 MAX_CURSOR = 64 * 1024
+MAX_ERRORS_COUNT = 2**31  # a consecutive-failure count at or above this is junk
 # fields that hold secrets: never logged, never shown, scrubbed from messages
 SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "clientSecret", "password")
 
@@ -68,7 +69,8 @@ class Network:
         user = doc.get("user")
         if user is None or user == "":
             raise Malformed("missing field 'user'")
-        if not isinstance(user, str | int) and type(user).__name__ != "ObjectId":
+        # a bool is an int to Python, not a user id (true/false would become every such network's user)
+        if isinstance(user, bool) or (not isinstance(user, str | int) and type(user).__name__ != "ObjectId"):
             raise Malformed(f"field 'user' must be a string, integer or ObjectId, got {_short(user)}")
         if isinstance(user, str) and len(user) > MAX_FIELD:
             raise Malformed(f"field 'user' is longer than {MAX_FIELD} characters")
@@ -97,6 +99,9 @@ class Network:
                 raise Malformed(f"field '{name}' must be a string")
             if len(value) > MAX_FIELD:
                 raise Malformed(f"field '{name}' is longer than {MAX_FIELD} characters")
+            if name == "accessToken" and value and not all("\x21" <= c <= "\x7e" for c in value):
+                # it goes in an HTTP header: anything else fails every request (or injects a header)
+                raise Malformed(f"field '{name}' must be visible ASCII characters only (no spaces)")
             credentials[name] = value
         for name in required:
             value = doc.get(name)
@@ -111,9 +116,10 @@ class Network:
 
 
 def error_count(doc: dict[str, Any]) -> int:
-    """The consecutive-failure counter; a counter we own, so a junk value restarts it at 0."""
+    """The consecutive-failure counter; a counter we own, so a junk value restarts it at 0. So does an
+    absurd one: 2**63 - 1 plus one failure is not a 64-bit integer, and the state write would fail."""
     errors = doc.get("errors", 0)
-    if not isinstance(errors, int) or isinstance(errors, bool) or errors < 0:
+    if not isinstance(errors, int) or isinstance(errors, bool) or not 0 <= errors < MAX_ERRORS_COUNT:
         return 0
     return errors
 

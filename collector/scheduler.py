@@ -203,13 +203,17 @@ class Scheduler:
         started = 0
         while not self.stopping and len(self.inflight) < self.settings.concurrency:
             exclude = self._full_services() | set(paused or ())
-            claim = await self.store.claim(self.mode, self.owner, now, self.settings.lease_ttl, exclude)
+            # the clock read per claim, not the tick's `now`: a lease runs `lease_ttl` from when it is
+            # taken (claims are slow on a loaded server: a whole fill would otherwise hand out leases
+            # that are already expired, and another process takes the same network at once)
+            at = max(now, self.clock())
+            claim = await self.store.claim(self.mode, self.owner, at, self.settings.lease_ttl, exclude)
             if claim is None:
                 break
             doc, lease = claim
             service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
             task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
-            self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, now)
+            self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, at)
             self.per_service[service] += 1
             task.add_done_callback(self._done)
             started += 1

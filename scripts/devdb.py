@@ -111,9 +111,37 @@ def _terminate(pid: int, proc: Popen[bytes] | None = None, grace: float = 10.0) 
 @dataclass
 class Server:
     uri: str
-    pid: int | None = None  # None: the external $MONGODB_URI server, never stopped by us
+    pid: int | None = None  # None: the external $MONGODB_URI server, never stopped by us (or paused)
     dir: Path | None = None
     _proc: Popen[bytes] | None = field(default=None, repr=False)
+    _cmd: list[str] | None = field(default=None, repr=False)  # how to start it again (servers started here)
+
+    @property
+    def paused(self) -> bool:
+        return self._cmd is not None and self.pid is None and self.dir is not None
+
+    def pause(self, kill: bool = False) -> None:
+        """Stop the server process (SIGTERM, or SIGKILL with kill=True), keeping its data directory and
+        its port: `resume()` brings the same database back at the same URI (a database outage)."""
+        if self._cmd is None or self.dir is None:
+            raise DevDBError("only a server started by start_server() here can be paused")
+        if self.pid:
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                if self._proc:
+                    self._proc.wait()
+            else:
+                _terminate(self.pid, self._proc)
+        self.pid = self._proc = None
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the paused server again on the same port with the same data."""
+        if not self.paused:
+            raise DevDBError("resume() needs a server stopped by pause()")
+        assert self._cmd is not None and self.dir is not None
+        self._proc = _launch(self._cmd, self.dir, self.uri, timeout)
+        self.pid = self._proc.pid
 
     def stop(self) -> None:
         cmdline = Path(f"/proc/{self.pid}/cmdline")  # a pid from a state file may have been reused
@@ -121,7 +149,7 @@ class Server:
             _terminate(self.pid, self._proc)
         if self.dir is not None and self.dir.name.startswith(TMP_PREFIX):
             shutil.rmtree(self.dir, ignore_errors=True)
-        self.pid = self.dir = self._proc = None
+        self.pid = self.dir = self._proc = self._cmd = None
 
 
 def _ping(uri: str, port: int) -> None:
@@ -134,25 +162,18 @@ def _ping(uri: str, port: int) -> None:
         client.admin.command("ping")
 
 
-def start_server(timeout: float = 30.0) -> Server:
-    """Use $MONGODB_URI if set, else start a fresh FerretDB; it runs until .stop(), even past our exit."""
-    if uri := os.environ.get("MONGODB_URI"):
-        return Server(uri=uri)
-    binary, tmp, proc = build(), Path(tempfile.mkdtemp(prefix=TMP_PREFIX)), None
+def _launch(cmd: list[str], tmp: Path, uri: str, timeout: float) -> Popen[bytes]:
+    """Start ferretdb and wait until it answers a ping; on failure it is stopped and DevDBError raised."""
+    port = int(uri.rstrip("/").rsplit(":", 1)[1])
     log_path = tmp / "ferretdb.log"
+    with log_path.open("ab") as log:  # own session: no Ctrl-C from the terminal, survives `start`
+        proc = Popen(cmd, cwd=tmp, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True)
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        cmd = [binary, "--handler=sqlite", f"--sqlite-url=file:{tmp}/", "--telemetry=disable"]
-        cmd += [f"--listen-addr=127.0.0.1:{port}", "--debug-addr=-", f"--state-dir={tmp}"]
-        with log_path.open("wb") as log:  # own session: no Ctrl-C from the terminal, survives `start`
-            proc = Popen(cmd, cwd=tmp, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True)
-        uri, deadline, why = f"mongodb://127.0.0.1:{port}/", time.monotonic() + timeout, "no answer"
+        deadline, why = time.monotonic() + timeout, "no answer"
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 _ping(uri, port)
-                return Server(uri=uri, pid=proc.pid, dir=tmp, _proc=proc)
+                return proc
             except Exception as exc:
                 why = (str(exc).splitlines() or [type(exc).__name__])[0]
             time.sleep(0.1)
@@ -160,8 +181,26 @@ def start_server(timeout: float = 30.0) -> Server:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
         raise DevDBError(f"ferretdb did not start within {timeout:g}s ({why}); end of {log_path}:\n{tail}")
     except BaseException:
-        if proc is not None:
-            _terminate(proc.pid, proc, grace=5)
+        _terminate(proc.pid, proc, grace=5)
+        raise
+
+
+def start_server(timeout: float = 30.0, *, use_env: bool = True) -> Server:
+    """Use $MONGODB_URI if set (unless use_env=False), else start a fresh FerretDB; it runs until .stop(),
+    even past our exit. A server started here can also be paused and resumed on the same port."""
+    if use_env and (uri := os.environ.get("MONGODB_URI")):
+        return Server(uri=uri)
+    binary, tmp = build(), Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        cmd = [str(binary), "--handler=sqlite", f"--sqlite-url=file:{tmp}/", "--telemetry=disable"]
+        cmd += [f"--listen-addr=127.0.0.1:{port}", "--debug-addr=-", f"--state-dir={tmp}"]
+        uri = f"mongodb://127.0.0.1:{port}/"
+        proc = _launch(cmd, tmp, uri, timeout)
+        return Server(uri=uri, pid=proc.pid, dir=tmp, _proc=proc, _cmd=cmd)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
