@@ -421,30 +421,31 @@ def _execute(size: str, nets: list[Net], uri: str, db, tmp: Path, started: float
             if any(p.poll() is not None for p in procs.values()):
                 return True  # a daemon died: stop waiting, it is counted
             soon = datetime.now(UTC) + timedelta(seconds=10)  # cheap first: nothing leased or due soon
-            if db.networks.count_documents({"_id": {"$in": [n.id for n in group]}, "disabled": {"$ne": True},
-                                            "$or": [{"lease": {"$ne": None}}, {"scheduledTo": {"$lt": soon}}]}):
+            busy = {"disabled": {"$ne": True}, "$or": [{"lease": {"$ne": None}}, {"scheduledTo": {"$lt": soon}}]}
+            if group is not nets:  # (FerretDB scans the whole collection for every query: one, not two)
+                busy["_id"] = {"$in": [n.id for n in group]}
+            if db.networks.count_documents(busy):
                 return False
             snap = _snapshot(db, box, group)
             return all(judge(n, *snap[n.user])[0] for n in group)
 
         # 1. back-fill under faults
         mark = time.monotonic()
-        budget = 100.0 if size == "small" else 900.0
-        wait_until(lambda: settled(nets), budget, 2.0)
+        poll = 2.0 if size == "small" else 5.0  # every look costs the wire server (FerretDB: full scans)
+        wait_until(lambda: settled(nets), 100.0 if size == "small" else 1800.0, poll)
         timings["backfill"] = time.monotonic() - mark
 
-        # 2. normal mode: one new item upstream for some finished networks (1 in 4 small, 1 in 2 full), due now
+        # 2. normal mode: one new item upstream for a quarter of the finished networks, made due now
         mark = time.monotonic()
         snap = _snapshot(db, box, nets)
-        every = 4 if size == "small" else 2
         again = [n for i, n in enumerate(nets) if n.case.expect in ("healthy", "recovers", "limited", "paused")
-                 and _finished(snap[n.user][0] or {}, snap[n.user][2], ITEMS) and i % every == 0]
+                 and _finished(snap[n.user][0] or {}, snap[n.user][2], ITEMS) and i % 4 == 0]
         for net in again:
             box.add_items(net.token, 1)
             net.extra = 1
         db.networks.update_many({"_id": {"$in": [n.id for n in again]}, "mode": "normal"},
                                 {"$set": {"scheduledTo": datetime.now(UTC)}})
-        wait_until(lambda: settled(again), 60.0 if size == "small" else 600.0, 2.0)
+        wait_until(lambda: settled(again), 60.0 if size == "small" else 900.0, poll)
         timings["normal"] = time.monotonic() - mark
 
         # 3. app-wide limits with absurd values, one at a time (each pauses the whole service)
@@ -540,7 +541,7 @@ def _longest_run(logs: dict[str, str], nets: list[Net], hits: dict[str, list[flo
 TOKEN_RE = re.compile(r"tok-[0-9a-f]{6,32}")
 
 
-def _leaks(where: str, text: str, tokens: set[str], prefixes: dict[str, str]) -> list[str]:
+def _leaks(where: str, text: str, tokens: set[str], prefixes: dict[str, list[str]]) -> list[str]:
     """Whole tokens, and any 6+ hex-char prefix of one (a token cut in half by a snippet is still a leak)."""
     found = []
     for match in set(TOKEN_RE.findall(text)):
@@ -604,11 +605,14 @@ def _report(nets: list[Net], db, box: Sandbox, codes: dict[str, tuple], logs: di
     longest_run = _longest_run(logs, nets, hits_by_token)
     oversize = [{k: t[k] for k in ("size", "sent", "complete")} | {"framing": _framing(nets, t["token"])}
                 for t in transfers if t["fault"] == "oversize"]
+    # not a network's state, so in no counter: "FAIL" in the notes (which the suite checks) and in problems
+    failed = []
     if longest_request > TOTAL_TIMEOUT + 0.75:
-        problems.append(f"a request took {longest_request:.2f}s, total_timeout {TOTAL_TIMEOUT}s")
+        failed.append(f"a request took {longest_request:.2f}s, total_timeout {TOTAL_TIMEOUT}s")
     cut = [o for o in oversize if o["framing"] != "gzip" and (o["complete"] or o["sent"] >= o["size"] // 2)]
     if cut:
-        problems.append(f"{len(cut)} oversize bodies read (nearly) whole: {cut[:3]}")
+        failed.append(f"{len(cut)} oversize bodies read (nearly) whole: {cut[:3]}")
+    problems += failed
     hostile_seconds = time.monotonic() - started
 
     # secrets: every place a token could surface
@@ -630,12 +634,17 @@ def _report(nets: list[Net], db, box: Sandbox, codes: dict[str, tuple], logs: di
     cli_failures = [name for name, text in outputs.items() if not text.startswith("exit 0")]
     secrets_seconds = time.monotonic() - mark + timings.get("cli", 0.0)
 
-    big = max(oversize, key=lambda o: o["size"], default=None)
+    most = {}  # per framing, the most any oversize transfer sent
+    for o in oversize:
+        if o["sent"] >= most.get(o["framing"], {"sent": -1})["sent"]:
+            most[o["framing"]] = o
     notes = (f"longest request {longest_request:.2f}s ({(slowest and slowest['fault']) or '-'}, sandbox), "
-             f"run {longest_run:.2f}s after its request (logs), "
-             f"total_timeout {TOTAL_TIMEOUT:g}s; oversize sent/size "
-             + ", ".join(f"{o['framing']} {o['sent']:,}/{o['size']:,}" for o in oversize[:3])
-             + f"; cap {MAX_BODY:,}; app-wide pauses {', '.join(f'{k} {v / 86400:.2f}d' for k, v in pauses.items())}"
+             f"run {longest_run:.2f}s after its request (logs), total_timeout {TOTAL_TIMEOUT:g}s; "
+             f"oversize bytes sent/size (most of {len(oversize)}) "
+             + ", ".join(f"{f} {o['sent']:,}/{o['size']:,}" for f, o in sorted(most.items()))
+             + f" (cap {MAX_BODY:,}); app-wide pauses "
+             + ", ".join(f"{k} {v / 86400:.2f}d" for k, v in pauses.items())
+             + (f"; FAIL: {'; '.join(failed)}" if failed else "")
              + (f"; {len(problems)} problems: {'; '.join(problems[:3])}" if problems else "")
              + (f"; crashes: {'; '.join(crashes)}" if crashes else ""))
     hostile = {"scenario": "hostile", "runs": runs, "faults": faults, "served": sum(served_by.values()),
@@ -649,9 +658,8 @@ def _report(nets: list[Net], db, box: Sandbox, codes: dict[str, tuple], logs: di
                "seconds": round(secrets_seconds, 1),
                "notes": (f"{places} places ({len(logs)} daemon outputs, {len(outputs)} CLI outputs, database "
                          f"documents, {len(box.log)} URLs): {len(leaks)} leaks"
-                         + (f": {'; '.join(leaks[:5])}" if leaks else "")
+                         + (f": FAIL: {'; '.join(leaks[:5])}" if leaks else "")
                          + (f"; CLI failed: {', '.join(cli_failures)}" if cli_failures else ""))}
-    assert big is None or big["size"] >= OVERSIZE
     return Report([hostile, secrets], cases, longest_request, longest_run, oversize, leaks, places, problems,
                   crashes, timings, pauses)
 

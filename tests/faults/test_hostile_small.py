@@ -53,6 +53,7 @@ def test_rows(report):
         assert tuple(row) == hostile.KEYS
         assert {k: row[k] for k in ("duplicated", "lost", "crashes", "stuck")} == dict.fromkeys(
             ("duplicated", "lost", "crashes", "stuck"), 0), row["notes"]
+        assert "FAIL" not in row["notes"], row["notes"]
     assert hostile_row["scenario"] == "hostile" and secrets_row["scenario"] == "secrets"
     assert hostile_row["served"] > 0 and hostile_row["stored"] == hostile_row["served"], hostile_row
     assert hostile_row["faults"] >= 2 * len(FAULTS), hostile_row
