@@ -64,7 +64,7 @@ def test_two_processes_share_200_networks_without_loss_or_duplicates(wire_uri, s
     db.networks.insert_many(docs)
     procs = [daemon("initial", wire_uri, db.name, sandbox.url, "--concurrency", "16") for _ in range(2)]
     try:
-        wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 200, 240,
+        wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 200, 480,
                  "all 200 networks to finish their back-fill")
     finally:
         results = [stop(p) for p in procs]
