@@ -202,11 +202,14 @@ class Scheduler:
         """Claim and start runs while slots are free; returns how many were started."""
         started = 0
         while not self.stopping and len(self.inflight) < self.settings.concurrency:
-            exclude = self._full_services() | set(paused or ())
             # the clock read per claim, not the tick's `now`: a lease runs `lease_ttl` from when it is
             # taken (claims are slow on a loaded server: a whole fill would otherwise hand out leases
             # that are already expired, and another process takes the same network at once)
             at = max(now, self.clock())
+            # pauses that are over no longer exclude their service: one fill lasts as long as claims
+            # succeed (minutes through a big back-fill), and a pause a run added meanwhile (the executor
+            # writes into this same dict) would otherwise starve the service until the fill ends
+            exclude = self._full_services() | {s for s, until in (paused or {}).items() if aware(until) > at}
             claim = await self.store.claim(self.mode, self.owner, at, self.settings.lease_ttl, exclude)
             if claim is None:
                 break
