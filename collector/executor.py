@@ -20,7 +20,7 @@ from pymongo.errors import BulkWriteError, WriteError
 
 from collector import http, logs
 from collector.config import Settings
-from collector.model import Malformed, Network, aware, error_count, utcnow
+from collector.model import MAX_ERRORS_COUNT, Malformed, Network, aware, error_count, utcnow
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -54,6 +54,17 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
     text = logs.scrub(response.content[:limit + 4096].decode("utf-8", "replace"))[:limit]
     text = text.strip().replace("\n", " ")
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
+
+
+def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
+    """True when `$inc` of `counts` into the document's `stats` can succeed: an object (or absent) whose
+    counters are absent or integers well inside 64 bits."""
+    if stats is None:
+        return True
+    if not isinstance(stats, dict):
+        return False
+    return all(stats.get(k) is None or (isinstance(stats.get(k), int) and not isinstance(stats.get(k), bool)
+                                        and 0 <= stats[k] < MAX_ERRORS_COUNT * 2**30) for k in counts)
 
 
 class Executor:
@@ -159,9 +170,14 @@ class Executor:
         if step.disabled:
             fields.update(disabled=True, disabledReason=logs.scrub(step.reason), disabledAt=now,
                           unauthorized=step.unauthorized)
-        inc = {"stats.runs": 1, f"stats.{outcome.kind.value}": 1}
-        if new_items:
-            inc["stats.items"] = new_items
+        counts = {"runs": 1, outcome.kind.value: 1, **({"items": new_items} if new_items else {})}
+        stats = doc.get("stats")
+        if _counters_ok(stats, counts):
+            inc = {f"stats.{k}": v for k, v in counts.items()}
+        else:  # a counter we own that is junk (not an object, a string count, near 2**63): start it again,
+            # as `$inc` on it would fail the state write on MongoDB, and the run would repeat forever
+            fields["stats"] = counts
+            inc = None
         return await self.store.save_state(doc["_id"], lease, fields, inc=inc)
 
     async def _attempt(self, doc: dict[str, Any], now: datetime) -> tuple[Outcome, list[Item]]:
