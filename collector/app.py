@@ -45,7 +45,8 @@ def redacted_uri(uri: str) -> str:
     return f"{scheme}://{user}:{logs.REDACTED}@{host}"
 
 
-# FerretDB v1 (the test database) stalls when ~100 update statements are in flight at once
+# FerretDB v1 (the test database) stalls when ~100 update statements are in flight at once (item updates
+# only: new items go in by insert_many, which it takes concurrently)
 FERRETDB_WRITE_BATCH = 50
 FERRETDB_WRITE_CONCURRENCY = 1
 
@@ -61,9 +62,9 @@ async def make_store(db: Any, settings: Settings) -> Store:
         write_batch = min(write_batch, FERRETDB_WRITE_BATCH)
         write_concurrency = FERRETDB_WRITE_CONCURRENCY
         tickets = True  # its findAndModify is not atomic across connections
-        log.warning("FerretDB detected: claim tickets on (its findAndModify is not atomic), item writes "
-                    "serialized in small batches (it stalls otherwise), no secondary index use: "
-                    "fine for tests, not for production",
+        log.warning("FerretDB detected: claim tickets on and claims one at a time (its findAndModify is not "
+                    "atomic), item updates serialized in small batches (it stalls otherwise), no secondary "
+                    "index use: fine for tests, not for production",
                     ferretdb=info["ferretdbVersion"], write_batch=write_batch)
     store = Store(db, store_raw=settings.store_raw, write_batch=write_batch, write_concurrency=write_concurrency,
                   tickets=tickets)

@@ -7,8 +7,10 @@ idempotent, so nothing is lost and nothing is duplicated).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -68,7 +70,10 @@ def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
 
 
 class Executor:
-    def __init__(self, store: Store, client: httpx.AsyncClient, settings: Settings,
+    # how long one read of a service's pause serves the runs that start after it (seconds)
+    PAUSE_READ_SHARED = 0.1
+
+    def __init__(self, store: Store, client: httpx.AsyncClient | http.ClientPool, settings: Settings,
                  registry: dict[str, Registered], clock: Callable[[], datetime] = utcnow,
                  rng: random.Random | None = None):
         self.store = store
@@ -81,6 +86,7 @@ class Executor:
         # service pauses this process knows of (the scheduler refreshes it every tick; a run that
         # pauses its service adds to it at once); the database is asked again before every request
         self.paused: dict[str, datetime] = {}
+        self._pause_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -113,6 +119,10 @@ class Executor:
         secrets = logs.set_run_secrets(str(doc.get(k)) for k in ("accessToken", "refreshToken") if doc.get(k))
         try:
             outcome, items = await self._attempt(doc, now)
+            # the next run is scheduled from when the API answered, not from when this run began: a
+            # backoff or a pace is the least time between an answer and the next request, and a
+            # Retry-After counts from its response (a slow request must not eat into the wait)
+            answered = max(now, self.clock())
             try:
                 new_items = await self.store.save_items(doc, items, now) if items else 0
             except (WriteError, BulkWriteError) as exc:  # the server refuses these items: not an outage
@@ -123,12 +133,12 @@ class Executor:
             errors = error_count(doc)
             schedule = self.settings.service(service).schedule
             try:
-                step = transition(State(mode, errors), outcome, now, schedule, self.rng)
+                step = transition(State(mode, errors), outcome, answered, schedule, self.rng)
             except Exception as exc:  # e.g. a connector's RateLimit with junk values
                 log.exception("connector returned an invalid outcome")
                 outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
                                   message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
-                step = transition(State(mode, errors), outcome, now, schedule, self.rng)
+                step = transition(State(mode, errors), outcome, answered, schedule, self.rng)
             if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
@@ -282,11 +292,20 @@ class Executor:
         known = self.paused.get(service)
         if known is not None and aware(known) > now:
             return aware(known), "app-wide limit"
-        doc = await self.store.service_pause(service, now)
-        if doc is None:
+        doc = await self._read_pause(service, now)
+        if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
             return None
         self.paused[service] = aware(doc["pausedUntil"])
         return aware(doc["pausedUntil"]), logs.scrub(str(doc.get("pauseReason") or "app-wide limit"))
+
+    async def _read_pause(self, service: str, now: datetime) -> dict[str, Any] | None:
+        """The database's word on a service pause. Runs that start within PAUSE_READ_SHARED seconds of
+        each other (a batch of claims starts together) share one read instead of one read each."""
+        read = self._pause_reads.get(service)
+        if read is None or time.monotonic() - read[0] > self.PAUSE_READ_SHARED:
+            read = (time.monotonic(), asyncio.ensure_future(self.store.service_pause(service, now)))
+            self._pause_reads[service] = read
+        return await asyncio.shield(read[1])  # one waiter cancelled (shutdown) leaves the read to the others
 
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
         request = connector.request(ctx)

@@ -199,10 +199,12 @@ class Scheduler:
         return {s for s, n in self.per_service.items() if n >= self.settings.service(s).concurrency}
 
     async def fill(self, now: datetime, paused: dict[str, datetime] | None = None) -> int:
-        """Claim and start runs while slots are free; returns how many were started."""
+        """Claim and start runs while slots are free; returns how many were started. The free slots
+        are claimed in batches (`Store.claim_many`: one query plus one atomic update per network),
+        within each service's concurrency."""
         started = 0
         while not self.stopping and len(self.inflight) < self.settings.concurrency:
-            # the clock read per claim, not the tick's `now`: a lease runs `lease_ttl` from when it is
+            # the clock read per batch, not the tick's `now`: a lease runs `lease_ttl` from when it is
             # taken (claims are slow on a loaded server: a whole fill would otherwise hand out leases
             # that are already expired, and another process takes the same network at once)
             at = max(now, self.clock())
@@ -210,19 +212,25 @@ class Scheduler:
             # succeed (minutes through a big back-fill), and a pause a run added meanwhile (the executor
             # writes into this same dict) would otherwise starve the service until the fill ends
             exclude = self._full_services() | {s for s, until in (paused or {}).items() if aware(until) > at}
-            claim = await self.store.claim(self.mode, self.owner, at, self.settings.lease_ttl, exclude)
-            if claim is None:
-                break
-            doc, lease = claim
-            service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
-            task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
-            self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, at)
-            self.per_service[service] += 1
-            task.add_done_callback(self._done)
-            started += 1
+            want = self.settings.concurrency - len(self.inflight)
+            claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.lease_ttl, want, exclude,
+                                                 room=self._room)
+            for doc, lease in claims:
+                service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
+                task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
+                self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, at)
+                self.per_service[service] += 1
+                task.add_done_callback(self._done)
+            started += len(claims)
+            if len(claims) < want:
+                break  # nothing else is due (or every service with due networks is at its limit)
         if started and self.metrics:
             self.metrics.set_in_flight(self.per_service)
         return started
+
+    def _room(self, service: str) -> int:
+        """Free slots of one service in this process (its `concurrency` minus its runs in flight)."""
+        return self.settings.service(service).concurrency - self.per_service[service]
 
     async def _run_one(self, doc: dict[str, Any], lease: Lease, service: str) -> None:
         began = time.monotonic()

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,15 +37,36 @@ DUPLICATE_KEY = 11000
 def mongo_safe(value: Any, depth: int = 0) -> Any:
     """An API payload with keys a document may hold: a leading `$` (Bluesky's `$type`, JSON-LD's
     `@`-less cousins) and `.` are replaced by their full-width forms (U+FF04, U+FF0E), which
-    MongoDB and FerretDB store as plain characters. Nesting deeper than 64 levels is cut off."""
+    MongoDB and FerretDB store as plain characters. Nesting deeper than 64 levels is cut off.
+    What needs no change is returned as it is, not copied (most payloads: one walk, no allocation)."""
     if depth > 64:
         return None
     if isinstance(value, dict):
-        return {(("\uff04" + k[1:]) if k.startswith("$") else k).replace(".", "\uff0e")
-                if isinstance(k, str) else str(k): mongo_safe(v, depth + 1) for k, v in value.items()}
+        out = None
+        for i, (k, v) in enumerate(value.items()):
+            key = k if type(k) is str and k[:1] != "$" and "." not in k else _safe_key(k)
+            new = mongo_safe(v, depth + 1) if isinstance(v, dict | list | tuple) else v
+            if out is None and (key is not k or new is not v):
+                out = dict(itertools.islice(value.items(), i))  # the first change: copy what came before
+            if out is not None:
+                out[key] = new
+        return value if out is None else out
     if isinstance(value, list | tuple):
-        return [mongo_safe(v, depth + 1) for v in value]
+        seq = None
+        for i, v in enumerate(value):
+            new = mongo_safe(v, depth + 1) if isinstance(v, dict | list | tuple) else v
+            if seq is None and new is not v:
+                seq = list(value[:i])
+            if seq is not None:
+                seq.append(new)
+        return value if seq is None else seq
     return value
+
+
+def _safe_key(key: Any) -> str:
+    if not isinstance(key, str):
+        return str(key)
+    return (("\uff04" + key[1:]) if key.startswith("$") else key).replace(".", "\uff0e")
 
 
 def item_key(user: Any, service: str, item_id: str) -> str:
@@ -60,6 +83,10 @@ class Lease:
     until: datetime
     occurrence: Any = None  # the network's scheduledTo when claimed (the ticket-mode save guard)
     ticket: str | None = None  # the claim ticket's _id (ticket mode), renewed with the lease
+
+
+def _service(doc: dict[str, Any]) -> str:
+    return doc["service"] if isinstance(doc.get("service"), str) else "?"
 
 
 def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -> dict[str, Any]:
@@ -81,6 +108,9 @@ class Store:
                  write_concurrency: int | None = None, tickets: bool = False):
         self.db = db
         self.tickets = tickets  # claim tickets: only for servers without an atomic findAndModify
+        # FerretDB v1 (tickets on) runs a findAndModify whose filter is more than an _id as a scan that locks
+        # every row it reads: concurrent ones wait on each other until PostgreSQL sees deadlocks. One at a time.
+        self._claim_gate = asyncio.Semaphore(1) if tickets else None
         self.claims = db[CLAIMS]
         self.write_batch = max(1, write_batch)
         # bulk commands in flight per process (None: no limit); FerretDB deadlocks without one
@@ -112,24 +142,90 @@ class Store:
     async def claim(self, mode: str, owner: str, now: datetime, ttl: float,
                     exclude_services: Iterable[str] = ()) -> tuple[dict[str, Any], Lease] | None:
         """Atomically take the most overdue network of `mode`; None when nothing is due."""
-        for _attempt in range(8):
-            lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
-            lease_doc = {"id": lease.id, "owner": owner, "until": lease.until}
-            before = await self.networks.find_one_and_update(
-                due_filter(mode, now, exclude_services),
-                {"$set": {"lease": lease_doc}},
-                sort=[("scheduledTo", ASCENDING)],
-                return_document=ReturnDocument.BEFORE,
-            )
-            if before is None:
-                return None
-            if self.tickets:
-                ticket = await self._ticket(before, lease_doc, now)
-                if ticket is None:
-                    continue  # another process won this occurrence: try the next due network
-                lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"), ticket)
-            return {**before, "lease": lease_doc}, lease
-        return None
+        got = await self.claim_many(mode, owner, now, ttl, 1, exclude_services)
+        return got[0] if got else None
+
+    async def claim_many(self, mode: str, owner: str, now: datetime, ttl: float, want: int,
+                         exclude_services: Iterable[str] = (), room: Callable[[str], int] | None = None,
+                         ) -> list[tuple[dict[str, Any], Lease]]:
+        """Take up to `want` due networks of `mode`, the most overdue first, in few round trips: one
+        query reads the candidates (an index scan of the due index), then each candidate is taken by an
+        atomic find_one_and_update on its _id with the whole due filter checked again, all of them
+        concurrently. A candidate another process took in between no longer matches; each one lost so
+        is replaced by the classic claim (an atomic find_one_and_update of the most overdue due network),
+        so racing processes never starve each other. Each network goes to exactly one claimer.
+        `room(service)` caps how many of one service are taken (the per-service concurrency)."""
+        exclude = set(exclude_services)
+        claimed: list[tuple[dict[str, Any], Lease]] = []
+        per_service: Counter = Counter()
+
+        def full() -> set[str]:
+            return {s for s, n in per_service.items() if room is not None and n >= room(s)}
+
+        for _round in range(8):  # another round only when a full service hid the other services' candidates
+            need = want - len(claimed)
+            if need <= 0:
+                break
+            query = due_filter(mode, now, exclude)
+            cursor = self.networks.find(query, projection={"service": 1}).sort("scheduledTo", ASCENDING)
+            picked: list[tuple[Any, str]] = []
+            capped = False
+            for doc in [doc async for doc in cursor.limit(min(2 * need + 8, 1000))]:
+                service = _service(doc)
+                if room is not None and per_service[service] >= room(service):
+                    exclude.add(service)  # full: the next round reads the other services' candidates
+                    capped = True
+                    continue
+                per_service[service] += 1
+                picked.append((doc["_id"], service))
+                if len(picked) == need:
+                    break
+            got = await asyncio.gather(*(self._take(query, owner, now, ttl, nid) for nid, _service in picked))
+            lost = 0
+            for (_nid, service), (claim, _matched) in zip(picked, got, strict=True):
+                if claim is None:
+                    per_service[service] -= 1
+                    lost += 1
+                else:
+                    claimed.append(claim)
+            for _attempt in range(lost + 8 if lost else 0):  # classic claims for the lost (and lost tickets)
+                if len(claimed) >= want:
+                    break
+                exclude |= full()
+                claim, matched = await self._take(due_filter(mode, now, exclude), owner, now, ttl)
+                if not matched:
+                    break  # nothing else is due
+                if claim is not None:
+                    claimed.append(claim)
+                    per_service[_service(claim[0])] += 1
+            if not capped:
+                break
+        return claimed
+
+    async def _take(self, query: dict[str, Any], owner: str, now: datetime, ttl: float, network_id: Any = None,
+                    ) -> tuple[tuple[dict[str, Any], Lease] | None, bool]:
+        """Lease one network matching `query` (the one with this _id, else the most overdue) in one atomic
+        find_one_and_update. Returns (the claim or None, whether any network matched): matched without a
+        claim is a claim ticket lost to another process (FerretDB)."""
+        lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
+        lease_doc = {"id": lease.id, "owner": owner, "until": lease.until}
+        async with self._claim_gate or _NO_GATE:
+            if network_id is None:
+                before = await self.networks.find_one_and_update(query, {"$set": {"lease": lease_doc}},
+                                                                 sort=[("scheduledTo", ASCENDING)],
+                                                                 return_document=ReturnDocument.BEFORE)
+            else:
+                before = await self.networks.find_one_and_update({**query, "_id": network_id},
+                                                                 {"$set": {"lease": lease_doc}},
+                                                                 return_document=ReturnDocument.BEFORE)
+        if before is None:
+            return None, False  # nothing due (or another process took this one first)
+        if self.tickets:
+            ticket = await self._ticket(before, lease_doc, now)
+            if ticket is None:
+                return None, True  # another process won this occurrence
+            lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"), ticket)
+        return ({**before, "lease": lease_doc}, lease), True
 
     async def _ticket(self, before: dict[str, Any], lease_doc: dict[str, Any], now: datetime) -> str | None:
         """Second fence for servers whose findAndModify is not atomic (FerretDB v1): one insert per
@@ -207,38 +303,46 @@ class Store:
     # -- writes ---------------------------------------------------------------------------------
 
     async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime) -> int:
-        """Bulk upsert keyed by `item_key`, under the unique (user, service, itemId) index; returns how
-        many were new. Sent in commands of at most `write_batch` operations."""
+        """Store a page of items keyed by `item_key` (under the unique (user, service, itemId) index);
+        returns how many were new. New items are the common case (a page of history, a normal run that
+        stops at the first known item): they go in one unordered insert_many per `write_batch`, the
+        cheapest write there is. The ones that exist already (a page run again after a crash, an item on
+        two pages) come back as duplicate-key errors and are updated in place by bulk upserts, so a page
+        written twice is stored once, with its fields refreshed."""
         if not items:
             return 0
         user, service = network["user"], network["service"]
-        ops = []
+        docs = []
         for item in items:
-            fields: dict[str, Any] = {
+            doc: dict[str, Any] = {
+                "_id": item_key(user, service, item.id),
+                "user": user, "service": service, "itemId": item.id,
                 "network": network["_id"],
                 "title": item.title,
                 "url": item.url,
                 "author": item.author,
                 "created": item.created,
+                "collectedAt": now,
                 "updatedAt": now,
             }
             if self.store_raw and item.raw is not None:
-                fields["raw"] = mongo_safe(item.raw)
-            ops.append(UpdateOne(
-                {"_id": item_key(user, service, item.id)},
-                {"$set": fields,
-                 "$setOnInsert": {"user": user, "service": service, "itemId": item.id, "collectedAt": now}},
-                upsert=True,
-            ))
+                doc["raw"] = mongo_safe(item.raw)
+            docs.append(doc)
         new = 0
-        for start in range(0, len(ops), self.write_batch):
-            chunk = ops[start:start + self.write_batch]
-            if self._write_gate is None:
-                new += await self._upsert(chunk)
-            else:
-                async with self._write_gate:
-                    new += await self._upsert(chunk)
+        for start in range(0, len(docs), self.write_batch):
+            new += await self._insert(docs[start:start + self.write_batch])
         return new
+
+    async def _insert(self, docs: list[dict[str, Any]]) -> int:
+        try:
+            return len((await self.items.insert_many(docs, ordered=False)).inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
+            async with self._write_gate or _NO_GATE:  # the bulk updates FerretDB stalls on: one at a time
+                return inserted + await self._upsert([_refresh(docs[e["index"]]) for e in errors])
 
     async def _upsert(self, ops: list[UpdateOne]) -> int:
         try:
@@ -453,6 +557,16 @@ class Store:
 
     async def insert_network(self, doc: dict[str, Any]) -> Any:
         return (await self.networks.insert_one(doc)).inserted_id
+
+
+_INSERT_ONLY = ("user", "service", "itemId", "collectedAt")  # identity and first sighting: never rewritten
+
+
+def _refresh(doc: dict[str, Any]) -> UpdateOne:
+    """The upsert that brings an existing item up to date with `doc` (the insert that was refused)."""
+    fields = {k: v for k, v in doc.items() if k != "_id" and k not in _INSERT_ONLY}
+    return UpdateOne({"_id": doc["_id"]}, {"$set": fields, "$setOnInsert": {k: doc[k] for k in _INSERT_ONLY}},
+                     upsert=True)
 
 
 async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

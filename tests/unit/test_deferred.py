@@ -6,6 +6,7 @@ respx: no request may leave, so every route that must stay silent is asserted wi
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -107,3 +108,30 @@ async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_r
     assert network["errors"] == 1 and "lastError" not in network and "lease" not in network
     assert network["cursor"] == CURSOR and network["lastOutcome"]["kind"] == "deferred"
     assert await engine.store.items.count_documents({"user": "u2"}) == 0
+
+
+async def test_runs_that_start_together_share_one_read_of_the_pause(engine, router, clock, monkeypatch):
+    router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                      has_more=True)))
+    for i in range(5):
+        await engine.add(user=f"u{i}")
+    reads = []
+    read = engine.store.service_pause
+
+    async def counted(service, now):
+        reads.append(service)
+        return await read(service, now)
+
+    monkeypatch.setattr(engine.store, "service_pause", counted)
+    claims = await engine.store.claim_many("initial", "me", clock.now, 60, 10)
+    results = await asyncio.gather(*(engine.executor.run(doc, lease) for doc, lease in claims))
+
+    assert len(claims) == 5 and all(r.outcome.kind is Kind.PAGE for r in results)
+    assert reads == ["stackoverflow"]  # one read for the five runs
+
+    # a read older than PAUSE_READ_SHARED serves nobody: the pause another process wrote since is seen
+    monkeypatch.setattr(engine.executor, "PAUSE_READ_SHARED", -1.0)
+    await engine.store.pause_service("stackoverflow", clock.now + timedelta(hours=1), "quota", clock.now)
+    await engine.add(user="late")
+    assert (await engine.run("initial")).outcome.kind is Kind.DEFERRED
+    assert reads == ["stackoverflow"] * 2 and len(router.calls) == 5
