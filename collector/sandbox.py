@@ -11,9 +11,11 @@ arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, siz
 `count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
 bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
 POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
-forgets everything. `Sandbox.transfers` records every API reply on the wire: when it arrived and
-ended, its body size and how many body bytes were handed to the kernel before the client went
-away (an oversize body cut off by the client shows sent << size).
+forgets everything. For benchmarks: POST /_sandbox/bulk {service, prefix, count, items} creates `count`
+users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items.
+`Sandbox.transfers` records every API reply on the wire: when it arrived and ended, its body size
+and how many body bytes were handed to the kernel before the client went away (an oversize body cut
+off by the client shows sent << size).
 
 Run it alone:  python -m collector.sandbox --port 8900   (prints the base URL)
 Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
@@ -251,6 +253,17 @@ class Sandbox:
         if path == "/_sandbox/reset" and method == "POST":
             self.__init__(self.latency, self.rate_limit, self.window, self.page_cap, self.quota_max)
             return _json(200, {"ok": True})
+        if path == "/_sandbox/bulk" and method == "POST":  # many users at once: tokens prefix0, prefix1...
+            prefix, count = str(data["prefix"]), int(data["count"])
+            for i in range(count):
+                self.add_user(data["service"], f"{prefix}{i}", int(data.get("items", 0)), f"{prefix}{i}")
+            return _json(200, {"users": count})
+        if path == "/_sandbox/bulk/add" and method == "POST":  # new items arrive for every user
+            with self.lock:
+                users = list(self.users)
+            for token in users:
+                self.add_items(token, int(data.get("count", 1)))
+            return _json(200, {"users": len(users)})
         if path == "/_sandbox/users" and method == "POST":
             user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"))
             return _json(200, {"token": user.token, "items": len(user.items)})

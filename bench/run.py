@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""The benchmark suite: every scenario in one run, a table of figures, and bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py            # full size (about 8 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # small size, run by .ci/run to keep it working
+
+Everything is local: the sandbox API (a real HTTP server on 127.0.0.1, its own process, 100 ms of
+latency per request) and a MongoDB wire-protocol server ($MONGODB_URI when set; else FerretDB over a
+throwaway PostgreSQL, or FerretDB over SQLite when PostgreSQL is not installed: scripts/devdb.py).
+Each measured workload runs in a process of its own (bench/workload.py), so its peak RSS and CPU
+seconds are its own; the CPU seconds of the sandbox and of the database are read from /proc.
+Nothing here asserts a time: the figures are printed, and compared with the targets in the table.
+
+Scenarios (the issue "Benchmarks with figures"):
+  cycle    N due networks, one page of 100 items each: the daemon against ceiling A (bare httpx, no
+           database), ceiling B (httpx + one insert_many per page) and the old system's way (sequential,
+           one lookup per item) on a sample, extrapolated
+  scale    claims per second with 10k, 100k, 1M networks stored and 3,000 of them due
+  memory   10 consecutive cycles of `cycle` in one daemon process (normal mode, new items each cycle)
+  fleet    1, 2 and 4 daemon processes sharing one cycle: wall time, duplicate runs, lost items
+  curve    runs per second at concurrency 1, 8, 32, 128, 512, with where the CPU went
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from collector.http import CONNECTIONS_PER_CLIENT  # noqa: E402
+from tests.integration.conftest import _devdb  # noqa: E402  (scripts/devdb.py, imported by path)
+
+PY = sys.executable
+LATENCY = 0.1
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"networks": 3000, "concurrency": 256, "old_sample": 100, "scale": (10_000, 100_000, 1_000_000),
+             "due": 3000, "claim_seconds": 20.0, "cycles": 10, "memory_networks": 1000, "fleet": (1, 2, 4),
+             "curve": (1, 8, 32, 128, 512)},
+    "quick": {"networks": 300, "concurrency": 64, "old_sample": 10, "scale": (1_000, 10_000), "due": 300,
+              "claim_seconds": 10.0, "cycles": 3, "memory_networks": 300, "fleet": (1, 2), "curve": (1, 32, 128)},
+}
+SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve")
+
+
+# -- the environment: database, sandbox, CPU of the processes around us ----------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children that have exited (utime+stime+cutime+cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+@dataclass
+class Env:
+    uri: str
+    backend: str
+    sandbox: str
+    sandbox_proc: subprocess.Popen[bytes]
+    server: Any
+    size: dict[str, Any]
+    db_pids: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the sandbox and of the database processes (FerretDB, PostgreSQL)."""
+        db = 0.0
+        for pid in self.db_pids:
+            db += proc_cpu(pid) + sum(proc_cpu(c) for c in children(pid))
+        return {"sandbox": proc_cpu(self.sandbox_proc.pid), "database": db}
+
+    def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = httpx.post(f"{self.sandbox}/_sandbox/{path}", json=body or {}, timeout=120)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.sandbox}/_sandbox/stats", timeout=60).json()
+
+    def reset(self) -> None:
+        self.control("reset")
+
+    def seed(self, db: str, prefix: str, count: int, items: int = 100, mode: str = "initial",
+             due: datetime | None = None) -> None:
+        """`count` sandbox users with `items` stars each, and their networks in database `db`."""
+        self.control("bulk", {"service": "github", "prefix": prefix, "count": count, "items": items})
+        due = due or datetime.now(UTC)
+        with MongoClient(self.uri, tz_aware=True) as client:
+            client.drop_database(db)
+            docs = [{"user": f"{prefix}{i}", "service": "github", "accessToken": f"{prefix}{i}", "mode": mode,
+                     "scheduledTo": due, "errors": 0} for i in range(count)]
+            for start in range(0, count, 5000):
+                client[db].networks.insert_many(docs[start:start + 5000], ordered=False)
+
+    def drop(self, db: str) -> None:
+        with MongoClient(self.uri) as client:
+            client.drop_database(db)
+
+    def work(self, variant: str, db: str, prefix: str, **opts: Any) -> dict[str, Any]:
+        """Run bench/workload.py in a process of its own; its figures plus the sandbox's and the
+        database's CPU seconds over the same time."""
+        cmd = [PY, str(ROOT / "bench" / "workload.py"), variant, "--uri", self.uri, "--db", db,
+               "--sandbox", self.sandbox, "--prefix", prefix]
+        for key, value in opts.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        before = self.cpu()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        after = self.cpu()
+        if out.returncode:
+            raise RuntimeError(f"workload {variant} failed ({out.returncode}): {out.stderr[-2000:]}")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        figures["sandbox_cpu"] = round(after["sandbox"] - before["sandbox"], 2)
+        figures["db_cpu"] = round(after["database"] - before["database"], 2)
+        return figures
+
+
+def start_env(size: dict[str, Any]) -> Env:
+    devdb = _devdb()
+    notes = []
+    if os.environ.get("MONGODB_URI"):
+        server, backend = devdb.start_server(), "external"
+    else:
+        missing = devdb.postgres_missing()
+        backend = "postgresql" if missing is None else "sqlite"
+        if missing:
+            notes.append(f"FerretDB over SQLite: PostgreSQL cannot run here ({missing})")
+        server = devdb.start_server(backend=backend)
+    sandbox = subprocess.Popen([PY, "-m", "collector.sandbox", "--port", "0", "--latency", str(LATENCY)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = sandbox.stdout.readline().strip() if sandbox.stdout else ""
+    if not url.startswith("http://"):
+        sandbox.kill()
+        server.stop()
+        raise RuntimeError("the sandbox API did not start")
+    env = Env(server.uri, backend, url, sandbox, server, size, notes=notes)
+    env.db_pids = [pid for pid in (server.pid, getattr(server, "pg_pid", None)) if pid]
+    return env
+
+
+def stop_env(env: Env) -> None:
+    env.sandbox_proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        env.sandbox_proc.wait(10)
+    env.server.stop()
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+
+
+def per_s(n: float, wall: float) -> float:
+    return round(n / wall, 1) if wall else 0.0
+
+
+def scenario_cycle(env: Env) -> dict[str, Any]:
+    n, c = env.size["networks"], env.size["concurrency"]
+    env.reset()
+    env.seed("bench_cycle", "c", n)
+    res: dict[str, Any] = {}
+    pooled = max(1, -(-c // CONNECTIONS_PER_CLIENT))  # as many clients as the daemon's ClientPool has
+    res["ceiling_a"] = env.work("ceiling_a", "bench_ceiling", "c", networks=n, concurrency=c)
+    res["ceiling_b"] = env.work("ceiling_b", "bench_ceiling", "c", networks=n, concurrency=c)
+    res["ceiling_a_pool"] = env.work("ceiling_a", "bench_ceiling", "c", networks=n, concurrency=c, clients=pooled)
+    res["ceiling_b_pool"] = env.work("ceiling_b", "bench_ceiling", "c", networks=n, concurrency=c, clients=pooled)
+    res["collector"] = env.work("collector", "bench_cycle", "c", networks=n, concurrency=c)
+    with MongoClient(env.uri) as client:
+        stored = client.bench_cycle.items.count_documents({})
+        persisted = client.bench_cycle.networks.count_documents({"mode": "normal", "lastOutcome.kind": "page"})
+    res["collector"].update(stored=stored, persisted=persisted)
+    env.drop("bench_cycle")
+    env.drop("bench_ceiling")
+    sample = env.size["old_sample"]
+    env.seed("bench_old", "c", sample)  # the same users' pages (the sandbox keeps them), a fresh database
+    old = env.work("old", "bench_old", "c", networks=sample, concurrency=1)
+    old["extrapolated_wall"] = old["wall"] * n / sample
+    res["old"] = old
+    env.drop("bench_old")
+    return res
+
+
+def scenario_scale(env: Env) -> dict[str, Any]:
+    """Networks stored grow 10k -> 100k -> 1M; each time `due` of them are due and unleased."""
+    due, rows = env.size["due"], []
+    env.reset()
+    db = "bench_scale"
+    env.drop(db)
+    now = datetime.now(UTC)
+    stored = 0
+    with MongoClient(env.uri, tz_aware=True) as client:
+        networks = client[db].networks
+        for size in env.size["scale"]:
+            t0 = time.perf_counter()
+            networks.update_many({"lease": {"$exists": True}}, {"$unset": {"lease": ""}})
+            future = now + timedelta(days=1)
+            while stored < size:  # the rest of the collection: not due (scheduled tomorrow)
+                batch = min(10_000, size - stored)
+                networks.insert_many([{"user": f"s{stored + i}", "service": "github", "accessToken": "x",
+                                       "mode": "initial" if (stored + i) % 2 else "normal",
+                                       "scheduledTo": future + timedelta(seconds=stored + i), "errors": 0}
+                                      for i in range(batch)], ordered=False)
+                stored += batch
+            if size == env.size["scale"][0]:
+                networks.create_index([("mode", 1), ("scheduledTo", 1)], name="due")
+            # `due` of them due now (a new occurrence each time: its own claim tickets on FerretDB)
+            ids = [d["_id"] for d in networks.find({"mode": "initial"}, {"_id": 1}).limit(due)]
+            networks.update_many({"scheduledTo": {"$lte": now}}, {"$set": {"scheduledTo": future}})
+            now = datetime.now(UTC)
+            networks.update_many({"_id": {"$in": ids}}, {"$set": {"scheduledTo": now - timedelta(minutes=1)}})
+            prep = time.perf_counter() - t0
+            fig = env.work("claims", db, "s", due=due, seconds=env.size["claim_seconds"],
+                           concurrency=env.size["concurrency"])
+            fig.update(stored=size, prep=round(prep, 1))
+            rows.append(fig)
+    env.drop(db)
+    return {"rows": rows}
+
+
+def scenario_memory(env: Env) -> dict[str, Any]:
+    n, c = env.size["memory_networks"], env.size["concurrency"]
+    env.reset()
+    env.seed("bench_memory", "m", n, mode="normal")
+    fig = env.work("collector", "bench_memory", "m", networks=n, concurrency=c, mode="normal",
+                   cycles=env.size["cycles"])
+    env.drop("bench_memory")
+    return fig
+
+
+def scenario_fleet(env: Env) -> dict[str, Any]:
+    n, c = env.size["networks"], env.size["concurrency"]
+    rows = []
+    for procs in env.size["fleet"]:
+        env.reset()
+        db = f"bench_fleet{procs}"
+        start = datetime.now(UTC) + timedelta(seconds=4)  # every process up and waiting before it is due
+        env.seed(db, f"f{procs}-", n, due=start)
+        cmd = [str(Path(PY).parent / "collector"), "--mode", "initial", "--env", "production",
+               "--concurrency", str(c), "--log-format", "json", "--log-level", "warning",
+               "--set", f"services.github.base_url={env.sandbox}", "--set", f"services.github.concurrency={c}",
+               "--set", f"http.max_connections={max(c, 16)}"]
+        run_env = {**os.environ, "MONGODB_URI": env.uri, "COLLECTOR_DATABASE__NAME": db}
+        daemons = [subprocess.Popen(cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   for _ in range(procs)]
+        cpu0 = [0.0] * procs
+        before = env.cpu()
+        with MongoClient(env.uri, tz_aware=True) as client:
+            networks = client[db].networks
+            while datetime.now(UTC) < start:
+                time.sleep(0.01)
+            cpu0 = [proc_cpu(d.pid) for d in daemons]
+            t0 = time.perf_counter()
+            while networks.count_documents({"lastOutcome": {"$exists": True}, "lease": None}) < n:
+                if time.perf_counter() - t0 > 600 or any(d.poll() is not None for d in daemons):
+                    break
+                time.sleep(0.05)
+            wall = time.perf_counter() - t0
+            cpu = sum(proc_cpu(d.pid) for d in daemons) - sum(cpu0)
+            after = env.cpu()
+            for d in daemons:
+                d.send_signal(signal.SIGTERM)
+            crashed = 0
+            for d in daemons:
+                try:
+                    crashed += 1 if d.wait(30) != 0 else 0
+                except subprocess.TimeoutExpired:
+                    d.kill()
+                    crashed += 1
+            runs = sum(int((doc.get("stats") or {}).get("runs", 0)) for doc in networks.find({}, {"stats": 1}))
+            stored = client[db].items.count_documents({})
+        stats = env.stats()
+        requests = sum(stats["by_token"].values())
+        served = sum(stats["unique_served"].values())
+        rows.append({"procs": procs, "wall": wall, "runs": runs, "requests": requests,
+                     "duplicate_runs": runs - n, "duplicate_requests": requests - n, "served": served,
+                     "stored": stored, "lost": served - stored, "crashed": crashed, "cpu": round(cpu, 2),
+                     "sandbox_cpu": round(after["sandbox"] - before["sandbox"], 2),
+                     "db_cpu": round(after["database"] - before["database"], 2)})
+        env.drop(db)
+    return {"rows": rows}
+
+
+def scenario_curve(env: Env) -> dict[str, Any]:
+    rows = []
+    for c in env.size["curve"]:
+        env.reset()
+        n = min(env.size["networks"], max(30, c * 12))
+        db = f"bench_curve{c}"
+        env.seed(db, f"k{c}-", n)
+        fig = env.work("collector", db, f"k{c}-", networks=n, concurrency=c)
+        fig["ideal"] = c / LATENCY
+        rows.append(fig)
+        env.drop(db)
+    return {"rows": rows}
+
+
+RUNNERS = {"cycle": scenario_cycle, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
+           "curve": scenario_curve}
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def machine(env: Env) -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    versions = {name: importlib.metadata.version(name) for name in ("collector", "httpx", "pymongo")}
+    with MongoClient(env.uri) as client:
+        info = client.admin.command("buildInfo")
+    server = f"FerretDB {info['ferretdbVersion']}" if "ferretdbVersion" in info else f"MongoDB {info.get('version')}"
+    if env.backend in ("postgresql", "sqlite"):
+        server += f" over {'PostgreSQL' if env.backend == 'postgresql' else 'SQLite'}"
+        if env.backend == "postgresql":
+            with contextlib.suppress(Exception):
+                server += " " + subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 1024 / 1024, 1),
+            "python": platform.python_version(), "kernel": platform.release(), "database": server,
+            "versions": versions, "commit": commit + ("+changes" if dirty else ""),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, target, verdict) rows: the headline table."""
+    rows: list[tuple[str, str, str, str]] = []
+    if "cycle" in results:
+        r = results["cycle"]
+        col = r["collector"]
+        n = size["networks"]
+        rows.append((f"cycle: {n} runs persisted", f"{col['wall']:.2f} s", "<= 10 s",
+                     "met" if col["wall"] <= 10 else "not met"))
+        for key, label in (("ceiling_b", "one client"), ("ceiling_b_pool", "pooled clients")):
+            ratio = r[key]["wall"] / col["wall"] if col["wall"] else 0
+            rows.append((f"cycle: throughput / ceiling B ({label})", f"{ratio:.2f}", ">= 0.7",
+                         "met" if ratio >= 0.7 else "not met"))
+    if "scale" in results:
+        rates = [row["claims_per_s"] for row in results["scale"]["rows"]]
+        spread = max(rates) / min(rates) if min(rates) else float("inf")
+        rows.append(("scale: claims/s, fastest / slowest size", f"{spread:.1f}x", "<= 2x",
+                     "met" if spread <= 2 else "not met"))
+    if "memory" in results:
+        rss = results["memory"]["rss_cycles"]
+        if len(rss) >= 2:
+            growth = rss[-1] / rss[1] - 1
+            rows.append((f"memory: RSS after cycle {len(rss)} vs cycle 2", f"{growth * 100:+.1f} %", "<= +10 %",
+                         "met" if growth <= 0.10 else "not met"))
+    if "fleet" in results:
+        bad = sum(r["duplicate_runs"] + max(r["lost"], 0) + r["crashed"] for r in results["fleet"]["rows"])
+        rows.append(("fleet: duplicate runs + lost items + crashes", str(bad), "0", "met" if bad == 0 else "not met"))
+    return rows
+
+
+def problems(results: dict[str, Any], size: dict[str, Any]) -> list[str]:
+    """What must hold whatever the speed: every run persisted, nothing lost, nothing run twice, no
+    crash. The suite exits 1 on any of these (CI runs --quick to keep the suite and the daemon honest)."""
+    out = []
+    if "cycle" in results:
+        col = results["cycle"]["collector"]
+        n = size["networks"]
+        if col["persisted"] != n or col["stored"] != n * 100 or col["crashes"]:
+            out.append(f"cycle: {col['persisted']}/{n} networks persisted, {col['stored']} items stored, "
+                       f"{col['crashes']} crashed runs")
+    if "memory" in results:
+        m = results["memory"]
+        if m["crashes"] or sum(m["cycle_items"]) != size["memory_networks"] * (100 + 99 * (size["cycles"] - 1)):
+            out.append(f"memory: new items per cycle {m['cycle_items']}, {m['crashes']} crashed runs")
+    for r in results.get("fleet", {}).get("rows", []):
+        if r["duplicate_runs"] or r["lost"] or r["crashed"] or r["runs"] != size["networks"]:
+            out.append(f"fleet of {r['procs']}: {r['runs']} runs, {r['duplicate_runs']} duplicate, {r['lost']} "
+                       f"items lost, {r['crashed']} processes exited badly")
+    return out
+
+
+def md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    out += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def report(results: dict[str, Any], info: dict[str, Any], size_name: str, command: str, notes: list[str],
+           total: float) -> str:
+    size = SIZES[size_name]
+    lines = [f"# Benchmark results ({size_name} size)", "",
+             f"Command: `{command}` — {total:.0f} s in all, {info['date']}, commit {info['commit']}.", "",
+             f"Machine: {info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}; "
+             f"Python {info['python']}, collector {info['versions']['collector']}, httpx {info['versions']['httpx']}, "
+             f"PyMongo {info['versions']['pymongo']}; database {info['database']}; the sandbox API in its own "
+             f"process, {LATENCY * 1000:.0f} ms latency per request, pages of 100 compact GitHub-shaped items "
+             "(about 250 bytes of JSON each, the raw payload stored).", ""]
+    lines += [f"- {note}" for note in notes]
+    lines += ["", "## Targets", ""]
+    lines += md_table(["figure", "measured", "target", ""], [list(r) for r in summarize(results, size)])
+    if "cycle" in results:
+        r = results["cycle"]
+        n = size["networks"]
+        lines += ["## 1. Cycle", "", f"{n} due networks, one page of 100 items each, concurrency "
+                  f"{size['concurrency']}; wall time until the last run is persisted (for the ceilings: the last "
+                  "page parsed / inserted).", ""]
+        rows = []
+        for key, label in (("ceiling_a", "ceiling A: one httpx client, no database"),
+                           ("ceiling_b", "ceiling B: one httpx client + insert_many per page"),
+                           ("ceiling_a_pool", "ceiling A, pooled: httpx clients of 8 connections, no database"),
+                           ("ceiling_b_pool", "ceiling B, pooled: httpx clients of 8 connections + insert_many"),
+                           ("collector", "collector (the daemon)")):
+            f = r[key]
+            rows.append([label, f"{f['wall']:.2f}", per_s(f["runs"], f["wall"]), per_s(f["items"], f["wall"]),
+                         f["rss_peak"], f["cpu"] and round(f["cpu"], 2), f["sandbox_cpu"], f["db_cpu"]])
+        old = r["old"]
+        rows.append([f"old way: sequential, a lookup per item ({size['old_sample']} networks, extrapolated to {n})",
+                     f"{old['extrapolated_wall']:.0f} (extrapolated)", per_s(old["runs"], old["wall"]),
+                     per_s(old["items"], old["wall"]), old["rss_peak"], round(old["cpu"], 2), old["sandbox_cpu"],
+                     old["db_cpu"]])
+        lines += md_table(["variant", "wall s", "runs/s", "items/s", "peak RSS MiB", "CPU s", "sandbox CPU s",
+                           "database CPU s"], rows)
+        col = r["collector"]
+        lines += [f"The daemon's runs: {col['outcomes']}; items stored {col['stored']}, networks persisted "
+                  f"{col['persisted']} of {n}.", ""]
+    if "scale" in results:
+        lines += ["## 2. Due selection at scale", "", f"{size['due']} networks due, the rest scheduled tomorrow; "
+                  "claims through the daemon's own claim path, time-boxed "
+                  f"to {size['claim_seconds']:.0f} s per size.", ""]
+        lines += md_table(["networks stored", "claimed", "wall s", "claims/s", "CPU s", "database CPU s"],
+                          [[f"{row['stored']:,}", row["claims"], f"{row['wall']:.2f}", round(row["claims_per_s"], 1),
+                            round(row["cpu"], 2), row["db_cpu"]] for row in results["scale"]["rows"]])
+    if "memory" in results:
+        m = results["memory"]
+        lines += ["## 3. Memory over consecutive cycles", "", f"One normal-mode daemon process, {len(m['walls'])} "
+                  f"cycles of {size['memory_networks']} runs; before each cycle after the first, every user gets 99 "
+                  "new items upstream and every network is due again. RSS read after each cycle."
+                  + ("" if size["memory_networks"] == size["networks"] else
+                     f" ({size['memory_networks']} networks a cycle, not {size['networks']}: on FerretDB a cycle of "
+                     f"{size['networks']} takes about 45 s, and ten of them would not fit the suite's 10 minutes.)"),
+                  ""]
+        lines += md_table(["cycle", *[str(i + 1) for i in range(len(m["walls"]))]],
+                          [["RSS MiB", *m["rss_cycles"]], ["wall s", *m["walls"]], ["new items", *m["cycle_items"]]])
+    if "fleet" in results:
+        lines += ["## 4. Fleet", "", f"N daemon processes (`collector --mode initial`, concurrency "
+                  f"{size['concurrency']} each) sharing one cycle of {size['networks']} networks over one database. "
+                  "Duplicate runs: runs recorded in the networks' stats beyond one each; lost: unique items the "
+                  "sandbox served minus items stored.", ""]
+        lines += md_table(["processes", "wall s", "runs/s", "runs", "API requests", "duplicate runs", "served",
+                           "stored", "lost", "crashed", "daemons CPU s", "database CPU s"],
+                          [[r["procs"], f"{r['wall']:.2f}", per_s(size["networks"], r["wall"]), r["runs"],
+                            r["requests"], r["duplicate_runs"], r["served"], r["stored"], r["lost"], r["crashed"],
+                            r["cpu"], r["db_cpu"]] for r in results["fleet"]["rows"]])
+    if "curve" in results:
+        lines += ["## 5. Concurrency curve", "", f"{LATENCY * 1000:.0f} ms per request: the ideal is concurrency / "
+                  "latency. CPU columns are seconds of CPU per second of wall time (1.0 = one core busy).", ""]
+        lines += md_table(["concurrency", "runs", "wall s", "runs/s", "ideal runs/s", "of ideal", "daemon CPU",
+                           "database CPU", "sandbox CPU"],
+                          [[r["concurrency"], r["runs"], f"{r['wall']:.2f}", per_s(r["runs"], r["wall"]), r["ideal"],
+                            f"{r['runs'] / r['wall'] / r['ideal']:.0%}", f"{r['cpu'] / r['wall']:.2f}",
+                            f"{r['db_cpu'] / r['wall']:.2f}", f"{r['sandbox_cpu'] / r['wall']:.2f}"]
+                           for r in results["curve"]["rows"]])
+    history = ROOT / "bench" / "optimizations.md"  # hand-kept: the profile and the before/after figures
+    if history.exists():
+        lines += ["", history.read_text().rstrip()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the small size (CI)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", type=Path, default=None, help="markdown report (default: bench/RESULTS.md for the "
+                        "full size, bench/RESULTS-quick.md for --quick)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON here")
+    args = parser.parse_args(argv)
+    size_name = "quick" if args.quick else "full"
+    size = SIZES[size_name]
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNNERS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    command = "bench/run.py" + (" --quick" if args.quick else "") + ("" if args.only == parser.get_default("only")
+                                                                    else f" --only {args.only}")
+    began = time.monotonic()
+    env = start_env(size)
+    results: dict[str, Any] = {}
+    try:
+        info = machine(env)
+        print(f"bench: {size_name} size, database {info['database']}, sandbox {env.sandbox}", flush=True)
+        for name in names:
+            t0 = time.monotonic()
+            results[name] = RUNNERS[name](env)
+            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    finally:
+        stop_env(env)
+    total = time.monotonic() - began
+    text = report(results, info, size_name, f".venv/bin/python {command}", env.notes, total)
+    out = args.out or ROOT / "bench" / ("RESULTS.md" if size_name == "full" else "RESULTS-quick.md")
+    out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "size": size_name, "results": results}, indent=1,
+                                        default=str))
+    print(text)
+    print(f"bench: written to {out}")
+    wrong = problems(results, size)
+    for line in wrong:
+        print(f"bench: FAIL {line}", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
