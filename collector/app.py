@@ -120,6 +120,8 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     Around the scheduler: the fleet heartbeat (registry document, lease renewal), the systemd
     notifier (READY, STATUS, WATCHDOG gated on the loop being alive, STOPPING) and, when enabled,
     the Prometheus endpoint."""
+    early: list[int] = []  # a stop signal that arrives while starting: honoured once the loop exists
+    install_signal_handlers(lambda: early.append(1))  # SIGTERM during start-up is a clean stop, not a kill
     mongo = None
     if db is None:
         mongo, db = await connect(settings)
@@ -153,6 +155,8 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
         scheduler.stop()
 
     install_signal_handlers(stop)
+    if early:
+        stop()
     log.info("collector starting", mode=mode, owner=owner, environment=settings.environment,
              database=redacted_uri(settings.database_uri), connectors=sorted(registry),
              config=list(settings.sources))
