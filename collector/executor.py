@@ -84,7 +84,8 @@ class Executor:
         self.rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
         # service pauses this process knows of (the scheduler refreshes it every tick; a run that
-        # pauses its service adds to it at once); the database is asked again before every request
+        # pauses its service adds to it at once); the database is asked again before every request (one read
+        # shared by the runs that start within PAUSE_READ_SHARED of it)
         self.paused: dict[str, datetime] = {}
         self._pause_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
 
