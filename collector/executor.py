@@ -36,7 +36,7 @@ from collector.sdk import (
     Unauthorized,
 )
 from collector.states import Kind, Outcome, State, Transition, transition
-from collector.store import Lease, Store
+from collector.store import Lease, Store, service_of
 
 log = structlog.get_logger("collector.run")
 
@@ -113,7 +113,7 @@ class Executor:
 
     async def run(self, doc: dict[str, Any], lease: Lease) -> RunResult:
         now = self.clock()
-        service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
+        service = service_of(doc)
         mode = doc.get("mode", "initial")
         structlog.contextvars.bind_contextvars(network=str(doc.get("_id")), user=str(doc.get("user")),
                                                service=service, mode=mode)

@@ -26,7 +26,7 @@ from pymongo.errors import PyMongoError
 from collector.config import MODES, Settings
 from collector.executor import Executor, RunResult
 from collector.model import aware, utcnow
-from collector.store import Lease, Store
+from collector.store import Lease, Store, service_of
 
 log = structlog.get_logger("collector.scheduler")
 
@@ -216,7 +216,7 @@ class Scheduler:
             claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.lease_ttl, want, exclude,
                                                  room=self._room)
             for doc, lease in claims:
-                service = doc.get("service") if isinstance(doc.get("service"), str) else "?"
+                service = service_of(doc)
                 task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
                 self.inflight[task] = Running(service, doc.get("_id"), doc.get("user"), lease, at)
                 self.per_service[service] += 1

@@ -85,7 +85,8 @@ class Lease:
     ticket: str | None = None  # the claim ticket's _id (ticket mode), renewed with the lease
 
 
-def _service(doc: dict[str, Any]) -> str:
+def service_of(doc: dict[str, Any]) -> str:
+    """A network document's service, or "?" when the field is not a string (a malformed document)."""
     return doc["service"] if isinstance(doc.get("service"), str) else "?"
 
 
@@ -171,7 +172,7 @@ class Store:
             picked: list[tuple[Any, str]] = []
             capped = False
             for doc in [doc async for doc in cursor.limit(min(2 * need + 8, 1000))]:
-                service = _service(doc)
+                service = service_of(doc)
                 if room is not None and per_service[service] >= room(service):
                     exclude.add(service)  # full: the next round reads the other services' candidates
                     capped = True
@@ -197,7 +198,7 @@ class Store:
                     break  # nothing else is due
                 if claim is not None:
                     claimed.append(claim)
-                    per_service[_service(claim[0])] += 1
+                    per_service[service_of(claim[0])] += 1
             if not capped:
                 break
         return claimed
