@@ -5,8 +5,8 @@
     .venv/bin/python bench/run.py --quick    # small size, run by .ci/run to keep it working
 
 Everything is local: the sandbox API (a real HTTP server on 127.0.0.1, its own process, 100 ms of
-latency per request) and a MongoDB wire-protocol server ($MONGODB_URI when set; else FerretDB over a
-throwaway PostgreSQL, or FerretDB over SQLite when PostgreSQL is not installed: scripts/devdb.py).
+latency per request) and a MongoDB wire-protocol server ($MONGODB_URI when set; else FerretDB v2 over a
+throwaway PostgreSQL with DocumentDB: scripts/devdb.py).
 Each measured workload runs in a process of its own (bench/workload.py), so its peak RSS and CPU
 seconds are its own; the CPU seconds of the sandbox and of the database are read from /proc.
 Nothing here asserts a time: the figures are printed, and compared with the targets in the table.
@@ -88,7 +88,7 @@ def children(pid: int) -> list[int]:
 @dataclass
 class Env:
     uri: str
-    backend: str
+    engine: str  # what serves uri: the devdb engine's name, or "external" ($MONGODB_URI)
     sandbox: str
     sandbox_proc: subprocess.Popen[bytes]
     server: Any
@@ -97,7 +97,7 @@ class Env:
     notes: list[str] = field(default_factory=list)
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far of the sandbox and of the database processes (FerretDB, PostgreSQL)."""
+        """CPU seconds so far of the sandbox and of the database processes (FerretDB and its PostgreSQL)."""
         db = 0.0
         for pid in self.db_pids:
             db += proc_cpu(pid) + sum(proc_cpu(c) for c in children(pid))
@@ -152,16 +152,8 @@ class Env:
 
 
 def start_env(size: dict[str, Any]) -> Env:
-    devdb = _devdb()
-    notes = []
-    if os.environ.get("MONGODB_URI"):
-        server, backend = devdb.start_server(), "external"
-    else:
-        missing = devdb.postgres_missing()
-        backend = "postgresql" if missing is None else "sqlite"
-        if missing:
-            notes.append(f"FerretDB over SQLite: PostgreSQL cannot run here ({missing})")
-        server = devdb.start_server(backend=backend)
+    notes: list[str] = []
+    server = _devdb().start_server()  # $MONGODB_URI when set
     sandbox = subprocess.Popen([PY, "-m", "collector.sandbox", "--port", "0", "--latency", str(LATENCY)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = sandbox.stdout.readline().strip() if sandbox.stdout else ""
@@ -169,7 +161,7 @@ def start_env(size: dict[str, Any]) -> Env:
         sandbox.kill()
         server.stop()
         raise RuntimeError("the sandbox API did not start")
-    env = Env(server.uri, backend, url, sandbox, server, size, notes=notes)
+    env = Env(server.uri, server.engine, url, sandbox, server, size, notes=notes)
     env.db_pids = [pid for pid in (server.pid, getattr(server, "pg_pid", None)) if pid]
     return env
 
@@ -283,8 +275,8 @@ def scenario_fleet(env: Env) -> dict[str, Any]:
                 time.sleep(0.01)
             cpu0 = [proc_cpu(d.pid) for d in daemons]
             t0 = time.perf_counter()
-            # polled twice a second: on FerretDB a count is a collection scan, and polling faster slows
-            # the daemons it measures (the sandbox's request counter tells when to start looking)
+            # polled twice a second: a count shares the two cores with the daemons it measures (the sandbox's
+            # request counter tells when to start looking)
             while env.stats_requests() < n or networks.count_documents(
                     {"lastOutcome": {"$exists": True}, "lease": None}) < n:
                 if time.perf_counter() - t0 > 600 or any(d.poll() is not None for d in daemons):
@@ -346,12 +338,11 @@ def machine(env: Env) -> dict[str, Any]:
     with MongoClient(env.uri) as client:
         info = client.admin.command("buildInfo")
     server = f"FerretDB {info['ferretdbVersion']}" if "ferretdbVersion" in info else f"MongoDB {info.get('version')}"
-    if env.backend in ("postgresql", "sqlite"):
-        server += f" over {'PostgreSQL' if env.backend == 'postgresql' else 'SQLite'}"
-        if env.backend == "postgresql":
-            with contextlib.suppress(Exception):
-                out = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout
-                server += " " + out.split("(PostgreSQL)")[1].split()[0]
+    if env.engine != "external":
+        server = env.engine
+        with contextlib.suppress(Exception):
+            out = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout
+            server += " (" + out.split("(PostgreSQL)")[1].split()[0] + ")"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,

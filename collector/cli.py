@@ -79,7 +79,7 @@ def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
         click.echo(ctx.get_help())
         ctx.exit(2)
     settings = load_settings(ctx)
-    from collector.app import DatabaseUnavailable, run_daemon
+    from collector.app import DatabaseUnavailable, UnsafeDatabase, run_daemon
     from collector.metrics import MetricsError
 
     try:
@@ -87,6 +87,9 @@ def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
     except DatabaseUnavailable as exc:
         click.echo(f"collector: {exc}", err=True)
         ctx.exit(3)
+    except UnsafeDatabase as exc:  # a restart cannot fix it: the unit does not restart on 4
+        click.echo(f"collector: {exc}", err=True)
+        ctx.exit(4)
     except MetricsError as exc:  # e.g. the metrics port is taken: a clear message, not a traceback
         click.echo(f"collector: {exc}", err=True)
         ctx.exit(2)

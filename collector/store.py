@@ -11,7 +11,6 @@ state guarded by the lease id. A state save whose guard matches nothing is dropp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import json
@@ -23,21 +22,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from collector.model import SECRET_FIELDS, aware
 from collector.sdk import Item
 
-NETWORKS, ITEMS, SERVICES, CLAIMS, COLLECTORS = "networks", "items", "services", "claims", "collectors"
+NETWORKS, ITEMS, SERVICES, COLLECTORS = "networks", "items", "services", "collectors"
 DUE_INDEX = "due"
-_NO_GATE = contextlib.nullcontext()  # reusable: entering it does nothing
 DUPLICATE_KEY = 11000
 
 
 def mongo_safe(value: Any, depth: int = 0) -> Any:
     """An API payload with keys a document may hold: a leading `$` (Bluesky's `$type`, JSON-LD's
     `@`-less cousins) and `.` are replaced by their full-width forms (U+FF04, U+FF0E), which
-    MongoDB and FerretDB store as plain characters. Nesting deeper than 64 levels is cut off.
+    MongoDB stores as plain characters. Nesting deeper than 64 levels is cut off.
     What needs no change is returned as it is, not copied (most payloads: one walk, no allocation)."""
     if depth > 64:
         return None
@@ -81,8 +79,6 @@ class Lease:
     id: str
     owner: str
     until: datetime
-    occurrence: Any = None  # the network's scheduledTo when claimed (the ticket-mode save guard)
-    ticket: str | None = None  # the claim ticket's _id (ticket mode), renewed with the lease
 
 
 def service_of(doc: dict[str, Any]) -> str:
@@ -105,22 +101,9 @@ def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -
 
 
 class Store:
-    def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000,
-                 write_concurrency: int | None = None, tickets: bool = False):
+    def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000):
         self.db = db
-        self.tickets = tickets  # claim tickets: only for servers without an atomic findAndModify
-        # FerretDB v1 (tickets on) runs a findAndModify whose filter is more than an _id as a scan that locks
-        # every row it reads: concurrent ones wait on each other until PostgreSQL sees deadlocks. One at a time.
-        self._claim_gate = asyncio.Semaphore(1) if tickets else None
-        self.claims = db[CLAIMS]
         self.write_batch = max(1, write_batch)
-        # bulk commands in flight per process (None: no limit); FerretDB deadlocks without one
-        self._write_gate = asyncio.Semaphore(write_concurrency) if write_concurrency else None
-        # FerretDB v1 (tickets on) also loses one of two concurrent updates of one document (it reads,
-        # modifies and writes back): the heartbeat's lease renewal would overwrite a run's state save
-        # (reported saved, then gone: the lease lingers until it expires and the run is repeated).
-        # This process's writes of leased networks (renewals, state saves) go one at a time.
-        self._state_gate = asyncio.Lock() if tickets else None
         self.networks = db[NETWORKS]
         self.items = db[ITEMS]
         self.services = db[SERVICES]
@@ -135,8 +118,6 @@ class Store:
             [("user", ASCENDING), ("service", ASCENDING), ("itemId", ASCENDING)], name="item_key", unique=True
         )
         await self.items.create_index([("network", ASCENDING)], name="network")
-        if self.tickets:  # FerretDB has no TTL indexes: `repair` deletes old tickets
-            await self.claims.create_index([("expireAt", ASCENDING)], name="expire")
 
     # -- claims ---------------------------------------------------------------------------------
 
@@ -155,10 +136,14 @@ class Store:
         concurrently. A candidate another process took in between no longer matches; each one lost so
         is replaced by the classic claim (an atomic find_one_and_update of the most overdue due network),
         so racing processes never starve each other. Each network goes to exactly one claimer.
-        `room(service)` caps how many of one service are taken (the per-service concurrency)."""
+        `room(service)` caps how many of one service are taken (the per-service concurrency).
+        A claim the server fails (a transient error: a deadlock victim on PostgreSQL-based servers, a
+        primary stepping down) took nothing and counts as lost; the claims already made are returned, never
+        dropped with their leases on. Only when nothing at all was claimed does the first error propagate."""
         exclude = set(exclude_services)
         claimed: list[tuple[dict[str, Any], Lease]] = []
         per_service: Counter = Counter()
+        failure: PyMongoError | None = None
 
         def full() -> set[str]:
             return {s for s, n in per_service.items() if room is not None and n >= room(s)}
@@ -181,77 +166,56 @@ class Store:
                 picked.append((doc["_id"], service))
                 if len(picked) == need:
                     break
-            got = await asyncio.gather(*(self._take(query, owner, now, ttl, nid) for nid, _service in picked))
+            got = await asyncio.gather(*(self._take(query, owner, now, ttl, nid) for nid, _service in picked),
+                                       return_exceptions=True)
             lost = 0
-            for (_nid, service), (claim, _matched) in zip(picked, got, strict=True):
-                if claim is None:
-                    per_service[service] -= 1
-                    lost += 1
-                else:
-                    claimed.append(claim)
-            for _attempt in range(lost + 8 if lost else 0):  # classic claims for the lost (and lost tickets)
+            for (_nid, service), outcome in zip(picked, got, strict=True):
+                if isinstance(outcome, PyMongoError):
+                    failure = failure or outcome
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                elif outcome[0] is not None:
+                    claimed.append(outcome[0])
+                    continue
+                per_service[service] -= 1
+                lost += 1
+            for _attempt in range(lost + 8 if lost and failure is None else 0):  # classic claims for the lost
                 if len(claimed) >= want:
                     break
                 exclude |= full()
-                claim, matched = await self._take(due_filter(mode, now, exclude), owner, now, ttl)
+                try:
+                    claim, matched = await self._take(due_filter(mode, now, exclude), owner, now, ttl)
+                except PyMongoError as exc:
+                    failure = exc
+                    break
                 if not matched:
                     break  # nothing else is due
                 if claim is not None:
                     claimed.append(claim)
                     per_service[service_of(claim[0])] += 1
-            if not capped:
+            if not capped or failure is not None:
                 break
+        if failure is not None and not claimed:
+            raise failure
         return claimed
 
     async def _take(self, query: dict[str, Any], owner: str, now: datetime, ttl: float, network_id: Any = None,
                     ) -> tuple[tuple[dict[str, Any], Lease] | None, bool]:
         """Lease one network matching `query` (the one with this _id, else the most overdue) in one atomic
-        find_one_and_update. Returns (the claim or None, whether any network matched): matched without a
-        claim is a claim ticket lost to another process (FerretDB)."""
+        find_one_and_update. Returns (the claim or None, whether any network matched)."""
         lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
         lease_doc = {"id": lease.id, "owner": owner, "until": lease.until}
-        async with self._claim_gate or _NO_GATE:
-            if network_id is None:
-                before = await self.networks.find_one_and_update(query, {"$set": {"lease": lease_doc}},
-                                                                 sort=[("scheduledTo", ASCENDING)],
-                                                                 return_document=ReturnDocument.BEFORE)
-            else:
-                before = await self.networks.find_one_and_update({**query, "_id": network_id},
-                                                                 {"$set": {"lease": lease_doc}},
-                                                                 return_document=ReturnDocument.BEFORE)
+        if network_id is None:
+            before = await self.networks.find_one_and_update(query, {"$set": {"lease": lease_doc}},
+                                                             sort=[("scheduledTo", ASCENDING)],
+                                                             return_document=ReturnDocument.BEFORE)
+        else:
+            before = await self.networks.find_one_and_update({**query, "_id": network_id},
+                                                             {"$set": {"lease": lease_doc}},
+                                                             return_document=ReturnDocument.BEFORE)
         if before is None:
             return None, False  # nothing due (or another process took this one first)
-        if self.tickets:
-            ticket = await self._ticket(before, lease_doc, now)
-            if ticket is None:
-                return None, True  # another process won this occurrence
-            lease = Lease(lease.id, owner, lease.until, before.get("scheduledTo"), ticket)
         return ({**before, "lease": lease_doc}, lease), True
-
-    async def _ticket(self, before: dict[str, Any], lease_doc: dict[str, Any], now: datetime) -> str | None:
-        """Second fence for servers whose findAndModify is not atomic (FerretDB v1): one insert per
-        due occurrence (network, scheduledTo, generation) under the unique _id. A generation whose
-        holder's lease expired (it died) is succeeded by the next one; a loser hands the network's
-        lease back to the winner and walks away. The ticket holder's state save is guarded by the occurrence
-        (scheduledTo unchanged), not by the lease field, which a racing write may have replaced."""
-        for generation in range(16):
-            key = f"{before['_id']}|{before.get('scheduledTo')}|{generation}"
-            try:
-                await self.claims.insert_one({"_id": key, "lease": lease_doc, "expireAt": lease_doc["until"]})
-                return key
-            except DuplicateKeyError:
-                winner = await self.claims.find_one({"_id": key})
-            if winner is not None and aware(winner["lease"]["until"]) > now:
-                # hand the network's lease field back to the winner, but only while the network is still
-                # at this occurrence: if the winner has already saved its run (and released), writing its
-                # lease back would block the network until that stale lease expired
-                mine = {"_id": before["_id"], "lease.id": lease_doc["id"]}
-                handed = await self.networks.update_one({**mine, "scheduledTo": before.get("scheduledTo")},
-                                                        {"$set": {"lease": winner["lease"]}})
-                if handed.matched_count == 0:
-                    await self.networks.update_one(mine, {"$unset": {"lease": ""}})
-                return None
-        return None
 
     async def next_due(self, mode: str) -> datetime | None:
         """When the earliest enabled network of `mode` is due (leased ones included)."""
@@ -262,10 +226,6 @@ class Store:
         )
         return doc["scheduledTo"] if doc else None
 
-    async def explain_due(self, mode: str, now: datetime) -> dict[str, Any]:
-        cursor = self.networks.find(due_filter(mode, now)).sort("scheduledTo", ASCENDING).limit(1)
-        return await cursor.explain()
-
     async def renew(self, network_id: Any, lease: Lease, now: datetime, ttl: float) -> bool:
         result = await self.networks.update_one(
             {"_id": network_id, "lease.id": lease.id},
@@ -275,25 +235,13 @@ class Store:
 
     async def renew_many(self, leases: Sequence[Lease], now: datetime, ttl: float) -> int:
         """Push the leases of runs in flight forward (the heartbeat does this); returns how many of
-        them this process still holds. One command for all of them, plus one for their tickets."""
-        fresh = 0
-        if self._state_gate is not None:  # FerretDB: this update is a full scan, under the state gate:
-            # only the leases in their second half (claimed more than ttl/2 ago: a heartbeat is far shorter)
-            fresh = sum(1 for lease in leases if aware(lease.until) - now > timedelta(seconds=ttl / 2))
-            leases = [lease for lease in leases if aware(lease.until) - now <= timedelta(seconds=ttl / 2)]
+        them this process still holds. One command for all of them."""
         if not leases:
-            return fresh
+            return 0
         until = now + timedelta(seconds=ttl)
         ids = [lease.id for lease in leases]
-        async with self._state_gate or _NO_GATE:
-            result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
-        tickets = [lease.ticket for lease in leases if lease.ticket]
-        if tickets:
-            ticket_result = await self.claims.update_many(
-                {"_id": {"$in": tickets}, "lease.id": {"$in": ids}},
-                {"$set": {"lease.until": until, "expireAt": until}})
-            return fresh + max(result.matched_count, ticket_result.matched_count)
-        return fresh + result.matched_count
+        result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
+        return result.matched_count
 
     async def release(self, network_id: Any, lease: Lease) -> bool:
         """Give a lease back untouched (shutdown before the run started)."""
@@ -342,16 +290,11 @@ class Store:
             if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
             inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
-            async with self._write_gate or _NO_GATE:  # the bulk updates FerretDB stalls on: one at a time
-                return inserted + await self._upsert([_refresh(docs[e["index"]]) for e in errors])
+            return inserted + await self._upsert([_refresh(docs[e["index"]]) for e in errors])
 
     async def _upsert(self, ops: list[UpdateOne]) -> int:
         try:
             return (await self.items.bulk_write(ops, ordered=False)).upserted_count
-        except KeyError:
-            # FerretDB v1 answers a bulk with a duplicate-key upsert without `nModified`, which PyMongo
-            # cannot parse (and it skips the rest of the batch): redo the batch one operation at a time
-            return await self._upsert_each(ops)
         except BulkWriteError as exc:
             # two processes upserting the same new item race on the unique key: the loser gets
             # E11000 and retries those operations once, which now match and update
@@ -361,46 +304,20 @@ class Store:
             retried = await self.items.bulk_write([ops[e["index"]] for e in errors], ordered=False)
             return exc.details.get("nUpserted", 0) + retried.upserted_count
 
-    async def _upsert_each(self, ops: list[UpdateOne]) -> int:
-        new = 0
-        for op in ops:
-            spec = op._doc  # the update document of the UpdateOne
-            for _attempt in range(2):
-                try:
-                    result = await self.items.update_one(op._filter, spec, upsert=True)
-                    new += 1 if result.upserted_id is not None else 0
-                    break
-                except OperationFailure as exc:  # a racing insert of the same item: now it matches
-                    if _attempt or exc.code not in (DUPLICATE_KEY, 1):
-                        raise
-        return new
-
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost."""
         update: dict[str, Any] = {"$set": fields, "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
-        async with self._state_gate or _NO_GATE:
-            result = await self.networks.update_one(self._guard(network_id, lease), update)
-        saved = result.matched_count == 1
-        if self.tickets and lease.ticket:
-            if saved:  # the occurrence is done: a process that read it stale must not wait for this ticket
-                await self.claims.delete_one({"_id": lease.ticket, "lease.id": lease.id})
-            else:  # a racing write moved the network on: do not leave our lease on it to expire
-                await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, {"$unset": {"lease": ""}})
-        return saved
+        result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, update)
+        return result.matched_count == 1
 
     async def update_credentials(self, network_id: Any, old_refresh_token: str, fields: dict[str, Any]) -> bool:
         """Store refreshed tokens if the network still has the refresh token they were obtained with."""
         result = await self.networks.update_one({"_id": network_id, "refreshToken": old_refresh_token},
                                                 {"$set": fields})
         return result.matched_count == 1
-
-    def _guard(self, network_id: Any, lease: Lease) -> dict[str, Any]:
-        if self.tickets and lease.occurrence is not None:
-            return {"_id": network_id, "scheduledTo": lease.occurrence}
-        return {"_id": network_id, "lease.id": lease.id}
 
     # -- malformed documents --------------------------------------------------------------------
 
@@ -409,8 +326,6 @@ class Store:
         disable the ones whose mode or scheduledTo is junk (never due otherwise, and without a
         reason); returns (id, what was done) for each document touched."""
         done = []
-        if self.tickets:
-            await self.claims.delete_many({"expireAt": {"$lt": now - timedelta(days=1)}})
         query = {
             "disabled": {"$ne": True},
             "$or": [

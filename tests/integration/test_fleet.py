@@ -160,8 +160,7 @@ def test_a_paused_service_is_called_by_no_process_until_its_reset(wire_uri, sync
                                 "scheduledTo": now})
     trigger = so_tokens[5]
     box.inject(trigger, "backoff", seconds=5)  # the first reply to this user says: everybody, wait 5 s
-    # short leases (renewed by the heartbeat): FerretDB's non-atomic findAndModify can leave a stale
-    # lease behind, which then blocks its network until it expires
+    # short leases (renewed by the heartbeat), so that a lease left by a stopped run is not what holds the test
     fast = ["--set", f"daemon.lease_ttl={LEASE}", "--set", "http.total_timeout=2.0",
             "--set", "schedule.rate_limit_slack=0.2", "--set", "schedule.jitter=0.0", "--concurrency", "6",
             "--set", "services.stackoverflow.concurrency=3"]
@@ -182,7 +181,7 @@ def test_a_paused_service_is_called_by_no_process_until_its_reset(wire_uri, sync
     start, end = paused_at.timestamp(), until.timestamp()
     # every run reads the pause right before its request: a run that read it a moment before another
     # process wrote it is already on its way and may land just after (measured: up to ~130 ms here,
-    # under the load of two daemons and FerretDB on two cores). After that: silence until the end.
+    # under the load of two daemons and the database on two cores). After that: silence until the end.
     in_flight = 0.5
     during = [t for t in so_hits if start + in_flight < t < end]
     assert during == [], f"{len(during)} Stack Exchange requests while it was paused ({start}..{end})"

@@ -1,5 +1,5 @@
-"""The fleet's storage calls on both mongomock-motor and the real wire server: lease renewal (with
-claim tickets too), the registry document, the backlog and disabled aggregations, service pauses."""
+"""The fleet's storage calls on both mongomock-motor and the real wire server: lease renewal, the registry
+document, the backlog and disabled aggregations, service pauses."""
 
 from __future__ import annotations
 
@@ -17,13 +17,6 @@ TTL = 60
 @pytest.fixture
 async def store(any_db):
     store = Store(any_db)
-    await store.ensure_indexes()
-    return store
-
-
-@pytest.fixture
-async def ticket_store(any_db):
-    store = Store(any_db, tickets=True)
     await store.ensure_indexes()
     return store
 
@@ -69,43 +62,18 @@ async def test_renew_many_counts_only_the_leases_still_held(store, clock):
     assert network["lease"]["id"] == lease_a.id and network["lease"]["until"] == later + timedelta(seconds=TTL)
 
 
-async def test_renew_many_in_ticket_mode_moves_the_ticket_too(ticket_store, clock):
-    store = ticket_store
-    mine_id = await add(store, clock, "mine", due=10)
-    theirs_id = await add(store, clock, "theirs")
-    _doc, mine = await store.claim("initial", "me", clock.now, TTL)
-    _doc, theirs = await store.claim("initial", "them", clock.now, TTL)
-    assert _doc["_id"] == theirs_id
-    assert mine.ticket and theirs.ticket and mine.ticket != theirs.ticket
-    ticket = await store.claims.find_one({"_id": mine.ticket})
-    assert ticket["lease"]["id"] == mine.id and ticket["expireAt"] == clock.now + timedelta(seconds=TTL)
-
-    later = clock.now + timedelta(seconds=45)
-    until = later + timedelta(seconds=TTL)
-    assert await store.renew_many([mine], later, TTL) == 1
-    assert (await store.get_network(mine_id))["lease"]["until"] == until
-    ticket = await store.claims.find_one({"_id": mine.ticket})
-    assert ticket["lease"]["until"] == until and ticket["expireAt"] == until
-    # the other process's network and ticket are untouched
-    assert (await store.get_network(theirs_id))["lease"]["until"] == clock.now + timedelta(seconds=TTL)
-    other = await store.claims.find_one({"_id": theirs.ticket})
-    assert other["lease"]["until"] == clock.now + timedelta(seconds=TTL)
-    assert other["expireAt"] == clock.now + timedelta(seconds=TTL)
-
-
-async def test_a_renewed_ticket_keeps_the_occurrence_from_a_successor(ticket_store, clock):
-    """The point of renewing the ticket: past the first lease's end, a second claimant of the same
-    occurrence must still see a live ticket holder."""
-    store = ticket_store
+async def test_a_renewed_lease_keeps_the_network_from_a_successor(store, clock):
+    """The point of renewing: past the first lease's end, another claimant must still find it held."""
     nid = await add(store, clock, "long-run")
-    before = await store.get_network(nid)
     _doc, mine = await store.claim("initial", "me", clock.now, TTL)
     later = clock.now + timedelta(seconds=TTL - 5)
-    await store.renew_many([mine], later, TTL)
+    assert await store.renew_many([mine], later, TTL) == 1
     after_first_ttl = clock.now + timedelta(seconds=TTL + 5)
-    rival = {"id": "rival", "owner": "them", "until": after_first_ttl + timedelta(seconds=TTL)}
-    assert await store._ticket(before, rival, after_first_ttl) is None
+    assert await store.claim("initial", "them", after_first_ttl, TTL) is None
     assert (await store.get_network(nid))["lease"]["id"] == mine.id
+    # once the renewed lease runs out too (the owner died), the network is claimable again
+    doc, theirs = await store.claim("initial", "them", later + timedelta(seconds=TTL + 1), TTL)
+    assert doc["_id"] == nid and theirs.owner == "them"
 
 
 # -- the registry ------------------------------------------------------------------------------
