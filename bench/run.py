@@ -50,8 +50,8 @@ from tests.integration.conftest import _devdb  # noqa: E402  (scripts/devdb.py, 
 
 PY = sys.executable
 LATENCY = 0.1
-# full: the sizes where FerretDB lets the whole suite fit in about 10 minutes (it caps the daemon
-# at ~70 runs/s here: a 3,000-network cycle takes ~45 s), smaller samples where it does not (see RESULTS.md)
+# full: the sizes where the test engine lets the whole suite fit in about 10 minutes (its CPU caps the
+# daemon at ~50 runs/s here: a 3,000-network cycle takes ~1 minute), smaller samples where not (see RESULTS.md)
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"networks": 3000, "concurrency": 256, "old_sample": 100, "scale": (10_000, 100_000, 1_000_000),
              "due": 3000, "claim_seconds": 10.0, "cycles": 10, "memory_networks": 500, "fleet": (1, 2, 4),
@@ -461,8 +461,9 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                   f"cycles of {size['memory_networks']} runs; before each cycle after the first, every user gets 99 "
                   "new items upstream and every network is due again. RSS read after each cycle."
                   + ("" if size["memory_networks"] == size["networks"] else
-                     f" ({size['memory_networks']} networks a cycle, not {size['networks']}: on FerretDB a cycle of "
-                     f"{size['networks']} takes about 45 s, and ten of them would not fit the suite's 10 minutes.)"),
+                     f" ({size['memory_networks']} networks a cycle, not {size['networks']}: on the test engine a "
+                     f"cycle of {size['networks']} takes about a minute, and ten of them would not fit the suite's "
+                     "10 minutes.)"),
                   ""]
         lines += md_table(["cycle", *[str(i + 1) for i in range(len(m["walls"]))]],
                           [["RSS MiB", *m["rss_cycles"]], ["wall s", *m["walls"]], ["new items", *m["cycle_items"]]])
