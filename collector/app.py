@@ -8,9 +8,8 @@ lets in-flight runs finish within `shutdown_grace`, releases leases of the rest 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -190,14 +189,26 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     try:
         await scheduler.run()
     finally:
+        # every step of the way out is bounded: a database that stops answering (an outage, a connection left
+        # hanging by a server restart) must not keep a stopping process past its stop timeout
+        bound = settings.database_timeout
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        with contextlib.suppress(PyMongoError):
-            await fleet.stopped()
+        await _bounded(asyncio.gather(*background, return_exceptions=True), bound, "background tasks")
+        await _bounded(fleet.stopped(), bound, "recording the stop in the fleet registry")
         if server is not None:
             server.close()
-        await client.aclose()
+        await _bounded(client.aclose(), bound, "closing the HTTP clients")
         if mongo is not None:
-            await mongo.close()
+            await _bounded(mongo.close(), bound, "closing the database client")
     return scheduler
+
+
+async def _bounded(step: Awaitable[Any], seconds: float, what: str) -> None:
+    """Await one step of the shutdown for at most `seconds`; a failure or a timeout is logged, not raised."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.warning("shutdown step timed out: going on without it", step=what, seconds=seconds)
+    except PyMongoError as exc:
+        log.warning("shutdown step failed: going on without it", step=what, error=f"{type(exc).__name__}: {exc}"[:300])

@@ -54,3 +54,21 @@ def test_the_cli_exits_4_with_the_reason(monkeypatch):
     result = CliRunner().invoke(main, ["--mode", "initial", "--env", "test"])
     assert result.exit_code == 4
     assert "refusing to run on ferretdb v1.24.2" in result.output
+
+
+async def test_shutdown_is_bounded_when_the_database_stops_answering(mock_db, monkeypatch):
+    """A stop must not wait forever on a database write (the fleet's last word, the client's close): each
+    shutdown step gets `database.timeout`, then the daemon exits anyway."""
+    import asyncio
+
+    from collector.fleet import Fleet
+
+    async def hangs(self):
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(Fleet, "stopped", hangs)
+    settings = make_settings(database={"timeout": 0.3})
+    # without the bound, run_daemon would wait out the hour: 30 s is a hang detector, not a speed check
+    scheduler = await asyncio.wait_for(
+        run_daemon(settings, "initial", db=mock_db, on_ready=lambda sched: sched.stop()), 30)
+    assert scheduler.stopping
