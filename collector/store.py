@@ -10,7 +10,6 @@ state guarded by the lease id. A state save whose guard matches nothing is dropp
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import json
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from collector.model import SECRET_FIELDS, aware
@@ -81,6 +80,15 @@ class Lease:
     until: datetime
 
 
+def _key(value: Any) -> Any:
+    """A document _id as a dict key: itself, or its repr when unhashable (an _id may be any document)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
 def service_of(doc: dict[str, Any]) -> str:
     """A network document's service, or "?" when the field is not a string (a malformed document)."""
     return doc["service"] if isinstance(doc.get("service"), str) else "?"
@@ -130,31 +138,28 @@ class Store:
     async def claim_many(self, mode: str, owner: str, now: datetime, ttl: float, want: int,
                          exclude_services: Iterable[str] = (), room: Callable[[str], int] | None = None,
                          ) -> list[tuple[dict[str, Any], Lease]]:
-        """Take up to `want` due networks of `mode`, the most overdue first, in few round trips: one
-        query reads the candidates (an index scan of the due index), then each candidate is taken by an
-        atomic find_one_and_update on its _id with the whole due filter checked again, all of them
-        concurrently. A candidate another process took in between no longer matches; each one lost so
-        is replaced by the classic claim (an atomic find_one_and_update of the most overdue due network),
-        so racing processes never starve each other. Each network goes to exactly one claimer.
+        """Take up to `want` due networks of `mode`, the most overdue first, in three round trips a batch:
+        one query reads the candidates (an index scan of the due index), ONE update_many leases those of
+        them that still match the whole due filter (the server re-checks it per document, atomically: a
+        candidate another process took in between no longer matches), stamping them with this batch's
+        lease id, and one find by _id and that id reads back what was won. Each network goes to exactly one
+        claimer. Candidates lost to a racing process are replaced by another round of fresh candidates
+        (at most 8 rounds), so racing processes share the backlog instead of starving each other.
         `room(service)` caps how many of one service are taken (the per-service concurrency).
-        A claim the server fails (a transient error: a deadlock victim on PostgreSQL-based servers, a
-        primary stepping down) took nothing and counts as lost; the claims already made are returned, never
-        dropped with their leases on. Only when nothing at all was claimed does the first error propagate."""
+        A batch the server fails (a transient error: a deadlock victim on PostgreSQL-based servers, a
+        primary stepping down) is read back all the same, so a lease it did write is handed to the caller,
+        never left to expire; only when nothing at all was claimed does the first error propagate."""
         exclude = set(exclude_services)
         claimed: list[tuple[dict[str, Any], Lease]] = []
         per_service: Counter = Counter()
         failure: PyMongoError | None = None
-
-        def full() -> set[str]:
-            return {s for s, n in per_service.items() if room is not None and n >= room(s)}
-
-        for _round in range(8):  # another round only when a full service hid the other services' candidates
+        for _round in range(8):
             need = want - len(claimed)
             if need <= 0:
                 break
             query = due_filter(mode, now, exclude)
             cursor = self.networks.find(query, projection={"service": 1}).sort("scheduledTo", ASCENDING)
-            picked: list[tuple[Any, str]] = []
+            picked: dict[Any, tuple[Any, str]] = {}  # _key(_id) -> (_id, service), most overdue first
             capped = False
             for doc in [doc async for doc in cursor.limit(min(2 * need + 8, 1000))]:
                 service = service_of(doc)
@@ -163,59 +168,43 @@ class Store:
                     capped = True
                     continue
                 per_service[service] += 1
-                picked.append((doc["_id"], service))
+                picked[_key(doc["_id"])] = (doc["_id"], service)
                 if len(picked) == need:
                     break
-            got = await asyncio.gather(*(self._take(query, owner, now, ttl, nid) for nid, _service in picked),
-                                       return_exceptions=True)
-            lost = 0
-            for (_nid, service), outcome in zip(picked, got, strict=True):
-                if isinstance(outcome, PyMongoError):
-                    failure = failure or outcome
-                elif isinstance(outcome, BaseException):
-                    raise outcome
-                elif outcome[0] is not None:
-                    claimed.append(outcome[0])
-                    continue
+            if not picked and not capped:
+                break  # nothing is due
+            won, failure = await self._lease_batch(query, [nid for nid, _service in picked.values()], owner, now, ttl)
+            claimed += won
+            for doc, _lease in won:
+                picked.pop(_key(doc["_id"]), None)
+            for _nid, service in picked.values():  # lost to another process (or to a failure)
                 per_service[service] -= 1
-                lost += 1
-            for _attempt in range(lost + 8 if lost and failure is None else 0):  # classic claims for the lost
-                if len(claimed) >= want:
-                    break
-                exclude |= full()
-                try:
-                    claim, matched = await self._take(due_filter(mode, now, exclude), owner, now, ttl)
-                except PyMongoError as exc:
-                    failure = exc
-                    break
-                if not matched:
-                    break  # nothing else is due
-                if claim is not None:
-                    claimed.append(claim)
-                    per_service[service_of(claim[0])] += 1
-            if not capped or failure is not None:
+            if failure is not None or (not picked and not capped):
                 break
         if failure is not None and not claimed:
             raise failure
         return claimed
 
-    async def _take(self, query: dict[str, Any], owner: str, now: datetime, ttl: float, network_id: Any = None,
-                    ) -> tuple[tuple[dict[str, Any], Lease] | None, bool]:
-        """Lease one network matching `query` (the one with this _id, else the most overdue) in one atomic
-        find_one_and_update. Returns (the claim or None, whether any network matched)."""
+    async def _lease_batch(self, query: dict[str, Any], ids: list[Any], owner: str, now: datetime, ttl: float,
+                           ) -> tuple[list[tuple[dict[str, Any], Lease]], PyMongoError | None]:
+        """Lease those of `ids` that still match `query` (one update_many), read them back (one find); returns
+        them in the order of `ids`, with the error of the update if it failed."""
+        if not ids:
+            return [], None
         lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
-        lease_doc = {"id": lease.id, "owner": owner, "until": lease.until}
-        if network_id is None:
-            before = await self.networks.find_one_and_update(query, {"$set": {"lease": lease_doc}},
-                                                             sort=[("scheduledTo", ASCENDING)],
-                                                             return_document=ReturnDocument.BEFORE)
-        else:
-            before = await self.networks.find_one_and_update({**query, "_id": network_id},
-                                                             {"$set": {"lease": lease_doc}},
-                                                             return_document=ReturnDocument.BEFORE)
-        if before is None:
-            return None, False  # nothing due (or another process took this one first)
-        return ({**before, "lease": lease_doc}, lease), True
+        error: PyMongoError | None = None
+        try:
+            await self.networks.update_many({**query, "_id": {"$in": ids}},
+                                            {"$set": {"lease": {"id": lease.id, "owner": owner, "until": lease.until}}})
+        except PyMongoError as exc:
+            error = exc  # some documents may be leased all the same (MongoDB applies an update_many doc by doc)
+        try:
+            docs = [doc async for doc in self.networks.find({"_id": {"$in": ids}, "lease.id": lease.id})]
+        except PyMongoError as exc:
+            return [], error or exc
+        order = {_key(nid): i for i, nid in enumerate(ids)}
+        docs.sort(key=lambda doc: order.get(_key(doc["_id"]), len(order)))
+        return [(doc, lease) for doc in docs], error
 
     async def next_due(self, mode: str) -> datetime | None:
         """When the earliest enabled network of `mode` is due (leased ones included)."""
@@ -239,7 +228,7 @@ class Store:
         if not leases:
             return 0
         until = now + timedelta(seconds=ttl)
-        ids = [lease.id for lease in leases]
+        ids = sorted({lease.id for lease in leases})  # one id per claim batch
         result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
         return result.matched_count
 
