@@ -3,9 +3,10 @@
 The database handle is a PyMongo async database (`pymongo.AsyncMongoClient(...)[name]`); the
 unit tests pass a mongomock-motor database, which speaks the same coroutine API.
 
-Lease protocol (see DESIGN.md): claim with one atomic find_one_and_update on a due, enabled,
-unleased (or lease-expired) network; persist items first (idempotent bulk upserts), then the
-state guarded by the lease id. A state save whose guard matches nothing is dropped.
+Lease protocol (see DESIGN.md): claim due, enabled, unleased (or lease-expired) networks in batches,
+by one update_many whose filter the server re-checks per document atomically; persist items first
+(idempotent inserts, upserts for the items already there), then the state guarded by the lease id.
+A state save whose guard matches nothing is dropped.
 """
 
 from __future__ import annotations
