@@ -9,7 +9,7 @@ import pytest
 
 from collector.app import make_store
 from collector.sdk import Item
-from collector.store import Store
+from collector.store import Store, item_key
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -118,12 +118,20 @@ async def test_concurrent_upserts_of_the_same_new_items_store_each_once(clock, a
     assert sum(new) == 100  # each item counted new by exactly one of the racing writers
 
 
-async def test_unique_index_rejects_a_duplicate_item(store, any_db):
+async def test_an_item_is_unique_by_its_id(store, any_db):
     from pymongo.errors import DuplicateKeyError
 
-    await any_db.items.insert_one({"user": "u", "service": "s", "itemId": "1"})
+    doc = {"_id": item_key("u", "s", "1"), "user": "u", "service": "s", "itemId": "1"}
+    await any_db.items.insert_one(dict(doc))
     with pytest.raises(DuplicateKeyError):
-        await any_db.items.insert_one({"user": "u", "service": "s", "itemId": "1"})
+        await any_db.items.insert_one(dict(doc))
+    assert item_key("u", "s", "1") != item_key("u", "s", "2") != item_key(1, "s", "1")
+
+
+async def test_a_unique_item_index_of_an_earlier_version_is_kept(any_db):
+    await any_db.items.create_index([("user", 1), ("service", 1), ("itemId", 1)], name="item_key", unique=True)
+    await Store(any_db).ensure_indexes()  # no conflict with the existing definition
+    assert (await any_db.items.index_information())["item_key"]["unique"]
 
 
 async def test_service_pause_only_moves_forward(store, clock):

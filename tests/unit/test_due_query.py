@@ -26,4 +26,5 @@ async def test_due_index_is_created(mock_db):
     info = await mock_db.networks.index_information()
     assert info[DUE_INDEX]["key"] == [("mode", 1), ("scheduledTo", 1)]
     items = await mock_db.items.index_information()
-    assert items["item_key"]["unique"] and items["item_key"]["key"] == [("user", 1), ("service", 1), ("itemId", 1)]
+    assert items["item_key"]["key"] == [("user", 1), ("service", 1), ("itemId", 1)]
+    assert not items["item_key"].get("unique")  # the _id is the item's unique key
