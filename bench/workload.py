@@ -36,7 +36,7 @@ from pymongo import AsyncMongoClient  # noqa: E402
 
 from collector import config, logs  # noqa: E402
 from collector.sdk import parse_time  # noqa: E402
-from collector.store import item_key  # noqa: E402
+from collector.store import Store, item_key  # noqa: E402
 
 HEADERS = {"Accept": "application/vnd.github.star+json", "X-GitHub-Api-Version": "2022-11-28"}
 
@@ -90,16 +90,6 @@ def item_doc(token: str, entry: dict[str, Any], now: datetime) -> dict[str, Any]
             "created": parse_time(entry.get("starred_at")), "collectedAt": now, "updatedAt": now, "raw": entry}
 
 
-async def ceiling_indexes(items: Any) -> None:
-    """The items collection's indexes as the daemon creates them (Store.ensure_indexes), so that ceiling B pays
-    for the same index maintenance per insert as the daemon does."""
-    from collector.store import Store
-
-    store = Store(items.database)
-    store.items = items  # its networks indexes land on the benchmark database's networks: they exist already
-    await store.ensure_indexes()
-
-
 async def ceiling(args: argparse.Namespace, store: bool) -> dict[str, Any]:
     """--clients 1: one httpx client with every connection; more: that many clients sharing them, a
     request on the least busy one (what collector.http.ClientPool does)."""
@@ -107,10 +97,13 @@ async def ceiling(args: argparse.Namespace, store: bool) -> dict[str, Any]:
     per = max(1, args.concurrency // shards)
     limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
     mongo = AsyncMongoClient(args.uri, tz_aware=True) if store else None
-    items = mongo[args.db]["ceiling_items"] if mongo is not None else None
-    if items is not None:
-        await items.drop()
-        await ceiling_indexes(items)
+    # a database of its own with the daemon's indexes (Store.ensure_indexes): ceiling B pays for the same index
+    # maintenance per insert as the daemon does
+    ceiling_db = mongo[f"{args.db}_ceiling"] if mongo is not None else None
+    items = ceiling_db.items if ceiling_db is not None else None
+    if ceiling_db is not None:
+        await mongo.drop_database(ceiling_db.name)
+        await Store(ceiling_db).ensure_indexes()
     gate = asyncio.Semaphore(args.concurrency)
     count = 0
 
@@ -138,7 +131,7 @@ async def ceiling(args: argparse.Namespace, store: bool) -> dict[str, Any]:
     await asyncio.gather(*(client.aclose() for client in clients))
     if mongo is not None:
         stored = await items.count_documents({})
-        await items.drop()
+        await mongo.drop_database(ceiling_db.name)
         await mongo.close()
     else:
         stored = None
@@ -220,7 +213,6 @@ async def claims(args: argparse.Namespace) -> dict[str, Any]:
     """Claims per second through the daemon's own claim path (Scheduler.fill with runs that end at
     once), until every due network is claimed or --seconds pass."""
     from collector.app import make_store
-    from collector.store import Store
 
     mongo = AsyncMongoClient(args.uri, tz_aware=True)
     db = mongo[args.db]

@@ -82,15 +82,6 @@ class Lease:
     until: datetime
 
 
-def _key(value: Any) -> Any:
-    """A document _id as a dict key: itself, or its repr when unhashable (an _id may be any document)."""
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
-
-
 def service_of(doc: dict[str, Any]) -> str:
     """A network document's service, or "?" when the field is not a string (a malformed document)."""
     return doc["service"] if isinstance(doc.get("service"), str) else "?"
@@ -165,7 +156,7 @@ class Store:
                 break
             query = due_filter(mode, now, exclude)
             cursor = self.networks.find(query, projection={"service": 1}).sort("scheduledTo", ASCENDING)
-            picked: dict[Any, tuple[Any, str]] = {}  # _key(_id) -> (_id, service), most overdue first
+            picked: list[tuple[Any, str]] = []  # (_id, service), most overdue first
             capped = False
             for doc in [doc async for doc in cursor.limit(min(2 * need + 8, 1000))]:
                 service = service_of(doc)
@@ -174,27 +165,26 @@ class Store:
                     capped = True
                     continue
                 per_service[service] += 1
-                picked[_key(doc["_id"])] = (doc["_id"], service)
+                picked.append((doc["_id"], service))
                 if len(picked) == need:
                     break
             if not picked and not capped:
                 break  # nothing is due
-            won, failure = await self._lease_batch(query, [nid for nid, _service in picked.values()], owner, now, ttl)
+            won, failure = await self._lease_batch(query, [nid for nid, _service in picked], owner, now, ttl)
             claimed += won
-            for doc, _lease in won:
-                picked.pop(_key(doc["_id"]), None)
-            for _nid, service in picked.values():  # lost to another process (or to a failure)
+            for _nid, service in picked:  # count what was won, not what was tried
                 per_service[service] -= 1
-            if failure is not None or (not picked and not capped):
-                break
+            per_service.update(service_of(doc) for doc, _lease in won)
+            if failure is not None or (len(won) == len(picked) and not capped):
+                break  # a failure, or every candidate won and no service was full: no other round
         if failure is not None and not claimed:
             raise failure
         return claimed
 
     async def _lease_batch(self, query: dict[str, Any], ids: list[Any], owner: str, now: datetime, ttl: float,
                            ) -> tuple[list[tuple[dict[str, Any], Lease]], PyMongoError | None]:
-        """Lease those of `ids` that still match `query` (one update_many), read them back (one find); returns
-        them in the order of `ids`, with the error of the update if it failed."""
+        """Lease those of `ids` that still match `query` (one update_many), read them back (one find), the most
+        overdue first; returns them with the error of the update if it failed."""
         if not ids:
             return [], None
         lease = Lease(uuid.uuid4().hex, owner, now + timedelta(seconds=ttl))
@@ -205,11 +195,10 @@ class Store:
         except PyMongoError as exc:
             error = exc  # some documents may be leased all the same (MongoDB applies an update_many doc by doc)
         try:
-            docs = [doc async for doc in self.networks.find({"_id": {"$in": ids}, "lease.id": lease.id})]
+            cursor = self.networks.find({"_id": {"$in": ids}, "lease.id": lease.id}).sort("scheduledTo", ASCENDING)
+            docs = [doc async for doc in cursor]
         except PyMongoError as exc:
             return [], error or exc
-        order = {_key(nid): i for i, nid in enumerate(ids)}
-        docs.sort(key=lambda doc: order.get(_key(doc["_id"]), len(order)))
         return [(doc, lease) for doc in docs], error
 
     async def next_due(self, mode: str) -> datetime | None:
