@@ -7,7 +7,7 @@ proves both on every run.
 Uses $MONGODB_URI as is when set. Otherwise, the first time (about 3 minutes on 2 cores, then cached):
   1. the Debian packages PostgreSQL 15 and DocumentDB need (apt-get, as root; DEB_PACKAGES below);
   2. libbson 1.28.0 (Debian 12's 1.23 is too old for DocumentDB), pgvector and DocumentDB built from the
-     source archives in ../shared/vendor (or $COLLECTOR_VENDOR_DIR) into $COLLECTOR_CACHE_DIR
+     source archives in third_party/ (or $COLLECTOR_VENDOR_DIR) into $COLLECTOR_CACHE_DIR
      (default ~/.cache/collector), then installed into PostgreSQL 15's extension directories (root);
   3. FerretDB v2.5.0 built from its Go module with the Go toolchain its go.mod names (go1.24.6: its
      GOMAXPROCS code does not build with Go >= 1.25; the go command fetches that toolchain as a module).
@@ -50,7 +50,7 @@ FERRETDB_MODULE, FERRETDB_VERSION = "github.com/FerretDB/FerretDB/v2", "v2.5.0"
 GO_TOOLCHAIN = "go1.24.6"  # FerretDB v2.5.0's go.mod toolchain
 PG_MAJOR = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
-ARCHIVES = {  # the source archives of ../shared/vendor (see its README)
+ARCHIVES = {  # the source archives in third_party/ (see its README)
     "libbson": "mongo-c-driver-1.28.0.tar.gz",
     "pgvector": "pgvector-0.8.6.tar.gz",
     "documentdb": "documentdb-0.106.0-ferretdb-2.5.0.tar.gz",
@@ -96,7 +96,7 @@ def _cache_root() -> Path:
 
 
 def _vendor_dir() -> Path:
-    return Path(os.environ.get("COLLECTOR_VENDOR_DIR") or ROOT.parent / "shared" / "vendor")
+    return Path(os.environ.get("COLLECTOR_VENDOR_DIR") or ROOT / "third_party")
 
 
 def _archives() -> dict[str, Path]:

@@ -1,5 +1,5 @@
 """Shared fixtures: settings, a controllable clock, databases (mongomock-motor and the wire server),
-the recorded API replies of ../shared/fixtures/likeastore."""
+the recorded API replies of tests/fixtures/likeastore."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from collector import config
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", ROOT.parent / "shared" / "fixtures" / "likeastore"))
+FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", ROOT / "tests" / "fixtures" / "likeastore"))
 
 
 from collector.demo import mongomock_compat  # noqa: E402

@@ -1,6 +1,6 @@
 """The GitHub connector driven through the engine: claim -> Executor.run -> network state and items in MongoDB.
 
-HTTP is mocked with respx against the recorded replies of ../shared/fixtures/likeastore:
+HTTP is mocked with respx against the recorded replies of tests/fixtures/likeastore:
 init.json (30 repos, newest first), normal.new.json (one new repo, 6522994, on top of the 30) and
 normal.nonew.json (the same 30).
 """
