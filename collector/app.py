@@ -195,6 +195,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
         for task in background:
             task.cancel()
         await _bounded(asyncio.gather(*background, return_exceptions=True), bound, "background tasks")
+        await _bounded(store.state_writes.drain(), bound, "writing the last state saves")
         await _bounded(fleet.stopped(), bound, "recording the stop in the fleet registry")
         if server is not None:
             server.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 from collections.abc import Iterator
 
 import httpx
@@ -62,11 +63,15 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     """The process-wide client pool: max_connections spread over clients of `per_client` connections."""
     shards = max(1, math.ceil(settings.max_connections / per_client))
     size = math.ceil(settings.max_connections / shards)
-    return ClientPool([_client(settings, size, transport) for _ in range(shards)])
+    # one TLS context for every client: building one loads the CA bundle (20 ms of CPU each, 0.6 s for 32)
+    tls = httpx.create_ssl_context()
+    return ClientPool([_client(settings, size, transport, tls) for _ in range(shards)])
 
 
-def _client(settings: Settings, connections: int, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+def _client(settings: Settings, connections: int, transport: httpx.AsyncBaseTransport | None,
+            tls: ssl.SSLContext) -> httpx.AsyncClient:
     return httpx.AsyncClient(
+        verify=tls,
         timeout=httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.read_timeout,

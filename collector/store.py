@@ -19,11 +19,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from collector.batch import GroupCommit, Guarded
 from collector.model import SECRET_FIELDS, aware
 from collector.sdk import Item
 
@@ -68,11 +70,20 @@ def _safe_key(key: Any) -> str:
     return (("\uff04" + key[1:]) if key.startswith("$") else key).replace(".", "\uff0e")
 
 
-def item_key(user: Any, service: str, item_id: str) -> str:
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def key_prefix(user: Any, service: str) -> str:
+    """What every `item_key` of one (user, service) starts with: computed once per page."""
+    return _ENCODE([service, user if isinstance(user, str | int) else str(user)])[:-1] + ","
+
+
+def item_key(user: Any, service: str, item_id: str, prefix: str | None = None) -> str:
     """The _id of an item: one value per (service, user, itemId), unambiguous whatever the parts
-    contain (JSON-encoded), so an upsert finds its document by primary key on any server."""
-    return json.dumps([service, user if isinstance(user, str | int) else str(user), item_id],
-                      separators=(",", ":"), ensure_ascii=False)
+    contain (the JSON array [service, user, itemId]), so an upsert finds its document by primary key
+    on any server. `prefix` is key_prefix(user, service) when the caller has it already."""
+    head = prefix if prefix is not None else key_prefix(user, service)
+    return head + (encode_basestring(item_id) if type(item_id) is str else _ENCODE(item_id)) + "]"
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Store:
         self.services = db[SERVICES]
         self.collectors = db[COLLECTORS]
         self.store_raw = store_raw
+        self.state_writes = GroupCommit(self.networks)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process runs it at start."""
@@ -245,10 +257,11 @@ class Store:
         if not items:
             return 0
         user, service = network["user"], network["service"]
+        prefix = key_prefix(user, service)
         docs = []
         for item in items:
             doc: dict[str, Any] = {
-                "_id": item_key(user, service, item.id),
+                "_id": item_key(user, service, item.id, prefix),
                 "user": user, "service": service, "itemId": item.id,
                 "network": network["_id"],
                 "title": item.title,
@@ -290,12 +303,15 @@ class Store:
 
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None) -> bool:
-        """Write the new state if we still hold the lease, releasing it; False if it was lost."""
-        update: dict[str, Any] = {"$set": fields, "$unset": {"lease": "", **{k: "" for k in unset}}}
+        """Write the new state if we still hold the lease, releasing it; False if it was lost. Saves that
+        arrive together go as one bulk (collector.batch.GroupCommit); `lastLease` (the lease id) tells a
+        read-back which of them were applied."""
+        update: dict[str, Any] = {"$set": {**fields, "lastLease": lease.id},
+                                  "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
-        result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, update)
-        return result.matched_count == 1
+        return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
+                                                      ("lastLease", lease.id)))
 
     async def update_credentials(self, network_id: Any, old_refresh_token: str, fields: dict[str, Any]) -> bool:
         """Store refreshed tokens if the network still has the refresh token they were obtained with."""

@@ -24,6 +24,16 @@ def test_max_connections_are_spread_over_clients_of_a_few_connections():
     assert all(c.headers["user-agent"] == "collector/0.1" for c in pool.clients)
 
 
+def test_the_clients_share_one_tls_context_that_verifies_certificates():
+    import ssl
+
+    pool = http.make_client(make_settings(http={"max_connections": 256}))
+    contexts = {id(c._transport._pool._ssl_context) for c in pool.clients}
+    assert len(contexts) == 1
+    tls = pool.clients[0]._transport._pool._ssl_context
+    assert tls.verify_mode == ssl.CERT_REQUIRED and tls.check_hostname
+
+
 async def test_requests_go_to_the_client_with_the_fewest_in_flight_and_are_counted_back():
     settings = make_settings(http={"max_connections": 32})
     release = asyncio.Event()

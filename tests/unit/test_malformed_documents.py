@@ -78,7 +78,7 @@ TLS = ssl.create_default_context()  # loading the CA bundle takes 70 ms: once, n
 MAX_REASON = 2048  # longest reason / error message the daemon may record
 
 # every field the daemon writes (README: "State fields written by the daemon") plus `mode`
-OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "lastExecution", "lastSuccess", "lastOwner",
+OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "lastExecution", "lastSuccess", "lastOwner", "lastLease",
          "lastOutcome", "lastError", "rateLimitedUntil", "disabled", "disabledReason", "disabledAt",
          "unauthorized", "stats"}
 BASE_FIELDS = ("user", "service", "accessToken", "mode", "scheduledTo", "cursor", "errors", "options")
