@@ -12,7 +12,8 @@ arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, siz
 bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
 POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
 forgets everything. For benchmarks: POST /_sandbox/bulk {service, prefix, count, items} creates `count`
-users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items.
+users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items;
+POST /_sandbox/repos {repos} serves those recorded GitHub repositories (ids changed) instead of compact ones.
 `Sandbox.transfers` records every API reply on the wire: when it arrived and ended, its body size
 and how many body bytes were handed to the kernel before the client went away (an oversize body cut
 off by the client shows sent << size).
@@ -37,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -94,8 +96,11 @@ class Sandbox:
     """The state and the counters; `handle` answers one request."""
 
     def __init__(self, latency: float = 0.0, rate_limit: int = 5000, window: float = 3600.0,
-                 page_cap: int = 100, quota: int = 10_000):
+                 page_cap: int = 100, quota: int = 10_000, repos: list[dict[str, Any]] | None = None):
         self.latency = latency
+        # GitHub repositories as served: compact (5 fields, ~250 bytes of JSON) or, given recorded ones
+        # (tests/fixtures/likeastore/github.connector.init.json, ~4.8 KB each), those with the ids changed
+        self.repos = repos
         self.quota_max = quota  # Stack Exchange: one daily quota per app key, shared by every user
         self.app_quota = quota  # what is left of it
         self.page_cap = page_cap  # the real APIs cap pages at 100; a lower cap makes many pages cheaply
@@ -251,13 +256,19 @@ class Sandbox:
         if path == "/_sandbox/stats":
             return _json(200, self.stats())
         if path == "/_sandbox/reset" and method == "POST":
-            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap, self.quota_max)
+            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap, self.quota_max, self.repos)
             return _json(200, {"ok": True})
         if path == "/_sandbox/bulk" and method == "POST":  # many users at once: tokens prefix0, prefix1...
             prefix, count = str(data["prefix"]), int(data["count"])
             for i in range(count):
                 self.add_user(data["service"], f"{prefix}{i}", int(data.get("items", 0)), f"{prefix}{i}")
             return _json(200, {"users": count})
+        if path == "/_sandbox/repos" and method == "POST":  # {"repos": [recorded repositories] or null}
+            repos = data.get("repos")
+            if repos is not None and not repo_list(repos):
+                return _json(400, {"message": "repos: a non-empty list of repository objects, or null"})
+            self.repos = repos
+            return _json(200, {"repos": len(repos or [])})
         if path == "/_sandbox/bulk/add" and method == "POST":  # new items arrive for every user
             with self.lock:
                 users = list(self.users)
@@ -376,7 +387,7 @@ class Sandbox:
                 self.requests[user.token] += 1
             return Response(304, headers={**limits, "etag": etag})
         chunk = self._page(user, page, size)
-        body = [{"starred_at": _iso(i["at"]), "repo": _repo(user, i)} for i in chunk]
+        body = [{"starred_at": _iso(i["at"]), "repo": _repo(user, i, self.repos)} for i in chunk]
         base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
         link = []
         if page < last:
@@ -441,10 +452,19 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _repo(user: User, item: dict[str, Any]) -> dict[str, Any]:
+def repo_list(value: Any) -> bool:
+    """A usable list of recorded repositories: non-empty, objects only."""
+    return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
+
+
+def _repo(user: User, item: dict[str, Any], recorded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     n = item["id"]
-    return {"id": n, "full_name": f"owner{n % 97}/repo-{n}", "html_url": f"https://github.com/owner{n % 97}/repo-{n}",
-            "owner": {"login": f"owner{n % 97}"}, "created_at": _iso(item["at"])}
+    names = {"id": n, "full_name": f"owner{n % 97}/repo-{n}", "html_url": f"https://github.com/owner{n % 97}/repo-{n}"}
+    if recorded:  # a real repository's payload (every field GitHub sends), under this item's id and names
+        template = recorded[n % len(recorded)]
+        return {**template, **names, "owner": {**(template.get("owner") or {}), "login": f"owner{n % 97}"},
+                "created_at": _iso(item["at"])}
+    return {**names, "owner": {"login": f"owner{n % 97}"}, "created_at": _iso(item["at"])}
 
 
 def _json(status: int, data: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> Response:
@@ -600,8 +620,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m collector.sandbox", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every API reply")
+    parser.add_argument("--github-repos", type=Path, default=None, metavar="JSON",
+                        help="serve these recorded GitHub repositories (a JSON list, e.g. tests/fixtures/likeastore/"
+                             "github.connector.init.json) instead of compact ones, ids and names changed")
     args = parser.parse_args(argv)
-    server = Server(Sandbox(latency=args.latency), args.port)
+    repos = json.loads(args.github_repos.read_text()) if args.github_repos else None
+    if repos is not None and not repo_list(repos):
+        parser.error(f"{args.github_repos}: expected a non-empty JSON list of repository objects")
+    server = Server(Sandbox(latency=args.latency, repos=repos), args.port)
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from collector.store import mongo_safe
 from tests.conftest import fixture_json
 
@@ -36,3 +39,43 @@ def test_nesting_deeper_than_64_levels_is_cut_off():
         node, depth = node["d"] if "d" in node else node["leaf"], depth + 1
     assert node is None and depth == 65
     assert len(json.dumps(safe)) < len(json.dumps(deep))
+
+
+def reference(value, depth=0):
+    """The rule, key by key and copying everything: what mongo_safe must equal."""
+    if depth > 64:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            key = str(k) if not isinstance(k, str) else k
+            if isinstance(k, str):
+                key = (("\uff04" + k[1:]) if k.startswith("$") else k).replace(".", "\uff0e")
+            out[key] = reference(v, depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [reference(v, depth + 1) for v in value]
+    return value
+
+
+def lists(value):
+    """Tuples as lists (BSON has arrays only; a tuple left unchanged stays a tuple)."""
+    if isinstance(value, dict):
+        return {k: lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [lists(v) for v in value]
+    return value
+
+
+keys = st.one_of(st.sampled_from(["$", ".", "\0", "\0$", "a.b", "$a", "a$", "", "x"]), st.text(max_size=4),
+                 st.integers(-3, 3))
+payloads = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),
+                        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5),
+                                                st.tuples(inner, inner)), max_leaves=30)
+
+
+@given(payloads)
+def test_mongo_safe_equals_the_key_by_key_rule_and_never_modifies_its_input(payload):
+    before = repr(payload)
+    assert lists(mongo_safe(payload)) == reference(payload)
+    assert repr(payload) == before

@@ -124,3 +124,28 @@ def test_stackexchange_daily_quota_runs_out_for_the_whole_app(server):
         assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
     finally:
         server.sandbox.app_quota = before
+
+
+def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():
+    from tests.conftest import fixture_json
+
+    recorded = fixture_json("github.connector.init.json")
+    server = Server(Sandbox()).start()
+    try:
+        server.sandbox.add_user("github", "rec-token", 4)
+        bad = httpx.post(f"{server.url}/_sandbox/repos", json={"repos": []})
+        assert bad.status_code == 400
+        assert httpx.post(f"{server.url}/_sandbox/repos", json={"repos": recorded}).json() == {"repos": 30}
+        page = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer rec-token",
+                                                                 "Accept": "application/vnd.github.star+json"}).json()
+        assert [e["repo"]["id"] for e in page] == [4, 3, 2, 1]
+        for entry in page:
+            repo, n = entry["repo"], entry["repo"]["id"]
+            template = recorded[n % 30]
+            assert repo["full_name"] == f"owner{n % 97}/repo-{n}" and repo["owner"]["login"] == f"owner{n % 97}"
+            assert repo["clone_url"] == template["clone_url"] and len(repo) == len(template)  # every recorded field
+        httpx.post(f"{server.url}/_sandbox/repos", json={"repos": None})
+        compact = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer rec-token"}).json()
+        assert set(compact[0]["repo"]) == {"id", "full_name", "html_url", "owner", "created_at"}
+    finally:
+        server.stop()
