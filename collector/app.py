@@ -18,6 +18,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from collector import http, logs, sdk
+from collector.clock import ServerClock
 from collector.config import Settings
 from collector.executor import Executor
 from collector.fleet import Fleet, version
@@ -81,7 +82,8 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
         except Exception:  # mongomock and friends: in-process, no concurrency across connections
             info = {}
         check_server(info)
-    store = Store(db, store_raw=settings.store_raw, write_batch=settings.write_batch)
+    store = Store(db, store_raw=settings.store_raw, write_batch=settings.write_batch,
+                  write_concern=settings.write_concern, write_timeout=max(settings.database_timeout * 6, 60.0))
     await store.ensure_indexes()
     return store
 
@@ -90,7 +92,7 @@ async def connect(settings: Settings) -> tuple[AsyncMongoClient, Any]:
     """Open the database and check it answers, within `database.timeout` seconds."""
     timeout_ms = int(settings.database_timeout * 1000)
     client: AsyncMongoClient = AsyncMongoClient(
-        settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
+        settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, retryWrites=True,
         connectTimeoutMS=timeout_ms, appname="collector",
         # no database call may hang the loop forever (the watchdog would restart us, but later)
         socketTimeoutMS=max(timeout_ms * 6, 60_000),
@@ -145,6 +147,10 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
         if mongo is not None:
             await mongo.close()
         raise
+    # due times and leases are compared on the database server's clock, not this host's (collector/clock.py)
+    server_clock = ServerClock(base=clock)
+    await server_clock.sync(db)
+    clock = server_clock
     registry = registry if registry is not None else sdk.discover()
     for name, reg in sorted(registry.items()):
         if reg.error:
@@ -181,6 +187,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
              config=list(settings.sources))
     await fleet.beat()  # registered before READY (a failure here is logged and retried by the loop)
     background = [asyncio.create_task(fleet.run(), name="heartbeat"),
+                  asyncio.create_task(server_clock.run(db), name="server clock"),
                   asyncio.create_task(watchdog_loop(notifier, scheduler.alive, lambda: describe(scheduler)),
                                       name="watchdog")]
     notifier.ready(describe(scheduler))

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from dataclasses import dataclass
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, WriteError
+from pymongo.errors import BulkWriteError, PyMongoError, WriteError
+
+WRITE_CONFLICT = 112
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,25 @@ class Guarded:
     stamp: tuple[str, Any]  # (field, value) the update sets: how a read-back tells it was applied
 
 
+def transient(error: Any) -> bool:
+    """A write the server gave up on for a reason of the moment, not of the write: a deadlock victim (engines
+    over PostgreSQL, such as DocumentDB), a write conflict (code 112), a transient transaction error. Writing
+    it again is safe: every update is guarded by its lease and told apart by its stamp."""
+    if isinstance(error, PyMongoError):
+        if error.has_error_label("TransientTransactionError"):
+            return True
+        code, message = getattr(error, "code", None), str(error)
+    elif isinstance(error, dict):
+        code, message = error.get("code"), str(error.get("errmsg", ""))
+    else:
+        return False
+    return code == WRITE_CONFLICT or "deadlock" in message.lower()
+
+
 class GroupCommit:
+    # attempts after the first for a deadlock victim or a write conflict
+    RETRIES = 3
+
     def __init__(self, collection: Any, *, max_ops: int = 500, in_flight: int = 2):
         self.collection = collection
         self.max_ops = max(1, max_ops)
@@ -91,23 +113,66 @@ class GroupCommit:
 
     async def _apply(self, ops: list[Guarded]) -> list[bool | BaseException]:
         outcomes: list[bool | BaseException | None] = [None] * len(ops)
-        requests = [UpdateOne({"_id": op.id, **op.filter}, op.update) for op in ops]
-        try:
-            matched = (await self.collection.bulk_write(requests, ordered=False)).matched_count
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                index = error.get("index")
-                if isinstance(index, int) and 0 <= index < len(ops):
-                    outcomes[index] = WriteError(error.get("errmsg", "write error"), error.get("code"), error)
-            if not any(isinstance(o, WriteError) for o in outcomes):
-                raise  # not a per-update failure (a write concern error): every update's
-            matched = int(exc.details.get("nMatched", 0))
-        self.bulks += 1
-        self.ops += len(ops)
-        pending = [i for i, o in enumerate(outcomes) if o is None]
-        if matched >= len(pending):
-            return [True if o is None else o for o in outcomes]
-        # fewer matched than sent: which ones? the documents that carry their update's stamp
+        todo = list(range(len(ops)))  # indexes of `ops` still to write
+        for attempt in range(self.RETRIES + 1):
+            last = attempt == self.RETRIES
+            requests = [UpdateOne({"_id": ops[i].id, **ops[i].filter}, ops[i].update) for i in todo]
+            again: list[int] = []
+            trust = True  # whether the server's count of matched updates can be taken as it is
+            try:
+                matched = (await self.collection.bulk_write(requests, ordered=False)).matched_count
+            except (OverflowError, InvalidDocument):
+                # an update BSON cannot encode (an integer past 64 bits in a cursor): refused by the client before
+                # it was sent, for the whole bulk; one by one, it is that update's error alone
+                return await self._one_by_one(ops)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors:
+                    raise  # not a per-update failure (a write concern error): every update's
+                for error in errors:
+                    index = error.get("index")
+                    if not (isinstance(index, int) and 0 <= index < len(todo)):
+                        continue
+                    if transient(error) and not last:
+                        again.append(todo[index])  # a deadlock victim: written again, alone with the others
+                    else:
+                        outcomes[todo[index]] = WriteError(error.get("errmsg", "write error"), error.get("code"), error)
+                matched = int(exc.details.get("nMatched", 0))
+                # an engine that ran the bulk in one transaction rolled all of it back with the victim, whatever
+                # it counts as matched: what was applied is read back, not believed
+                trust = False
+            except PyMongoError as exc:
+                if last or not transient(exc):
+                    raise
+                again = todo  # the whole command was the victim
+                matched = 0
+            self.bulks += 1
+            self.ops += len(todo)
+            written = [i for i in todo if outcomes[i] is None and i not in again]
+            if trust and matched >= len(written):
+                for i in written:
+                    outcomes[i] = True
+            elif written:  # fewer matched than sent: which ones? the documents that carry their update's stamp
+                await self._read_back(ops, written, outcomes)
+                if not trust and not last:
+                    # not applied, maybe rolled back with the victim: written again (an update whose lease is gone
+                    # matches nothing then, and the next read-back says so)
+                    unconfirmed = [i for i in written if outcomes[i] is False]
+                    for i in unconfirmed:
+                        outcomes[i] = None
+                    again += unconfirmed
+            if not again:
+                break
+            todo = sorted(again)
+            await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        final = [o if o is not None else False for o in outcomes]
+        self.dropped += sum(1 for o in final if o is False)
+        return final
+
+    async def _read_back(self, ops: list[Guarded], pending: list[int],
+                         outcomes: list[bool | BaseException | None]) -> list[bool | BaseException]:
+        if not pending:
+            return [o if o is not None else False for o in outcomes]
         fields = {op.stamp[0] for op in ops}
         docs = await self.collection.find({"_id": {"$in": [ops[i].id for i in pending]}},
                                           {field: 1 for field in fields}).to_list(None)
@@ -115,8 +180,26 @@ class GroupCommit:
             field, value = ops[i].stamp
             # by equality, not a dict: an _id may be a document or an array (unhashable); this path is rare
             outcomes[i] = any(doc["_id"] == ops[i].id and doc.get(field) == value for doc in docs)
-            self.dropped += not outcomes[i]
         return [o if o is not None else False for o in outcomes]
+
+    async def _one_by_one(self, ops: list[Guarded]) -> list[bool | BaseException]:
+        outcomes: list[bool | BaseException | None] = [None] * len(ops)
+        unmatched = []
+        for i, op in enumerate(ops):
+            try:
+                result = await self.collection.update_one({"_id": op.id, **op.filter}, op.update)
+            except (OverflowError, InvalidDocument, WriteError) as exc:
+                outcomes[i] = exc
+                continue
+            if result.matched_count:
+                outcomes[i] = True
+            else:
+                unmatched.append(i)  # lost its lease, or applied already by a first part of the bulk
+        self.bulks += 1
+        self.ops += len(ops)
+        final = await self._read_back(ops, unmatched, outcomes)
+        self.dropped += sum(1 for o in final if o is False)
+        return final
 
     async def drain(self) -> None:
         """Wait for every bulk written or queued (at shutdown)."""

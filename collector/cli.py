@@ -13,6 +13,7 @@ import click
 from collector import config as config_mod
 from collector import logs, sdk
 from collector.config import MODES, ConfigError
+from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 
 
 def _overrides(concurrency: int | None, uri: str | None, log_format: str | None, log_level: str | None,
@@ -313,12 +314,43 @@ def _operator(ctx: click.Context, network_id: str, action: str, reason: str = ""
     click.echo(f"{network_id}: {action}d")
 
 
+REASON_KINDS = (*TRANSIENT_KINDS, *PERMANENT_KINDS, "unauthorized")
+
+
 @networks.command("enable")
-@click.argument("network_id")
+@click.argument("network_id", required=False)
+@click.option("--service", help="Bulk: every disabled network of this service...")
+@click.option("--reason-kind", type=click.Choice(REASON_KINDS),
+              help="Bulk: ...whose last error was of this kind (e.g. http_5xx after an API outage).")
+@click.option("--dry-run", is_flag=True, help="Bulk: say how many would be enabled (and show some), change nothing.")
 @click.pass_context
-def networks_enable(ctx: click.Context, network_id: str) -> None:
-    """Clear disabled/unauthorized/errors; due now (e.g. after the user re-authorized)."""
-    _operator(ctx, network_id, "enable")
+def networks_enable(ctx: click.Context, network_id: str | None, service: str | None, reason_kind: str | None,
+                    dry_run: bool) -> None:
+    """Clear disabled/unauthorized/errors; due now (e.g. after the user re-authorized). With --service and/or
+    --reason-kind instead of an id: every disabled network that matches, except those an operator disabled."""
+    if network_id is not None:
+        if service or reason_kind or dry_run:
+            raise click.UsageError("give a network id or --service/--reason-kind, not both")
+        _operator(ctx, network_id, "enable")
+        return
+    if not service and not reason_kind:
+        raise click.UsageError("give a network id, or --service and/or --reason-kind for a bulk enable")
+    from collector.model import utcnow
+    from collector.store import Store
+
+    async def act(store: Store) -> tuple[int, list[dict[str, Any]]]:
+        return await store.enable_many(utcnow(), service, reason_kind, dry_run)
+
+    count, sample = _run(ctx, act)
+    what = " ".join(filter(None, [f"service={service}" if service else "",
+                                  f"last error kind={reason_kind}" if reason_kind else ""]))
+    if dry_run:
+        click.echo(f"dry run: {count} disabled networks match ({what}); nothing changed")
+        for doc in sample:
+            click.echo(f"  {doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} "
+                       f"{doc.get('disabledReason', '')}"[:200])
+        return
+    click.echo(f"enabled {count} networks ({what}), due now")
 
 
 @networks.command("disable")

@@ -28,6 +28,7 @@ class Schedule:
     backoff_base: float = 30.0
     backoff_cap: float = 3600.0
     max_errors: int = 5
+    disable_after: float = 86400.0
     rate_limit_floor: int = 1
     jitter: float = 0.1
     rate_limit_slack: float = 2.0
@@ -74,6 +75,10 @@ class Settings:
     metrics_enabled: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # w of the leases', states' and items' writes: "majority" (a rollback on a replica set cannot undo them) or
+    # a number of members
+    write_concern: str | int = "majority"
+    stall_grace: float = 60.0
 
     def service(self, name: str) -> ServiceSettings:
         """Settings of one service; a service without a section gets the global schedule."""
@@ -152,6 +157,16 @@ def _schedule(section: str, raw: dict[str, Any], base: Schedule) -> Schedule:
     return Schedule(**values)
 
 
+def _write_concern(value: Any) -> str | int:
+    """"majority", or a number of members >= 1 (w: 0 would not even say whether a lease was taken)."""
+    text = str(value).strip()
+    if text == "majority":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(f'[database] write_concern must be "majority" or a number >= 1, got {value!r}')
+
+
 def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
     """Validate a merged settings tree into Settings."""
 
@@ -175,7 +190,9 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
             schedule=_schedule(f"services.{name}", raw, schedule),
             options={k: v for k, v in raw.items() if k not in schedule_keys | {"base_url", "concurrency"}},
         )
+    write_concern = _write_concern(tree.get("database", {}).get("write_concern", "majority"))
     settings = Settings(
+        write_concern=write_concern,
         environment=str(tree.get("environment", "development")),
         database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
         database_name=get("database", "name", str, "collector"),
@@ -187,6 +204,7 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         lease_ttl=get("daemon", "lease_ttl", float, 300.0),
         shutdown_grace=get("daemon", "shutdown_grace", float, 20.0),
         validate_interval=get("daemon", "validate_interval", float, 600.0),
+        stall_grace=get("daemon", "stall_grace", float, 60.0),
         schedule=schedule,
         connect_timeout=get("http", "connect_timeout", float, 10.0),
         read_timeout=get("http", "read_timeout", float, 30.0),

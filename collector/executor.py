@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 import structlog
-from pymongo.errors import BulkWriteError, WriteError
+from bson.errors import InvalidDocument
+from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
 from collector import http, logs
 from collector.config import Settings
-from collector.model import MAX_ERRORS_COUNT, Malformed, Network, aware, error_count, utcnow
+from collector.model import MAX_ERRORS_COUNT, Malformed, Network, aware, error_count, failing_since, utcnow
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -126,25 +127,34 @@ class Executor:
             answered = max(now, self.clock())
             try:
                 new_items = await self.store.save_items(doc, items, now) if items else 0
-            except (WriteError, BulkWriteError) as exc:  # the server refuses these items: not an outage
+            except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
                 log.error("items refused by the database", error=f"{type(exc).__name__}: {str(exc)[:300]}")
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the database refused the items: {type(exc).__name__}: {str(exc)[:300]}")
                 items, new_items = [], 0
-            errors = error_count(doc)
+            state = State(mode, error_count(doc), failing_since(doc))
             schedule = self.settings.service(service).schedule
             try:
-                step = transition(State(mode, errors), outcome, answered, schedule, self.rng)
+                step = transition(state, outcome, answered, schedule, self.rng)
             except Exception as exc:  # e.g. a connector's RateLimit with junk values
                 log.exception("connector returned an invalid outcome")
                 outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
                                   message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
-                step = transition(State(mode, errors), outcome, answered, schedule, self.rng)
+                step = transition(state, outcome, answered, schedule, self.rng)
             if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
                                                self.clock())
-            saved = await self._save(doc, lease, outcome, step, new_items, now)
+            try:
+                saved = await self._save(doc, lease, outcome, step, new_items, now)
+            except (OverflowError, InvalidDocument) as exc:
+                # the new state holds a value BSON cannot (a connector's cursor with an integer past 64 bits):
+                # saved as a failed run without it, so the network is not re-run forever by lease expiry
+                log.error("state refused by the database", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
+                                  message=f"the new state cannot be stored: {type(exc).__name__}: {str(exc)[:300]}")
+                step = transition(state, outcome, answered, schedule, self.rng)
+                saved = await self._save(doc, lease, outcome, step, new_items, now)
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
                           next=step.scheduled_to.isoformat() if step.scheduled_to else None)
             if not saved:
@@ -178,6 +188,8 @@ class Executor:
             fields["lastError"] = {**step.error, "message": logs.scrub(step.error["message"])}
         if step.rate_limited_until is not None:
             fields["rateLimitedUntil"] = step.rate_limited_until
+        if step.failing_since is not None:
+            fields["failingSince"] = step.failing_since
         if step.disabled:
             fields.update(disabled=True, disabledReason=logs.scrub(step.reason), disabledAt=now,
                           unauthorized=step.unauthorized)
@@ -189,7 +201,8 @@ class Executor:
             # as `$inc` on it would fail the state write on MongoDB, and the run would repeat forever
             fields["stats"] = counts
             inc = None
-        return await self.store.save_state(doc["_id"], lease, fields, inc=inc)
+        unset = ("failingSince",) if step.failing_since is None else ()  # a success ends the streak
+        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc)
 
     async def _attempt(self, doc: dict[str, Any], now: datetime) -> tuple[Outcome, list[Item]]:
         service = doc.get("service")
@@ -293,7 +306,13 @@ class Executor:
         known = self.paused.get(service)
         if known is not None and aware(known) > now:
             return aware(known), "app-wide limit"
-        doc = await self._read_pause(service, now)
+        try:
+            doc = await self._read_pause(service, now)
+        except PyMongoError as exc:
+            # the database's word is unknown: the pauses this process knows of still hold (above), and the run goes
+            # on (its state save will tell whether the database is back); the failed read is not shared further
+            log.warning("could not read the service's pause", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
         if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
             return None
         self.paused[service] = aware(doc["pausedUntil"])
@@ -306,7 +325,12 @@ class Executor:
         if read is None or time.monotonic() - read[0] > self.PAUSE_READ_SHARED:
             read = (time.monotonic(), asyncio.ensure_future(self.store.service_pause(service, now)))
             self._pause_reads[service] = read
-        return await asyncio.shield(read[1])  # one waiter cancelled (shutdown) leaves the read to the others
+        try:
+            return await asyncio.shield(read[1])  # one waiter cancelled (shutdown) leaves the read to the others
+        except PyMongoError:
+            if self._pause_reads.get(service) is read:
+                del self._pause_reads[service]  # a failed read is not shared with the runs after it
+            raise
 
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
         request = connector.request(ctx)
@@ -314,14 +338,17 @@ class Executor:
                                     total_timeout=self.settings.total_timeout)
         connector.check(ctx, response)
         status = response.status_code
-        limit = connector.rate_limit(response, now)
+        # a relative reset ("retry in 60 s", Reddit's seconds to the reset) counts from the answer, not from when
+        # the run began: a slow request would otherwise eat into the wait the API asked for
+        answered = max(now, self.clock())
+        limit = connector.rate_limit(response, answered)
         floor = self.settings.service(ctx.network.service).schedule.rate_limit_floor
         if status == 304:
             return Outcome(Kind.NOT_MODIFIED, cursor=None, rate_limit=limit, status=status), []
         if status == 401:
             return Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=status, message=_snippet(response)), []
         if status in (403, 429):
-            if status == 429 or (limit is not None and limit.resume_at(now, floor) is not None):
+            if status == 429 or (limit is not None and limit.resume_at(answered, floor) is not None):
                 return Outcome(Kind.RATE_LIMITED, rate_limit=limit or RateLimit(), error="rate_limited",
                                status=status, message=_snippet(response)), []
             return Outcome(Kind.TRANSIENT, error="forbidden", status=status, message=_snippet(response)), []

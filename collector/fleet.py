@@ -18,7 +18,6 @@ other processes claim those networks then. Documents are deleted by any live pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -93,9 +92,9 @@ class Fleet:
         now = self.clock()
         state = state or ("stopping" if self.scheduler.stopping else "running")
         try:
-            leases = [r.lease for r in self.scheduler.running()]
-            if leases:
-                await self.store.renew_many(leases, now, self.settings.lease_ttl)
+            held = [(r.network_id, r.lease) for r in self.scheduler.running()]
+            if held:
+                await self.store.renew_many(held, now, self.settings.lease_ttl)
             # sent every time: $setOnInsert only applies when the document is (re)created, e.g. after
             # an operator cleared the collection or the document was pruned during a long partition
             await self.store.heartbeat(self.owner, self.document(now, state), self._registration())
@@ -130,8 +129,13 @@ class Fleet:
         """Heartbeat until cancelled."""
         while True:
             began = time.monotonic()
-            with contextlib.suppress(PyMongoError):
+            try:
                 await self.beat()
+            except PyMongoError:
+                pass  # counted and logged by beat()
+            except Exception:  # a bug must not end the heartbeat: the leases of runs in flight depend on it
+                self.failures += 1
+                log.exception("heartbeat failed", failures=self.failures)
             await asyncio.sleep(max(0.0, self.settings.heartbeat_interval - (time.monotonic() - began)))
 
     async def stopped(self) -> None:

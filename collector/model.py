@@ -124,6 +124,12 @@ def error_count(doc: dict[str, Any]) -> int:
     return errors
 
 
+def failing_since(doc: dict[str, Any]) -> datetime | None:
+    """When the current streak of transient failures began (`failingSince`), None if unknown or junk."""
+    value = doc.get("failingSince")
+    return aware(value) if isinstance(value, datetime) else None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -134,6 +134,8 @@ class Sandbox:
 
     def inject(self, token: str, kind: str, count: int = 1, **params: Any) -> None:
         """The next `count` API requests of this user fail with `kind` (see FAULTS)."""
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(FAULTS)})")
         if kind == "oversize":  # built now, not while a client waits for it
             _oversize(int(params.get("size", 50_000_000)), params.get("framing") == "gzip")
         with self.lock:

@@ -17,7 +17,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -100,7 +100,13 @@ class Running:
 
 class Scheduler:
     # how late the loop may be past the moment it said it would be back before it counts as hung
+    # (settings: daemon.stall_grace)
     STALL_GRACE = 60.0
+    # the longest one fill claims before the loop reads pauses again, repairs and re-checks the schedule
+    # (a big backlog keeps claims succeeding for minutes; the tick after it runs at once)
+    FILL_BUDGET = 5.0
+    # a run that crashed (a database error while saving) is claimable again this long after
+    CRASH_RETRY = 60.0
 
     def __init__(self, store: Store, executor: Executor, settings: Settings, mode: str,
                  owner: str | None = None, clock: Callable[[], datetime] = utcnow, metrics: Any = None):
@@ -122,7 +128,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._last_repair: datetime | None = None
         self._db_failures = 0
+        self._more = False  # the last fill stopped at its budget with claims still succeeding
         # the loop promises its next sign of life before this monotonic moment (read by the watchdog)
+        self.STALL_GRACE = settings.stall_grace
         self._alive_until = time.monotonic() + self.STALL_GRACE
 
     # -- control --------------------------------------------------------------------------------
@@ -199,11 +207,18 @@ class Scheduler:
         return {s for s, n in self.per_service.items() if n >= self.settings.service(s).concurrency}
 
     async def fill(self, now: datetime, paused: dict[str, datetime] | None = None) -> int:
-        """Claim and start runs while slots are free; returns how many were started. The free slots
-        are claimed in batches (`Store.claim_many`: one query plus one atomic update per network),
-        within each service's concurrency."""
+        """Claim and start runs while slots are free, for at most FILL_BUDGET seconds; returns how many
+        were started. The free slots are claimed in batches (`Store.claim_many`: one query plus one
+        update), within each service's concurrency. Every batch claimed is a sign of life for the
+        watchdog: a fill through a big backlog is the loop working, not a loop stuck."""
         started = 0
+        self._more = False
+        budget_end = time.monotonic() + self.FILL_BUDGET
         while not self.stopping and len(self.inflight) < self.settings.concurrency:
+            if time.monotonic() >= budget_end:
+                self._more = True  # the tick after this one runs at once
+                break
+            self._promise(0)
             # the clock read per batch, not the tick's `now`: a lease runs `lease_ttl` from when it is
             # taken (claims are slow on a loaded server: a whole fill would otherwise hand out leases
             # that are already expired, and another process takes the same network at once)
@@ -238,10 +253,15 @@ class Scheduler:
             result = await self.executor.run(doc, lease)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a database error while saving: the lease expires, the page re-runs
+        except Exception as exc:  # a database error while saving: the page re-runs (items are idempotent)
             self.stats.crashes += 1
-            log.error("run aborted, its lease will expire", network=str(doc.get("_id")),
-                      error=f"{type(exc).__name__}: {exc}")
+            log.error("run aborted: the network is run again after a pause", network=str(doc.get("_id")),
+                      retry_in=self.CRASH_RETRY, error=f"{type(exc).__name__}: {exc}")
+            # the lease is cut short (not left for lease_ttl of silence), not removed: a run that crashes every
+            # time must not be retried in a tight loop against the API; if this write fails too, it expires
+            with contextlib.suppress(PyMongoError):
+                await self.store.release(doc.get("_id"), lease,
+                                         until=self.clock() + timedelta(seconds=self.CRASH_RETRY))
             return
         self.stats.record(result)
         if self.metrics:
@@ -264,6 +284,8 @@ class Scheduler:
 
     async def _delay(self, now: datetime) -> float:
         poll = self.settings.poll_interval
+        if self._more:
+            return 0.0
         if len(self.inflight) >= self.settings.concurrency:
             return poll  # woken early by the next completion
         nxt = await self.store.next_due(self.mode)

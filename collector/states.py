@@ -12,9 +12,14 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | (any success) | rate limit low     | as above  | max(above, reset + slack)             | 0      | -                 |
 | rate_limited  | 403/429/body       | same      | resume_at + slack (never earlier)     | same   | -                 |
 | unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
-| transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | at max_errors     |
+| transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
 | permanent     | bad input          | same      | never                                 | same   | yes               |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
+
+A streak of transient failures disables a network only when it has both `max_errors` failures and has
+lasted `disable_after` seconds (default a day) since its first failure (`failingSince`): an API outage of
+hours backs off to `backoff_cap` and keeps trying, it does not disable every network of the service.
+`disable_after = 0` disables on the count alone. Any success ends the streak.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Outcome:
 class State:
     mode: str
     errors: int = 0
+    failing_since: datetime | None = None  # the first transient failure of the current streak
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Transition:
     rate_limited_until: datetime | None = None
     service_paused_until: datetime | None = None
     error: dict[str, Any] | None = field(default=None)
+    failing_since: datetime | None = None  # the streak of transient failures this one belongs to, if any
 
 
 def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
@@ -139,13 +146,14 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         scope = outcome.rate_limit.scope if outcome.rate_limit else "network"
         reason = f"rate limited ({outcome.message or outcome.status}), resuming at {limited.isoformat()}"
         return Transition(state.mode, limited, state.errors, reason, False, rate_limited_until=limited,
-                          service_paused_until=limited if scope == "service" else None, error=error)
+                          service_paused_until=limited if scope == "service" else None, error=error,
+                          failing_since=state.failing_since)
 
     if outcome.kind is Kind.DEFERRED:
         resume = _after_limit(outcome.rate_limit, now, schedule, rng) or now + pendulum.duration(
             seconds=60 + schedule.rate_limit_slack)
         reason = f"not run: {outcome.message}, due again at {resume.isoformat()}"
-        return Transition(state.mode, resume, state.errors, reason, False)
+        return Transition(state.mode, resume, state.errors, reason, False, failing_since=state.failing_since)
 
     if outcome.kind is Kind.UNAUTHORIZED:
         reason = f"unauthorized: {outcome.message or 'the API refused the token'}"
@@ -158,10 +166,24 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
 
     # transient
     errors = state.errors + 1
-    if errors >= schedule.max_errors:
-        reason = f"disabled after {errors} consecutive failures; last: {outcome.error}: {outcome.message}"
-        return Transition(state.mode, None, errors, reason, False, disabled=True, error=error)
+    since = state.failing_since if state.failing_since is not None and state.errors else now
+    lasted = (now - since).total_seconds()
+    if errors >= schedule.max_errors and lasted >= schedule.disable_after:
+        span = f" over {_span(lasted)}" if schedule.disable_after else ""
+        reason = f"disabled after {errors} consecutive failures{span}; last: {outcome.error}: {outcome.message}"
+        return Transition(state.mode, None, errors, reason, False, disabled=True, error=error, failing_since=since)
     delay = backoff(errors, schedule)
     due = now + _jittered(delay, schedule.jitter, rng)
-    reason = f"{outcome.error}: {outcome.message}; retry {errors}/{schedule.max_errors - 1} in {delay:.0f}s"
-    return Transition(state.mode, due, errors, reason, False, error=error)
+    reason = f"{outcome.error}: {outcome.message}; failure {errors}"
+    reason += f" in {_span(lasted)}" if errors > 1 else ""
+    reason += f", retry in {delay:.0f}s"
+    return Transition(state.mode, due, errors, reason, False, error=error, failing_since=since)
+
+
+def _span(seconds: float) -> str:
+    """A duration for a reason: 45s, 12 min, 5.5 h."""
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -11,6 +11,8 @@ A state save whose guard matches nothing is dropped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 import uuid
@@ -21,10 +23,13 @@ from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
 from typing import Any
 
+from bson import BSON
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.write_concern import WriteConcern
 
-from collector.batch import GroupCommit, Guarded
+from collector.batch import GroupCommit, Guarded, transient
 from collector.model import SECRET_FIELDS, aware
 from collector.sdk import Item
 
@@ -77,6 +82,28 @@ def mongo_safe(value: Any, depth: int = 0) -> Any:
     return value
 
 
+INT64 = range(-2**63, 2**63)
+
+
+def bson_safe(value: Any) -> Any:
+    """`value` with what BSON cannot encode as its text: integers outside 64 bits (JSON has no limit:
+    an API may send 2**64) and objects of types BSON does not know. Containers are rebuilt (their depth
+    is mongo_safe's cut already)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | float | datetime | bytes):
+        return value
+    if isinstance(value, int):
+        return value if value in INT64 else str(value)
+    if isinstance(value, dict):
+        return {k: bson_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bson_safe(v) for v in value]
+    try:
+        BSON.encode({"v": value})
+    except (InvalidDocument, OverflowError, TypeError):
+        return str(value)
+    return value  # ObjectId, Decimal128, Regex...: BSON has them
+
+
 def _safe_key(key: Any) -> str:
     if not isinstance(key, str):
         return str(key)
@@ -126,15 +153,22 @@ def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -
 
 
 class Store:
-    def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000):
+    def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000, write_concern: str | int | None = None,
+                 write_timeout: float = 60.0):
         self.db = db
         self.write_batch = max(1, write_batch)
-        self.networks = db[NETWORKS]
-        self.items = db[ITEMS]
-        self.services = db[SERVICES]
+        # leases, states, pauses and items: acknowledged by `write_concern` members (settings: "majority", so
+        # a failover's rollback cannot undo a lease or a saved state); None: the client's default
+        durable: dict[str, Any] = {}
+        if write_concern is not None:
+            durable["write_concern"] = WriteConcern(w=write_concern, wtimeout=int(write_timeout * 1000))
+        self.networks = db.get_collection(NETWORKS, **durable)
+        self.items = db.get_collection(ITEMS, **durable)
+        self.services = db.get_collection(SERVICES, **durable)
         self.collectors = db[COLLECTORS]
         self.store_raw = store_raw
         self.state_writes = GroupCommit(self.networks)
+        self._background: set[asyncio.Future[None]] = set()
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process runs it at start."""
@@ -219,12 +253,32 @@ class Store:
                                             {"$set": {"lease": {"id": lease.id, "owner": owner, "until": lease.until}}})
         except PyMongoError as exc:
             error = exc  # some documents may be leased all the same (MongoDB applies an update_many doc by doc)
+        except asyncio.CancelledError:  # shutdown mid-claim: whatever the update leased goes back
+            await self._give_back(ids, lease)
+            raise
         try:
             cursor = self.networks.find({"_id": {"$in": ids}, "lease.id": lease.id}).sort("scheduledTo", ASCENDING)
             docs = [doc async for doc in cursor]
-        except PyMongoError as exc:
+        except PyMongoError as exc:  # nothing is handed out, so nothing may stay leased (lease_ttl of silence)
+            await self._give_back(ids, lease)
             return [], error or exc
+        except asyncio.CancelledError:
+            await self._give_back(ids, lease)
+            raise
         return [(doc, lease) for doc in docs], error
+
+    async def _give_back(self, ids: list[Any], lease: Lease) -> None:
+        """Unlease what a batch leased but nobody will run; best effort (the server may be what failed),
+        shielded from a cancellation (it is what cancelled claims need)."""
+        async def give_back() -> None:
+            with contextlib.suppress(PyMongoError):
+                await self.networks.update_many({"_id": {"$in": ids}, "lease.id": lease.id}, {"$unset": {"lease": ""}})
+
+        task = asyncio.ensure_future(give_back())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
     async def next_due(self, mode: str) -> datetime | None:
         """When the earliest enabled network of `mode` is due (leased ones included)."""
@@ -235,27 +289,31 @@ class Store:
         )
         return doc["scheduledTo"] if doc else None
 
-    async def renew(self, network_id: Any, lease: Lease, now: datetime, ttl: float) -> bool:
-        result = await self.networks.update_one(
-            {"_id": network_id, "lease.id": lease.id},
-            {"$set": {"lease.until": now + timedelta(seconds=ttl)}},
-        )
-        return result.matched_count == 1
-
-    async def renew_many(self, leases: Sequence[Lease], now: datetime, ttl: float) -> int:
-        """Push the leases of runs in flight forward (the heartbeat does this); returns how many of
-        them this process still holds. One command for all of them."""
-        if not leases:
+    async def renew_many(self, held: Sequence[tuple[Any, Lease]], now: datetime, ttl: float) -> int:
+        """Push the leases of runs in flight forward (the heartbeat does this); `held` is (network _id, lease)
+        of each. Returns how many of them this process still holds. One command for all of them, by _id
+        (the primary key serves it: the lease id alone has no index and was a full scan of `networks` per
+        heartbeat) and lease id (only what is still ours)."""
+        if not held:
             return 0
         until = now + timedelta(seconds=ttl)
-        ids = sorted({lease.id for lease in leases})  # one id per claim batch
-        result = await self.networks.update_many({"lease.id": {"$in": ids}}, {"$set": {"lease.until": until}})
-        return result.matched_count
+        lease_ids = sorted({lease.id for _nid, lease in held})  # one id per claim batch
+        query = {"_id": {"$in": [nid for nid, _lease in held]}, "lease.id": {"$in": lease_ids}}
+        attempt = 0
+        while True:
+            try:
+                return (await self.networks.update_many(query, {"$set": {"lease.until": until}})).matched_count
+            except PyMongoError as exc:  # a deadlock victim (it races the state saves of the same documents)
+                if attempt == GroupCommit.RETRIES or not transient(exc):
+                    raise
+            attempt += 1
+            await asyncio.sleep(0.01 * attempt)
 
-    async def release(self, network_id: Any, lease: Lease) -> bool:
-        """Give a lease back untouched (shutdown before the run started)."""
-        result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id},
-                                                {"$unset": {"lease": ""}})
+    async def release(self, network_id: Any, lease: Lease, until: datetime | None = None) -> bool:
+        """Give a lease back untouched (shutdown before the run started), or, with `until`, keep it only
+        until then (a run that crashed: retried after a pause, not after the whole lease_ttl)."""
+        update = {"$set": {"lease.until": until}} if until is not None else {"$unset": {"lease": ""}}
+        result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, update)
         return result.matched_count == 1
 
     # -- writes ---------------------------------------------------------------------------------
@@ -289,7 +347,14 @@ class Store:
             docs.append(doc)
         new = 0
         for start in range(0, len(docs), self.write_batch):
-            new += await self._insert(docs[start:start + self.write_batch])
+            batch = docs[start:start + self.write_batch]
+            try:
+                new += await self._insert(batch)
+            except (OverflowError, InvalidDocument):
+                # a value BSON cannot hold (an integer past 64 bits in a payload, an object a connector left
+                # in `raw`): those values are stored as their text and the page goes in whole. Rare, so the
+                # check is paid only then; what was sent before the error comes back as duplicates (upserted).
+                new += await self._insert([bson_safe(doc) for doc in batch])
         return new
 
     async def _insert(self, docs: list[dict[str, Any]]) -> int:
@@ -373,11 +438,16 @@ class Store:
     # -- service-wide pauses ------------------------------------------------------------------
 
     async def pause_service(self, service: str, until: datetime, reason: str, now: datetime) -> None:
-        await self.services.update_one(
-            {"_id": service},
-            {"$max": {"pausedUntil": until}, "$set": {"pauseReason": reason, "pausedAt": now}},
-            upsert=True,
-        )
+        """Pause a service for every process until `until`, unless a later pause is on already: that one
+        stays, with its own reason (the later end and the reason that goes with it are one fact)."""
+        later_than_ours = {"_id": service, "$or": [{"pausedUntil": {"$lt": until}}, {"pausedUntil": None}]}
+        update = {"$set": {"pausedUntil": until, "pauseReason": reason, "pausedAt": now}}
+        try:
+            await self.services.update_one(later_than_ours, update, upsert=True)
+        except DuplicateKeyError:
+            # the document exists with a later pause (nothing matched, the upsert collided with it), or another
+            # process created it a moment ago: once more without the insert, which settles the second case
+            await self.services.update_one(later_than_ours, update)
 
     async def paused_services(self, now: datetime) -> dict[str, datetime]:
         out = {}
@@ -401,10 +471,24 @@ class Store:
 
     async def enable(self, network_id: Any, now: datetime) -> bool:
         """Clear disabled/unauthorized/errors and make the network due now."""
-        result = await self.networks.update_one({"_id": network_id}, {
-            "$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
-            "$unset": {"disabledReason": "", "disabledAt": ""}})
+        result = await self.networks.update_one({"_id": network_id}, _enable_update(now))
         return result.matched_count == 1
+
+    async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
+                          dry_run: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """Enable every disabled network of `service` whose last error was of `reason_kind` (after an API
+        outage disabled them, say); networks an operator disabled are left alone. Returns how many matched
+        (and, for a dry run, up to 10 of them, unchanged)."""
+        query: dict[str, Any] = {"disabled": True, "$nor": [{"disabledReason": {"$regex": "^operator:"}}]}
+        if service is not None:
+            query["service"] = service
+        if reason_kind is not None:
+            query["lastError.kind"] = reason_kind
+        if dry_run:
+            sample = await self.networks.find(query).limit(10).to_list(None)
+            return await self.networks.count_documents(query), [public_view(d) for d in sample]
+        result = await self.networks.update_many(query, _enable_update(now))
+        return result.modified_count, []
 
     async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
         result = await self.networks.update_one({"_id": network_id}, {"$set": {
@@ -505,6 +589,11 @@ async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> AsyncIt
         cursor = await cursor
     async for doc in cursor:
         yield doc
+
+
+def _enable_update(now: datetime) -> dict[str, Any]:
+    return {"$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
+            "$unset": {"disabledReason": "", "disabledAt": "", "failingSince": ""}}
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,10 @@ Scenarios (tests/faults/scenarios.py, tests/faults/hostile.py):
             also: a daemon started against a closed port exits 3 with a clear message
   hostile   hostile API replies (tests/faults/hostile.py, when present)
   secrets   tokens never reach logs or the database's error fields (tests/faults/hostile.py, when present)
+  backlog, poison, api_outage, clock_skew
+            a backlog far larger than one fill (the systemd watchdog keeps getting pings), integers past 64 bits
+            in every payload, an API outage of many 503s in a row (nothing disabled), a daemon on a clock ten
+            minutes fast (no lease stolen, nothing run early): tests/faults/fleet.py
 
 Uses $MONGODB_URI when set, else starts its own FerretDB (scripts/devdb.py). The outage scenario always
 needs a FerretDB of its own (one it can stop and start again): without Go/FerretDB it is skipped.
@@ -33,9 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.faults import scenarios  # noqa: E402
+from tests.faults import fleet, scenarios  # noqa: E402
 
-NAMES = ("kill9", "outage", "hostile", "secrets")
+FLEET = ("backlog", "poison", "api_outage", "clock_skew")
+NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET)
 COLUMNS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", "crashes", "stuck", "seconds")
 
 
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = None
     try:
-        if {"kill9", "hostile", "secrets"} & set(wanted):
+        if {"kill9", "hostile", "secrets", *FLEET} & set(wanted):
             shared = devdb.start_server()  # $MONGODB_URI when set
             where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"FerretDB at {shared.uri}"
             print(f"database: {where}", flush=True)
@@ -111,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                 report(scenarios.kill9(shared.uri, args.size, seed=args.seed))
             except Exception as exc:
                 report(error_row("kill9", exc, began))
+        for name in FLEET:
+            if name in wanted:
+                began = time.monotonic()
+                try:
+                    report(getattr(fleet, name)(shared.uri, args.size))
+                except Exception as exc:
+                    report(error_row(name, exc, began))
         if "outage" in wanted:
             began = time.monotonic()
             try:

@@ -120,12 +120,18 @@ class Daemons:
                 "--set", "services.github.initial_pace=0.05", "--set", "services.stackoverflow.initial_pace=0.05",
                 "--set", "log.level=info", *self.extra]
 
-    def start(self, mode: str) -> Proc:
+    def start(self, mode: str, env_extra: dict[str, str] | None = None, launcher: list[str] | None = None) -> Proc:
+        """`env_extra`: more environment (e.g. NOTIFY_SOCKET); `launcher`: run the daemon through this instead
+        of `python -m collector` (the same arguments follow it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_") and k != "NOTIFY_SOCKET"}
         env["PYTHONFAULTHANDLER"] = "1"  # a daemon hung at shutdown is sent SIGABRT: its stacks land in the log
+        env.update(env_extra or {})
         log = self.workdir / f"{mode}-{len(self.procs):03d}.log"
+        cmd = self.command(mode)
+        if launcher:
+            cmd = [*launcher, *cmd[3:]]  # [python, -m, collector] replaced
         with log.open("wb") as out:
-            popen = subprocess.Popen(self.command(mode), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT)
         proc = Proc(mode, popen, log)
         self.procs.append(proc)
@@ -209,7 +215,7 @@ class World:
     """A throwaway database on the wire server, the sandbox API, and `users` networks of `pages` pages
     each (the sandbox hands out 2 items per page), a quarter of them Stack Exchange."""
 
-    def __init__(self, uri: str, users: int, pages: int, latency: float = 0.0):
+    def __init__(self, uri: str, users: int, pages: int, latency: float = 0.0, github_only: bool = False):
         self.uri = uri
         self.client: MongoClient = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
         self.dbname = f"collector_faults_{uuid.uuid4().hex[:10]}"
@@ -222,7 +228,7 @@ class World:
         now = datetime.now(UTC)
         docs = []
         for i in range(users):
-            service = "stackoverflow" if i % 4 == 0 else "github"
+            service = "stackoverflow" if i % 4 == 0 and not github_only else "github"
             token = f"fault-{i:04d}-{uuid.uuid4().hex[:8]}"
             self.box.add_user(service, token, items=pages * 2)
             self.networks[token] = (f"user{i}", service)

@@ -61,3 +61,40 @@ def test_database_outage_daemons_wait_log_little_and_resume(own_server):
     start = details["start"]
     assert start["ok"], start
     assert start["code"] == 3 and start["seconds"] <= 10
+
+
+def test_a_backlog_larger_than_a_fill_keeps_the_watchdog_fed(wire_uri):
+    from tests.faults import fleet
+
+    row = fleet.backlog(wire_uri, "small")
+    print(f"\n{row}")
+    assert_clean(row)
+    assert row["faults"] == 0 and row["runs"] >= fleet.BACKLOG["small"]["users"]
+
+
+def test_integers_past_64_bits_in_every_payload_are_stored_and_nothing_repeats(wire_uri):
+    from tests.faults import fleet
+
+    row = fleet.poison(wire_uri, "small")
+    print(f"\n{row}")
+    assert_clean(row)
+    assert row["faults"] > 0 and row["duplicated"] == 0
+
+
+def test_an_api_outage_disables_nothing_and_everything_is_collected_after_it(wire_uri):
+    from tests.faults import fleet
+
+    row = fleet.api_outage(wire_uri, "small")
+    print(f"\n{row}")
+    assert_clean(row)
+    cfg = fleet.API_OUTAGE["small"]
+    assert row["faults"] == cfg["users"] * cfg["fails"]  # every 503 was served, then every page
+
+
+def test_a_daemon_on_a_clock_ten_minutes_fast_steals_no_lease(wire_uri):
+    from tests.faults import fleet
+
+    row = fleet.clock_skew(wire_uri, "small")
+    print(f"\n{row}")
+    assert_clean(row)
+    assert "pages fetched twice: 0" in row["notes"] and "run early: 0" in row["notes"]

@@ -163,3 +163,58 @@ def test_networks_add_and_list_through_the_cli(wire_uri, sync_db):
     assert "alice" not in cli("list", "--service", "stackoverflow").stdout
     missing = cli("enable", "000000000000000000000000")
     assert missing.returncode != 0 and "no network" in missing.stderr
+
+
+@pytest.mark.parametrize("disable_after", [30, 0])
+def test_an_api_outage_backs_off_and_disables_nothing_unless_it_lasts(disable_after, wire_uri, sandbox, sync_db):
+    """Every request of 20 networks fails with a 503, 8 times in a row (an outage of a few seconds here, of
+    hours in production). With max_errors=3 the networks used to be disabled, for good, after 3 failures:
+    now they back off and keep trying until the streak spans `disable_after` (0: the count alone)."""
+    db = sync_db
+    tokens = [f"outage-{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+    for token in tokens:
+        sandbox.sandbox.add_user("github", token, items=1)
+        sandbox.sandbox.inject(token, kind="status", status=503, count=8)
+    db.networks.insert_many([{"user": t, "service": "github", "accessToken": t, "mode": "initial",
+                              "scheduledTo": datetime.now(UTC)} for t in tokens])
+    proc = daemon("initial", wire_uri, db.name, sandbox.url, "--set", "schedule.backoff_base=0.05",
+                  "--set", "schedule.backoff_cap=0.2", "--set", "schedule.max_errors=3",
+                  "--set", f"schedule.disable_after={disable_after}")
+    try:
+        if disable_after:
+            wait_for(lambda: db.networks.count_documents({"mode": "normal"}) == 20, 90,
+                     "every network collected once the outage is over")
+        else:
+            wait_for(lambda: db.networks.count_documents({"disabled": True}) == 20, 90, "every network disabled")
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out[-3000:]
+    requests = sandbox.sandbox.stats()["by_token"]
+    if disable_after:
+        assert db.networks.count_documents({"disabled": True}) == 0
+        assert all(requests[t] == 9 for t in tokens)  # 8 failures, then the page
+        assert db.items.count_documents({}) == 20
+        assert db.networks.count_documents({"failingSince": {"$exists": True}}) == 0  # the success ended it
+    else:
+        assert all(requests[t] == 3 for t in tokens)
+        net = db.networks.find_one({})
+        assert net["errors"] == 3 and "3 consecutive failures" in net["disabledReason"]
+        # the operator's way back: a bulk enable by service and last error kind (what an operator disabled stays)
+        db.networks.update_one({"user": tokens[0]}, {"$set": {"disabledReason": "operator: customer left"}})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+        env.update(MONGODB_URI=wire_uri, COLLECTOR_DATABASE__NAME=db.name)
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "collector", "--env", "test", "networks", "enable", *args],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+        dry = cli("--service", "github", "--reason-kind", "http_5xx", "--dry-run")
+        assert dry.returncode == 0 and "dry run: 19 disabled networks match" in dry.stdout, dry.stdout + dry.stderr
+        assert db.networks.count_documents({"disabled": True}) == 20  # a dry run changes nothing
+        assert cli("--service", "github", "--reason-kind", "timeout").stdout.startswith("enabled 0 networks")
+        done = cli("--service", "github", "--reason-kind", "http_5xx")
+        assert done.returncode == 0 and done.stdout.startswith("enabled 19 networks"), done.stdout + done.stderr
+        assert [d["user"] for d in db.networks.find({"disabled": True})] == [tokens[0]]
+        enabled = db.networks.find_one({"user": tokens[1]})
+        assert enabled["errors"] == 0 and "failingSince" not in enabled and "disabledReason" not in enabled
+        assert cli().returncode != 0 and cli("--reason-kind", "nonsense").returncode != 0

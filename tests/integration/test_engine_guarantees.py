@@ -109,13 +109,13 @@ async def test_lease_guarded_saves_survive_concurrent_renewals(wire_db, clients,
     runner, heartbeat = Store(clients[0]), Store(clients[1])
     claims = await runner.claim_many("initial", "me", clock.now, 60, want=300)
     assert len(claims) == 300
-    leases = [lease for _doc, lease in claims]
+    held = [(doc["_id"], lease) for doc, lease in claims]
     done = asyncio.Event()
 
     async def renew() -> int:
         rounds = 0
         while not done.is_set():
-            await heartbeat.renew_many(leases, clock.now, 60)
+            await heartbeat.renew_many(held, clock.now, 60)
             rounds += 1
         return rounds
 

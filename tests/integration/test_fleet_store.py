@@ -39,7 +39,7 @@ async def test_renew_many_moves_only_our_leases(store, clock):
     assert await store.claim("initial", "me", clock.now, TTL) is None  # c is leased by someone else
 
     later = clock.now + timedelta(seconds=40)
-    assert await store.renew_many([lease_a, lease_b], later, TTL) == 2
+    assert await store.renew_many([(a, lease_a), (b, lease_b)], later, TTL) == 2
     for nid in (a, b):
         assert (await store.get_network(nid))["lease"]["until"] == later + timedelta(seconds=TTL)
     assert (await store.get_network(c))["lease"] == theirs_lease
@@ -55,7 +55,7 @@ async def test_renew_many_counts_only_the_leases_still_held(store, clock):
     later = clock.now + timedelta(seconds=TTL + 1)
     doc, stolen = await store.claim("initial", "them", later, TTL)
     assert doc["_id"] == b
-    assert await store.renew_many([lease_a, lease_b], later, TTL) == 1
+    assert await store.renew_many([(a, lease_a), (b, lease_b)], later, TTL) == 1
     network = await store.get_network(b)
     assert network["lease"]["id"] == stolen.id and network["lease"]["until"] == stolen.until
     network = await store.get_network(a)
@@ -67,7 +67,7 @@ async def test_a_renewed_lease_keeps_the_network_from_a_successor(store, clock):
     nid = await add(store, clock, "long-run")
     _doc, mine = await store.claim("initial", "me", clock.now, TTL)
     later = clock.now + timedelta(seconds=TTL - 5)
-    assert await store.renew_many([mine], later, TTL) == 1
+    assert await store.renew_many([(nid, mine)], later, TTL) == 1
     after_first_ttl = clock.now + timedelta(seconds=TTL + 5)
     assert await store.claim("initial", "them", after_first_ttl, TTL) is None
     assert (await store.get_network(nid))["lease"]["id"] == mine.id

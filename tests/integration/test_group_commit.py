@@ -122,3 +122,47 @@ async def test_updates_of_documents_with_unhashable_ids_are_told_apart_on_read_b
            for i in ids]
     assert await asyncio.gather(*(batch.submit(op) for op in ops)) == [True, False, True]
 
+
+
+class Deadlocking:
+    """A collection whose first bulk_write loses a deadlock: `how` = "one" (the update at index 1 is the victim,
+    the others applied), "all" (the bulk ran in one transaction: everything rolled back, the server still
+    counting the others as matched) or "command" (the whole command failed)."""
+
+    def __init__(self, inner, how):
+        self.inner, self.how, self.calls = inner, how, 0
+
+    async def bulk_write(self, requests, **kwargs):
+        from pymongo.errors import BulkWriteError, OperationFailure
+
+        self.calls += 1
+        if self.calls > 1:
+            return await self.inner.bulk_write(requests, **kwargs)
+        if self.how == "command":
+            raise OperationFailure("deadlock detected", code=16908292)
+        if self.how == "one":
+            await self.inner.bulk_write([r for i, r in enumerate(requests) if i != 1], **kwargs)
+        error = {"index": 1, "code": 16908292, "errmsg": "deadlock detected"}
+        raise BulkWriteError({"writeErrors": [error], "writeConcernErrors": [], "nInserted": 0, "nUpserted": 0,
+                              "nMatched": len(requests) - 1, "nModified": len(requests) - 1, "nRemoved": 0,
+                              "upserted": []})
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("how", ["one", "all", "command"])
+async def test_a_deadlock_victim_is_written_again_and_nothing_is_reported_lost(store, clock, how):
+    claims = await leased(store, clock, 6)
+    lost = claims[4]  # and one lease really lost meanwhile: it must still say so
+    # the whole lease replaced (mongomock shares one lease object between the documents update_many leased)
+    await store.networks.update_one({"_id": lost[0]["_id"]},
+                                    {"$set": {"lease": {"id": "theirs", "owner": "them", "until": clock.now}}})
+    deadlocking = Deadlocking(store.networks, how)
+    store.state_writes = GroupCommit(deadlocking)
+    tasks = [asyncio.create_task(save(store, doc, lease, clock)) for doc, lease in claims]
+    results = await asyncio.gather(*tasks)
+    assert results == [i != 4 for i in range(6)]
+    assert deadlocking.calls >= 2
+    assert await store.networks.count_documents({"lease.id": {"$ne": "theirs"}, "lease": {"$exists": True}}) == 0
+    assert await store.networks.count_documents({"stats.runs": 1}) == 5  # each applied exactly once

@@ -76,7 +76,7 @@ async def test_state_save_is_guarded_by_the_lease(store, clock):
 async def test_renew_and_release(store, clock):
     nid = await add(store, clock)
     _doc, lease = await store.claim("initial", "me", clock.now, 60)
-    assert await store.renew(nid, lease, clock.now + timedelta(seconds=50), 60)
+    assert await store.renew_many([(nid, lease)], clock.now + timedelta(seconds=50), 60) == 1
     assert (await store.get_network(nid))["lease"]["until"] == clock.now + timedelta(seconds=110)
     assert await store.release(nid, lease)
     assert "lease" not in await store.get_network(nid)

@@ -63,3 +63,60 @@ async def test_racing_claimers_take_each_network_once(store, clock):
     got = await asyncio.gather(*(store.claim_many("initial", f"p{i}", clock.now, 60, want=4) for i in range(4)))
     ids = [doc["_id"] for batch in got for doc, _lease in batch]
     assert len(ids) == 6 and len(set(ids)) == 6
+
+
+async def test_a_batch_whose_read_back_fails_gives_its_leases_back(store, clock, mock_db):
+    real = store.networks.find
+
+    def find(query, *args, **kwargs):
+        if "lease.id" in query:  # the read-back of what the update leased
+            raise OperationFailure("connection reset", code=6)
+        return real(query, *args, **kwargs)
+
+    store.networks.find = find
+    with pytest.raises(OperationFailure, match="connection reset"):
+        await store.claim_many("initial", "me", clock.now, 60, want=6)
+    # nobody runs them, so nobody may hold them: no lease_ttl of silence
+    assert await mock_db.networks.count_documents({"lease": {"$exists": True}}) == 0
+
+
+@pytest.mark.parametrize("stage", ["update", "read-back"])
+async def test_a_claim_cancelled_mid_way_gives_its_leases_back(store, clock, mock_db, stage):
+    """A shutdown cancels the fill while a batch is on the wire: what the update leased goes back."""
+    reached = asyncio.Event()
+    real_update, real_find = store.networks.update_many, store.networks.find
+
+    async def slow_update(query, update, **kwargs):
+        result = await real_update(query, update, **kwargs)  # the server applied it...
+        if stage == "update":
+            reached.set()
+            await asyncio.Event().wait()  # ...and its answer never comes
+        return result
+
+    class SlowCursor:
+        def __init__(self, cursor):
+            self.cursor = cursor
+
+        def sort(self, *args):
+            return self
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            reached.set()
+            await asyncio.Event().wait()
+
+    def find(query, *args, **kwargs):
+        cursor = real_find(query, *args, **kwargs)
+        return SlowCursor(cursor) if stage == "read-back" and "lease.id" in query else cursor
+
+    store.networks.update_many, store.networks.find = slow_update, find
+    claim = asyncio.create_task(store.claim_many("initial", "me", clock.now, 60, want=6))
+    await asyncio.wait_for(reached.wait(), 5)
+    assert await mock_db.networks.count_documents({"lease": {"$exists": True}}) == 6
+    store.networks.update_many = real_update
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    assert await mock_db.networks.count_documents({"lease": {"$exists": True}}) == 0

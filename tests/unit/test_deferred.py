@@ -135,3 +135,44 @@ async def test_runs_that_start_together_share_one_read_of_the_pause(engine, rout
     await engine.add(user="late")
     assert (await engine.run("initial")).outcome.kind is Kind.DEFERRED
     assert reads == ["stackoverflow"] * 2 and len(router.calls) == 5
+
+
+async def test_a_failed_read_of_the_pause_is_not_a_crash_and_is_not_shared(engine, router, clock, monkeypatch):
+    """The read is shared by the runs that start within PAUSE_READ_SHARED: a failed one used to reach every
+    one of them as an exception (a run crash each), and the next runs too while it was cached."""
+    from pymongo.errors import AutoReconnect
+
+    router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
+                                                                      has_more=True)))
+    for i in range(3):
+        await engine.add(user=f"u{i}")
+    reads = []
+    read = engine.store.service_pause
+
+    async def flaky(service, now):
+        reads.append(service)
+        if len(reads) == 1:
+            raise AutoReconnect("connection reset")
+        return await read(service, now)
+
+    monkeypatch.setattr(engine.store, "service_pause", flaky)
+    claims = await engine.store.claim_many("initial", "me", clock.now, 60, 10)
+    results = await asyncio.gather(*(engine.executor.run(doc, lease) for doc, lease in claims))
+    assert [r.outcome.kind for r in results] == [Kind.PAGE] * 3  # the runs went on, none crashed
+    await engine.store.pause_service("stackoverflow", clock.now + timedelta(hours=1), "quota", clock.now)
+    await engine.add(user="next")
+    assert (await engine.run("initial")).outcome.kind is Kind.DEFERRED  # a fresh read, not the failed one
+    assert len(reads) == 2
+
+
+async def test_a_shorter_pause_leaves_a_later_one_and_its_reason(engine, clock):
+    store = engine.store
+    await store.pause_service("stackoverflow", clock.now + timedelta(hours=5), "quota exhausted", clock.now)
+    await store.pause_service("stackoverflow", clock.now + timedelta(minutes=1), "backoff 60", clock.now)
+    doc = await store.services.find_one({"_id": "stackoverflow"})
+    assert doc["pausedUntil"] == clock.now + timedelta(hours=5) and doc["pauseReason"] == "quota exhausted"
+    await store.pause_service("stackoverflow", clock.now + timedelta(hours=6), "throttle 3600", clock.now)
+    doc = await store.services.find_one({"_id": "stackoverflow"})
+    assert doc["pausedUntil"] == clock.now + timedelta(hours=6) and doc["pauseReason"] == "throttle 3600"
+    await store.pause_service("github", clock.now + timedelta(minutes=2), "secondary", clock.now)  # a new one
+    assert (await store.services.find_one({"_id": "github"}))["pauseReason"] == "secondary"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -141,12 +142,30 @@ async def test_gzip_body_over_the_cap_is_cut_off(env, clock):
     assert net["lastError"]["kind"] == "too_large"
 
 
-async def test_fifth_failure_in_a_row_disables(env, clock):
+async def test_fifth_failure_in_a_row_disables_once_the_streak_spans_a_day(env, clock):
     with respx.mock:
         respx.get(f"{BASE}/items").mock(return_value=httpx.Response(503))
-        _result, net = await run(env, clock, errors=4)
+        _result, net = await run(env, clock, errors=4, failingSince=clock.now - timedelta(days=1))
     assert net["disabled"] and net["errors"] == 5 and net["scheduledTo"] is None
-    assert "5 consecutive failures" in net["disabledReason"]
+    assert "5 consecutive failures over 24.0 h" in net["disabledReason"]
+    assert net["failingSince"] == clock.now - timedelta(days=1)  # the streak's start is kept
+
+
+async def test_a_fifth_failure_within_the_day_retries_and_the_streak_starts_at_the_first(env, clock):
+    with respx.mock:
+        respx.get(f"{BASE}/items").mock(return_value=httpx.Response(503))
+        _result, net = await run(env, clock, errors=4, failingSince=clock.now - timedelta(hours=2))
+        assert not net.get("disabled") and net["errors"] == 5 and net["scheduledTo"] > clock.now
+        assert net["failingSince"] == clock.now - timedelta(hours=2)
+        _result, fresh = await run(env, clock, user="u2")  # a first failure starts a streak
+    assert fresh["failingSince"] == clock.now and fresh["errors"] == 1
+
+
+async def test_a_success_ends_the_streak(env, clock):
+    with respx.mock:
+        respx.get(f"{BASE}/items").mock(return_value=page(1))
+        _result, net = await run(env, clock, errors=3, failingSince=clock.now - timedelta(hours=2))
+    assert net["errors"] == 0 and "failingSince" not in net
 
 
 @pytest.mark.parametrize("doc, error, words", [

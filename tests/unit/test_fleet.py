@@ -477,3 +477,28 @@ async def test_render_of_an_empty_database(mock_db, clock):
     assert lines[lines.index("PAUSED SERVICES") + 1] == "none"
     assert "nothing due" in lines
     assert "DISABLED  0 disabled, 0 unauthorized" in lines
+
+
+async def test_the_heartbeat_survives_an_error_that_is_not_the_database_s(env, clock):
+    """The loop used to survive PyMongoError only: any other error ended the heartbeat task for good, and with
+    it the renewal of the leases of every run in flight."""
+    store, _scheduler, fl, _settings = env
+    document, calls = fl.document, []
+
+    def buggy(now, state):
+        calls.append(state)
+        if len(calls) == 1:
+            raise OverflowError("a counter past 64 bits")
+        return document(now, state)
+
+    fl.document = buggy
+    fl.settings = make_settings(fleet={"heartbeat_interval": 0.01, "ttl": 1.0})
+    task = asyncio.create_task(fl.run())
+    for _ in range(200):
+        if fl.beats:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(calls) >= 2 and fl.beats >= 1 and await registry_doc(store)

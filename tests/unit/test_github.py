@@ -344,8 +344,10 @@ async def test_500_is_retried_with_backoff(engine, api):
 
 
 async def test_repeated_failures_disable_the_network(engine, api):
+    """max_errors failures in a row that span disable_after (a day by default) since the first one."""
     page_one(api).respond(502)
-    await engine.add(errors=engine.schedule.max_errors - 1)
+    await engine.add(errors=engine.schedule.max_errors - 1,
+                     failingSince=engine.clock.now - timedelta(seconds=engine.schedule.disable_after))
 
     await engine.run("initial")
 

@@ -69,7 +69,9 @@ from tests.conftest import ROOT, Clock, make_settings
 
 GITHUB_API = "https://api.github.test"
 SO_API = "https://api.stackexchange.test/2.3"
-SETTINGS = make_settings(services={"github": {"base_url": GITHUB_API}, "stackoverflow": {"base_url": SO_API}})
+# disable_after=0: transient failures disable on their count alone (max_errors rounds, not a day of them)
+SETTINGS = make_settings(services={"github": {"base_url": GITHUB_API}, "stackoverflow": {"base_url": SO_API}},
+                         schedule={"disable_after": 0})
 REGISTRY = {name: reg for name, reg in sdk.discover().items() if name in ("github", "stackoverflow")}
 SERVICES = ("github", "stackoverflow")
 MAX_ERRORS = SETTINGS.schedule.max_errors
@@ -78,7 +80,8 @@ TLS = ssl.create_default_context()  # loading the CA bundle takes 70 ms: once, n
 MAX_REASON = 2048  # longest reason / error message the daemon may record
 
 # every field the daemon writes (README: "State fields written by the daemon") plus `mode`
-OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "lastExecution", "lastSuccess", "lastOwner", "lastLease",
+OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "failingSince", "lastExecution", "lastSuccess",
+         "lastOwner", "lastLease",
          "lastOutcome", "lastError", "rateLimitedUntil", "disabled", "disabledReason", "disabledAt",
          "unauthorized", "stats"}
 BASE_FIELDS = ("user", "service", "accessToken", "mode", "scheduledTo", "cursor", "errors", "options")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import respx
 
@@ -457,3 +458,22 @@ async def test_sandbox_limit_headers_riding_on_a_page_store_it_then_pause(mock_d
             assert len(await engine.items()) == server.sandbox.stats()["unique_served"][token] == 4
     finally:
         server.stop()
+
+
+async def test_a_relative_reset_counts_from_the_answer_not_from_when_the_run_began(engine, api, clock, mock_db):
+    """x-ratelimit-reset is seconds from the answer: a request that took 20 s must not shorten the wait."""
+    began = clock.now
+
+    def slow(request):
+        clock.advance(20)  # the answer came 20 s after the run began
+        return httpx.Response(200, json=listing(PAGE1, after=PAGE1[-1]["data"]["name"]), headers={
+            "x-ratelimit-used": "600", "x-ratelimit-remaining": "0.0", "x-ratelimit-reset": "120"})
+
+    page(api).mock(side_effect=slow)
+    await add(engine)
+    await engine.run("initial")
+    due = began + timedelta(seconds=20 + 120 + engine.schedule.rate_limit_slack)
+    network = await engine.network()
+    assert network["lastOutcome"]["kind"] == "page", network["lastOutcome"]
+    assert network["scheduledTo"] == due and network["rateLimitedUntil"] == due
+    assert (await mock_db.services.find_one({"_id": "reddit_saved"}))["pausedUntil"] == due

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -137,3 +138,72 @@ async def test_repair_gives_defaults_and_disables_junk_modes(mock_db, clock):
 def test_unknown_mode_is_refused(mock_db, clock):
     with pytest.raises(ValueError):
         build(mock_db, clock)[1].__class__(None, None, make_settings(), "sideways")
+
+
+@respx.mock
+async def test_a_fill_through_a_big_backlog_keeps_the_watchdog_fed_and_gives_the_loop_back(mock_db, clock):
+    """Claims that keep succeeding (runs end while the next batch is being claimed) used to keep one fill
+    going until the backlog was gone: the loop's promise to the watchdog ran out and systemd killed a
+    daemon that was working, and pauses were not read again meanwhile."""
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(200, json={"items": [], "next": None}))
+    store, sched = build(mock_db, clock, daemon={"concurrency": 4})
+    sched.STALL_GRACE = 0.3
+    sched.FILL_BUDGET = 0.1
+    await seed(store, clock, 300)
+    claim_many = store.claim_many
+
+    async def slow_claims(*args, **kwargs):  # a loaded server: every batch takes 10 ms
+        await asyncio.sleep(0.01)
+        return await claim_many(*args, **kwargs)
+
+    store.claim_many = slow_claims
+    ticks, pause_reads, dead = 0, 0, []
+    tick, paused_services = sched._tick, store.paused_services
+
+    async def counted_tick():
+        nonlocal ticks
+        ticks += 1
+        return await tick()
+
+    async def counted_pauses(now):
+        nonlocal pause_reads
+        pause_reads += 1
+        return await paused_services(now)
+
+    sched._tick, store.paused_services = counted_tick, counted_pauses
+
+    async def watch():
+        while True:
+            if not sched.alive():
+                dead.append(sum(sched.stats.runs.values()))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    loop = asyncio.create_task(sched.run())
+    for _ in range(1000):
+        if sum(sched.stats.runs.values()) >= 300:
+            break
+        await asyncio.sleep(0.01)
+    sched.stop()
+    await asyncio.wait_for(loop, 10)
+    watcher.cancel()
+    assert sum(sched.stats.runs.values()) == 300  # about 1 s of claiming in 10 ms batches of 4
+    assert dead == []  # never looked hung to the watchdog
+    assert ticks >= 5 and pause_reads >= 5  # the fill gave the loop back every FILL_BUDGET
+
+
+async def test_a_crashed_run_is_retried_after_a_pause_not_after_the_whole_lease(mock_db, clock):
+    store, sched = build(mock_db, clock, daemon={"lease_ttl": 3600})
+    await seed(store, clock, 1)
+
+    async def crash(doc, lease):
+        raise ServerSelectionTimeoutError("the state save found no server")
+
+    sched.executor.run = crash
+    await sched.fill(clock.now)
+    await asyncio.gather(*list(sched.inflight))
+    net = await store.networks.find_one({})
+    assert sched.stats.crashes == 1
+    assert net["lease"]["until"] == clock.now + timedelta(seconds=sched.CRASH_RETRY)  # not now + 3600 s
+    clock.advance(sched.CRASH_RETRY + 1)
+    assert len(await store.claim_many("initial", "other", clock.now, 60, 5)) == 1  # claimable again

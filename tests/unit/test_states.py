@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -129,10 +130,53 @@ def test_backoff_is_capped():
     assert backoff(10_000, S) == 3600.0
 
 
-def test_transient_failure_disables_after_max_errors():
-    t = step("normal", Outcome(Kind.TRANSIENT, error="http_5xx", status=503, message="HTTP 503"), errors=4)
+def test_transient_failure_disables_after_max_errors_when_the_period_is_zero():
+    t = step("normal", Outcome(Kind.TRANSIENT, error="http_5xx", status=503, message="HTTP 503"), errors=4,
+             schedule=replace(S, disable_after=0.0))
     assert t.disabled and not t.unauthorized and t.errors == 5 and t.scheduled_to is None
     assert "5 consecutive failures" in t.reason and "http_5xx" in t.reason
+
+
+FIVE_OH_THREE = Outcome(Kind.TRANSIENT, error="http_5xx", status=503, message="HTTP 503")
+
+
+def test_an_outage_of_hours_backs_off_to_the_cap_and_disables_nothing():
+    """The default policy: max_errors failures AND a day since the first of them. A one-hour outage used to
+    disable every network of the service after 5 failures (about 7.5 minutes)."""
+    state, now, delays = State("normal"), NOW, []
+    for _ in range(40):  # 40 failures in a row, each retried when it said
+        t = transition(state, FIVE_OH_THREE, now, S, random.Random(1))
+        if t.disabled:
+            break
+        assert t.failing_since == NOW  # the streak's first failure, kept through the streak
+        delays.append(secs(t.scheduled_to) - (now - NOW).total_seconds())
+        now = t.scheduled_to
+        state = State("normal", t.errors, t.failing_since)
+    assert t.disabled and t.errors >= S.max_errors
+    assert (now - NOW) >= timedelta(seconds=S.disable_after)  # a day of failing, not 7.5 minutes
+    assert delays[:4] == [30.0, 60.0, 120.0, 240.0] and max(delays) == S.backoff_cap
+    assert "31 consecutive failures over 24.1 h" in t.reason  # 30 s, 60 s ... then hourly: 31 tries in a day
+
+
+def test_a_long_streak_still_needs_its_count():
+    """A day since the first failure, but fewer than max_errors failures (the network ran rarely): not yet."""
+    day_ago = NOW - timedelta(days=2)
+    t = transition(State("normal", 2, day_ago), FIVE_OH_THREE, NOW, S, random.Random(1))
+    assert not t.disabled and t.errors == 3 and t.failing_since == day_ago
+    t = transition(State("normal", 4, day_ago), FIVE_OH_THREE, NOW, S, random.Random(1))
+    assert t.disabled and "over 48.0 h" in t.reason
+
+
+def test_a_streak_starts_at_its_first_failure_and_a_success_ends_it():
+    t = transition(State("normal", 0, NOW - timedelta(days=9)), FIVE_OH_THREE, NOW, S, random.Random(1))
+    assert t.failing_since == NOW and t.errors == 1  # a stale value of an old streak does not count
+    t = transition(State("normal", 3, None), FIVE_OH_THREE, NOW, S, random.Random(1))
+    assert t.failing_since == NOW and not t.disabled  # a streak from before the field existed starts now
+    ok = transition(State("normal", 3, NOW), Outcome(Kind.PAGE, cursor={}), NOW, S, random.Random(1))
+    assert ok.failing_since is None and ok.errors == 0
+    limited = transition(State("normal", 3, NOW - timedelta(hours=1)), Outcome(Kind.RATE_LIMITED, status=429),
+                         NOW, S, random.Random(1))
+    assert limited.failing_since == NOW - timedelta(hours=1) and limited.errors == 3  # neither ends nor counts
 
 
 @pytest.mark.parametrize("kind", ["malformed", "unknown_service", "missing_credentials"])

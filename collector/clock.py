@@ -1,0 +1,71 @@
+"""The fleet's one clock: the database server's.
+
+Every due time and lease a process compares was written by some host: `scheduledTo` by the process that
+ran the network last, `lease.until` by the one that holds it. Compared on each host's own wall clock, a
+host whose clock runs minutes ahead takes leases that are still held and runs networks before they are
+due (and one that runs behind leaves them waiting). So every process reads time as the database server
+sees it: its own clock plus an offset measured against the server (`hello`'s `localTime`, half the round
+trip allowed for), taken at start and again every `refresh` seconds. The server is the one clock every
+process already shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from pymongo.errors import PyMongoError
+
+from collector.model import aware, utcnow
+
+log = structlog.get_logger("collector.clock")
+
+
+class ServerClock:
+    # a difference worth telling the operator about (NTP keeps healthy hosts within milliseconds)
+    WARN_SKEW = 1.0
+
+    def __init__(self, base: Callable[[], datetime] = utcnow, refresh: float = 60.0):
+        self.base = base
+        self.refresh = refresh
+        self.offset = timedelta(0)  # server time minus this host's time
+        self.synced = False
+        self._warned = False
+
+    def __call__(self) -> datetime:
+        return self.base() + self.offset
+
+    async def sync(self, db: Any) -> bool:
+        """Measure the offset once; False (and the last offset kept) when the server does not say its time."""
+        sent, started = self.base(), time.monotonic()
+        try:
+            hello = await db.command("hello")
+        except PyMongoError as exc:
+            log.warning("could not read the database server's time: keeping the last offset",
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            return False
+        except NotImplementedError:  # an in-process stand-in (mongomock): one host, one clock
+            return False
+        rtt = time.monotonic() - started
+        server = hello.get("localTime") if isinstance(hello, dict) else None
+        if not isinstance(server, datetime):
+            return False  # a server that does not say (mongomock): this host's clock
+        # the server stamped localTime about half a round trip after we sent (its precision: milliseconds)
+        self.offset = aware(server) - (sent + timedelta(seconds=rtt / 2))
+        self.synced = True
+        skew = abs(self.offset.total_seconds())
+        if skew > self.WARN_SKEW and not self._warned:
+            self._warned = True
+            log.warning("this host's clock differs from the database server's: due times and leases are read "
+                        "on the server's", skew_seconds=round(self.offset.total_seconds(), 3))
+        return True
+
+    async def run(self, db: Any) -> None:
+        """Keep the offset fresh (a background task of the daemon)."""
+        while True:
+            await asyncio.sleep(self.refresh)
+            await self.sync(db)
