@@ -53,7 +53,7 @@ LATENCY = 0.1
 # full: the sizes where the test engine lets the whole suite fit in about 10 minutes (its CPU caps the
 # daemon at ~50 runs/s here: a 3,000-network cycle takes ~1 minute), smaller samples where not (see RESULTS.md)
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"networks": 3000, "concurrency": 256, "old_sample": 100, "scale": (10_000, 100_000, 1_000_000),
+    "full": {"networks": 3000, "concurrency": 256, "old_sample": 30, "scale": (10_000, 100_000, 1_000_000),
              "due": 3000, "claim_seconds": 10.0, "cycles": 10, "memory_networks": 3000, "fleet": (1, 2, 4),
              "fleet_networks": 1000, "curve": (1, 8, 32, 128, 512), "curve_networks": 1000},
     "quick": {"networks": 300, "concurrency": 64, "old_sample": 10, "scale": (1_000, 10_000), "due": 300,
@@ -191,8 +191,8 @@ def scenario_cycle(env: Env) -> dict[str, Any]:
     if env.payload in ("compact", "both"):
         env.reset()
         env.seed("bench_cycle", "c", n)
-        res["ceiling_a"] = env.work("ceiling_a", "bench_ceiling", "c", networks=n, concurrency=c)
-        res["ceiling_b"] = env.work("ceiling_b", "bench_ceiling", "c", networks=n, concurrency=c)
+        # (one httpx client with every connection, the ceilings before collector.http.ClientPool, are no longer run:
+        # 38-47 s of the suite's 10 minutes for a figure bench/optimizations.md keeps, step 3)
         res["ceiling_a_pool"] = env.work("ceiling_a", "bench_ceiling", "c", networks=n, concurrency=c, clients=pooled)
         res["ceiling_b_pool"] = env.work("ceiling_b", "bench_ceiling", "c", networks=n, concurrency=c, clients=pooled)
         res["collector"] = daemon_cycle(env, "bench_cycle", n, c)
@@ -458,9 +458,7 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                   f"{size['concurrency']}; wall time until the last run is persisted (for the ceilings: the last "
                   "page parsed / inserted).", ""]
         rows = []
-        for key, label in (("ceiling_a", "ceiling A: one httpx client, no database"),
-                           ("ceiling_b", "ceiling B: one httpx client + insert_many per page"),
-                           ("ceiling_a_pool", "ceiling A, pooled: httpx clients of 8 connections, no database"),
+        for key, label in (("ceiling_a_pool", "ceiling A, pooled: httpx clients of 8 connections, no database"),
                            ("ceiling_b_pool", "ceiling B, pooled: httpx clients of 8 connections + insert_many"),
                            ("collector", "collector (the daemon)"),
                            ("recorded_ceiling_b_pool", "recorded payloads: ceiling B, pooled"),
