@@ -405,7 +405,8 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
             if 1 in fleet and procs in fleet and fleet[procs]["wall"]:
                 speedup = fleet[1]["wall"] / fleet[procs]["wall"]
                 rows.append((f"fleet: runs/s of {procs} processes / of 1", f"{speedup:.2f}x", f">= {target}x",
-                             "met" if speedup >= target else "not met"))
+                             "met" if speedup >= target else
+                             f"not met ({busy(fleet[procs])} of {os.cpu_count()} cores busy)"))
         bad = sum(r["duplicate_runs"] + max(r["lost"], 0) + r["crashed"] for r in results["fleet"]["rows"])
         rows.append(("fleet: duplicate runs + lost items + crashes", str(bad), "0", "met" if bad == 0 else "not met"))
     return rows
@@ -430,6 +431,11 @@ def problems(results: dict[str, Any], size: dict[str, Any]) -> list[str]:
             out.append(f"fleet of {r['procs']}: {r['runs']} runs, {r['duplicate_runs']} duplicate, {r['lost']} "
                        f"items lost, {r['crashed']} processes exited badly")
     return out
+
+
+def busy(r: dict[str, Any]) -> str:
+    """Cores busy during a fleet run: every process's CPU seconds per second of wall time."""
+    return f"{(r['cpu'] + r['db_cpu'] + r['sandbox_cpu']) / r['wall']:.2f}" if r["wall"] else "?"
 
 
 def md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
@@ -510,10 +516,14 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                   "Duplicate runs: runs recorded in the networks' stats beyond one each; lost: unique items the "
                   "sandbox served minus items stored.", ""]
         lines += md_table(["processes", "wall s", "runs/s", "runs", "API requests", "duplicate runs", "served",
-                           "stored", "lost", "crashed", "daemons CPU s", "database CPU s"],
+                           "stored", "lost", "crashed", "daemons CPU s", "database CPU s", "sandbox CPU s",
+                           "cores busy"],
                           [[r["procs"], f"{r['wall']:.2f}", per_s(size["fleet_networks"], r["wall"]), r["runs"],
                             r["requests"], r["duplicate_runs"], r["served"], r["stored"], r["lost"], r["crashed"],
-                            r["cpu"], r["db_cpu"]] for r in results["fleet"]["rows"]])
+                            r["cpu"], r["db_cpu"], r["sandbox_cpu"], busy(r)] for r in results["fleet"]["rows"]])
+        lines += [f"Cores busy: CPU seconds of the daemons, the database and the sandbox per second of wall time; "
+                  f"this machine has {os.cpu_count()}. At {os.cpu_count()}, more processes cannot go faster: they "
+                  "share the same cores with the engine.", ""]
     if "curve" in results:
         lines += ["## 5. Concurrency curve", "", f"{LATENCY * 1000:.0f} ms per request: the ideal is concurrency / "
                   "latency. CPU columns are seconds of CPU per second of wall time (1.0 = one core busy).", ""]

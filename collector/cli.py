@@ -135,8 +135,14 @@ def connectors() -> None:
 def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     """The fleet, the backlog, paused services and disabled networks, at a glance."""
     from collector import fleet
+    from collector.clock import ServerClock
 
-    report = _run(ctx, lambda store: fleet.status(store, overdue_after=overdue_after))
+    async def read(store: Any) -> dict[str, Any]:
+        clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
+        await clock.sync(store.db)
+        return await fleet.status(store, clock(), overdue_after=overdue_after)
+
+    report = _run(ctx, read)
     if as_json:
         click.echo(json.dumps(report, default=_json_default, indent=2))
     else:
