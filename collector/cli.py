@@ -238,6 +238,8 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
 def _state(doc: dict[str, Any]) -> str:
     if doc.get("disabled"):
         return "unauthorized" if doc.get("unauthorized") else "disabled"
+    if doc.get("parkedAt"):
+        return "parked"
     return str(doc.get("mode"))
 
 
@@ -255,7 +257,7 @@ def _network_id(raw: str) -> Any:
 @click.option("--user", help="Only this user's networks.")
 @click.option("--service", help="Only this service.")
 @click.option("--mode", "mode_", type=click.Choice(MODES), help="Only this mode.")
-@click.option("--state", type=click.Choice(["active", "disabled", "unauthorized"]), help="Only this state.")
+@click.option("--state", type=click.Choice(["active", "disabled", "unauthorized", "parked"]), help="Only this state.")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line.")
 @click.pass_context
@@ -277,6 +279,8 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
         query.update(disabled=True, unauthorized={"$ne": True})
     elif state == "unauthorized":
         query["unauthorized"] = True
+    elif state == "parked":  # rate limited too many times in a row: due again after park_for
+        query.update(parkedAt={"$exists": True}, disabled={"$ne": True})
 
     async def fetch(store: Any) -> list[dict[str, Any]]:
         return [public_view(d) async for d in store.networks.find(query).limit(limit)]
@@ -285,7 +289,8 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
         if as_json:
             click.echo(json.dumps(doc, default=str))
             continue
-        reason = doc.get("disabledReason") or (doc.get("lastOutcome") or {}).get("reason", "")
+        last = (doc.get("lastOutcome") or {}).get("reason", "")
+        reason = doc.get("disabledReason") or doc.get("parkedReason") or last
         click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {_state(doc):<12} "
                    f"next={doc.get('scheduledTo')}  {reason}")
 

@@ -32,6 +32,10 @@ class Schedule:
     rate_limit_floor: int = 1
     jitter: float = 0.1
     rate_limit_slack: float = 2.0
+    rate_limit_wait: float = 60.0
+    rate_limit_cap: float = 3600.0
+    park_after: int = 6
+    park_for: float = 21600.0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,16 @@ from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
 from collector import http, logs
 from collector.config import Settings
-from collector.model import MAX_ERRORS_COUNT, Malformed, Network, aware, error_count, failing_since, utcnow
+from collector.model import (
+    MAX_ERRORS_COUNT,
+    Malformed,
+    Network,
+    aware,
+    error_count,
+    failing_since,
+    limit_streak,
+    utcnow,
+)
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -132,7 +141,8 @@ class Executor:
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the database refused the items: {type(exc).__name__}: {str(exc)[:300]}")
                 items, new_items = [], 0
-            state = State(mode, error_count(doc), failing_since(doc))
+            state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
+                          await self._service_streak(service, outcome, answered))
             schedule = self.settings.service(service).schedule
             try:
                 step = transition(state, outcome, answered, schedule, self.rng)
@@ -144,7 +154,9 @@ class Executor:
             if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
-                                               self.clock())
+                                               self.clock(), streak=state.service_limited + 1)
+            if step.user_paused_until is not None:  # this user's quota on this app: their other networks wait too
+                await self.store.defer_user(doc.get("user"), service, doc.get("_id"), step.user_paused_until)
             try:
                 saved = await self._save(doc, lease, outcome, step, new_items, now)
             except (OverflowError, InvalidDocument) as exc:
@@ -201,8 +213,30 @@ class Executor:
             # as `$inc` on it would fail the state write on MongoDB, and the run would repeat forever
             fields["stats"] = counts
             inc = None
-        unset = ("failingSince",) if step.failing_since is None else ()  # a success ends the streak
+        unset = []
+        if step.failing_since is None:
+            unset.append("failingSince")  # a success ends the streak
+        if step.limited:
+            fields["rateLimitStreak"] = step.limited
+        else:
+            unset.append("rateLimitStreak")
+        if step.parked:
+            fields.update(parkedAt=now, parkedReason=logs.scrub(step.reason))
+        else:
+            unset += ["parkedAt", "parkedReason"]
         return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc)
+
+    async def _service_streak(self, service: str, outcome: Outcome, now: datetime) -> int:
+        """App-wide limits in a row of this service (from its pause document), for a limit of the whole app:
+        they escalate together, whichever network meets them. 0 for anything else (no read)."""
+        limit = outcome.rate_limit
+        if outcome.kind is not Kind.RATE_LIMITED or limit is None or limit.scope != "service":
+            return 0
+        try:
+            return await self.store.service_limit_streak(service, now, self.settings.service(service).schedule
+                                                         .rate_limit_cap)
+        except PyMongoError:
+            return 0
 
     async def _attempt(self, doc: dict[str, Any], now: datetime) -> tuple[Outcome, list[Item]]:
         service = doc.get("service")

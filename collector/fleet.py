@@ -257,9 +257,12 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append("none")
     nets = report["networks"]
-    out += ["", f"DISABLED  {nets['disabled']['count']} disabled, {nets['unauthorized']['count']} unauthorized"]
+    parked = nets.get("parked", {"count": 0, "reasons": []})
+    out += ["", f"DISABLED  {nets['disabled']['count']} disabled, {nets['unauthorized']['count']} unauthorized, "
+                f"{parked['count']} parked (`collector networks enable ID` clears either)"]
     reasons = [["disabled", r["count"], r["reason"][:100]] for r in nets["disabled"]["reasons"]]
     reasons += [["unauthorized", r["count"], r["reason"][:100]] for r in nets["unauthorized"]["reasons"]]
+    reasons += [["parked", r["count"], r["reason"][:100]] for r in parked["reasons"]]
     if reasons:
         out += _table(["STATE", "COUNT", "TOP REASONS"], reasons)
     return "\n".join(out)

@@ -124,6 +124,12 @@ def error_count(doc: dict[str, Any]) -> int:
     return errors
 
 
+def limit_streak(doc: dict[str, Any]) -> int:
+    """Rate limits in a row (`rateLimitStreak`); a junk value starts again at 0."""
+    value = doc.get("rateLimitStreak", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000 else 0
+
+
 def failing_since(doc: dict[str, Any]) -> datetime | None:
     """When the current streak of transient failures began (`failingSince`), None if unknown or junk."""
     value = doc.get("failingSince")

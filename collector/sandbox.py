@@ -57,6 +57,7 @@ class User:
     reset_at: float = 0.0
     faults: list[dict[str, Any]] = field(default_factory=list)  # applied to the next requests, in order
     revoked: bool = False
+    quota: int = 10_000  # Stack Exchange: this user/app pair's daily quota left
 
     def add(self, count: int, now: float) -> None:
         fresh = []
@@ -101,8 +102,9 @@ class Sandbox:
         # GitHub repositories as served: compact (5 fields, ~250 bytes of JSON) or, given recorded ones
         # (tests/fixtures/likeastore/github.connector.init.json, ~4.8 KB each), those with the ids changed
         self.repos = repos
-        self.quota_max = quota  # Stack Exchange: one daily quota per app key, shared by every user
-        self.app_quota = quota  # what is left of it
+        # Stack Exchange: with an access token (always, here) each user/app pair has a daily quota of its own
+        # (api.stackexchange.com/docs/throttle); the IP-wide throttle is the "rate_limit" fault
+        self.quota_max = quota
         self.page_cap = page_cap  # the real APIs cap pages at 100; a lower cap makes many pages cheaply
         self.rate_limit = rate_limit
         self.window = window
@@ -119,10 +121,12 @@ class Sandbox:
 
     # -- control ------------------------------------------------------------------------------
 
-    def add_user(self, service: str, token: str, items: int = 0, name: str | None = None) -> User:
+    def add_user(self, service: str, token: str, items: int = 0, name: str | None = None,
+                 quota: int | None = None) -> User:
+        """`quota`: this user's Stack Exchange daily quota (default: the sandbox's `quota`)."""
         with self.lock:
             user = User(token, service, name or f"user-{len(self.users)}", remaining=self.rate_limit,
-                        reset_at=time.time() + self.window)
+                        reset_at=time.time() + self.window, quota=self.quota_max if quota is None else quota)
             user.add(items, time.time())
             self.users[token] = user
             self.served_ids[token] = set()
@@ -278,7 +282,8 @@ class Sandbox:
                 self.add_items(token, int(data.get("count", 1)))
             return _json(200, {"users": len(users)})
         if path == "/_sandbox/users" and method == "POST":
-            user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"))
+            quota = int(data["quota"]) if data.get("quota") is not None else None
+            user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"), quota)
             return _json(200, {"token": user.token, "items": len(user.items)})
         if path.startswith("/_sandbox/users/") and method == "POST":
             token, _, verb = path[len("/_sandbox/users/"):].rpartition("/")
@@ -415,12 +420,12 @@ class Sandbox:
         elif ride is None and (fault := self._fault(user)) is not None:
             return fault
         with self.lock:
-            if self.app_quota <= 0:
+            if user.quota <= 0:  # this user/app pair's quota is spent: the API refuses this user until its day ends
                 return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
                                    "too many requests from this IP, more requests available in 86400 seconds"},
                              gzipped=True)
-            self.app_quota -= 1
-            quota = self.app_quota
+            user.quota -= 1
+            quota = user.quota
         size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
         page = max(_int(query.get("page"), 1), 1)
         chunk = self._page(user, page, size)

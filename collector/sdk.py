@@ -54,12 +54,21 @@ class Item:
     raw: dict[str, Any] | None = None
 
 
+SCOPES = ("network", "user", "service")  # narrowest first
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """What an API said about its limits, in one shape the engine acts on.
 
-    `scope="service"` means the limit is app-wide (e.g. one quota per app key): nobody may call
-    the service until it resets, not only this network.
+    `scope` is who the limit stops: "network" (this network), "user" (every network of this user on
+    this service: a quota per user and app, such as Stack Exchange's with an access token) or
+    "service" (the whole app: nobody may call the service until it resets).
+
+    `minimum_wait` is the least wait the API's documentation gives for a limit that names no reset
+    (GitHub's secondary limits without `retry-after`: a minute). A limit that names its reset
+    (`retry_after`, or `remaining` spent with `reset_at`) is obeyed exactly; one that does not is waited
+    out from `minimum_wait`, doubling with each limit in a row (see collector/states.py).
     """
 
     remaining: int | None = None
@@ -67,6 +76,7 @@ class RateLimit:
     reset_at: datetime | None = None
     retry_after: float | None = None
     scope: str = "network"
+    minimum_wait: float | None = None
 
     def resume_at(self, now: datetime, floor: int) -> datetime | None:
         """When calling again is allowed, or None when the API left room for more now. Never further
@@ -92,7 +102,8 @@ class RateLimit:
             limit=pick(self.limit, other.limit, max),
             reset_at=pick(self.reset_at, other.reset_at, max),
             retry_after=pick(self.retry_after, other.retry_after, max),
-            scope="service" if "service" in (self.scope, other.scope) else "network",
+            scope=max(self.scope, other.scope, key=SCOPES.index),
+            minimum_wait=pick(self.minimum_wait, other.minimum_wait, max),
         )
 
 

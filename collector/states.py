@@ -10,7 +10,9 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | page          | normal, no more    | normal    | now + normal_interval                 | 0      | -                 |
 | not_modified  | 304                | normal    | now + normal_interval                 | 0      | -                 |
 | (any success) | rate limit low     | as above  | max(above, reset + slack)             | 0      | -                 |
-| rate_limited  | 403/429/body       | same      | resume_at + slack (never earlier)     | same   | -                 |
+| rate_limited  | names its reset    | same      | resume_at + slack (never earlier)     | same   | -                 |
+| rate_limited  | names no reset     | same      | now + min(cap, wait * 2^(limited-1))  | same   | -                 |
+| rate_limited  | park_after in a row| same      | max(above, now + park_for): parked    | same   | - (parked)        |
 | unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
 | permanent     | bad input          | same      | never                                 | same   | yes               |
@@ -20,6 +22,15 @@ A streak of transient failures disables a network only when it has both `max_err
 lasted `disable_after` seconds (default a day) since its first failure (`failingSince`): an API outage of
 hours backs off to `backoff_cap` and keeps trying, it does not disable every network of the service.
 `disable_after = 0` disables on the count alone. Any success ends the streak.
+
+Rate limits in a row are counted too (`rateLimitStreak`: only a success ends it). A limit that names
+its reset (`Retry-After`, a spent quota with its reset time) is obeyed exactly. One that names none (a
+GitHub secondary limit without `retry-after`, YouTube's `rateLimitExceeded`, a Stack Exchange throttle
+without seconds) is waited out from the API's documented minimum (`RateLimit.minimum_wait`, else
+`rate_limit_wait`), doubling with each limit in a row, with jitter, up to `rate_limit_cap`: never a
+constant retry against an API that keeps saying no. At `park_after` limits in a row the network is
+parked: due again only after `park_for` (six hours), with `parkedReason` recorded and shown by
+`collector status`; `collector networks enable ID` clears it.
 """
 
 from __future__ import annotations
@@ -71,6 +82,8 @@ class State:
     mode: str
     errors: int = 0
     failing_since: datetime | None = None  # the first transient failure of the current streak
+    limited: int = 0  # rate limits in a row before this run
+    service_limited: int = 0  # app-wide limits in a row of this network's service (for an app-wide limit)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,9 @@ class Transition:
     service_paused_until: datetime | None = None
     error: dict[str, Any] | None = field(default=None)
     failing_since: datetime | None = None  # the streak of transient failures this one belongs to, if any
+    limited: int = 0  # rate limits in a row, this run included
+    parked: bool = False  # too many rate limits in a row: due again after park_for
+    user_paused_until: datetime | None = None  # a limit of this user on this app: their other networks wait too
 
 
 def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
@@ -135,25 +151,43 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         if limited and limited > due:
             due = limited
             reason += f"; rate limit low, resuming at {limited.isoformat()}"
-        service_pause = limited if limited and outcome.rate_limit and outcome.rate_limit.scope == "service" else None
-        return Transition(mode, due, 0, reason, True, cursor=outcome.cursor,
-                          rate_limited_until=limited, service_paused_until=service_pause)
+        scope = outcome.rate_limit.scope if limited and outcome.rate_limit else None
+        return Transition(mode, due, 0, reason, True, cursor=outcome.cursor, rate_limited_until=limited,
+                          service_paused_until=limited if scope == "service" else None,
+                          user_paused_until=limited if scope == "user" else None)
 
     if outcome.kind is Kind.RATE_LIMITED:
-        limited = _after_limit(outcome.rate_limit, now, schedule, rng)
-        if limited is None:  # told to wait without saying how long: a conservative minute
-            limited = now + pendulum.duration(seconds=60 + schedule.rate_limit_slack)
-        scope = outcome.rate_limit.scope if outcome.rate_limit else "network"
-        reason = f"rate limited ({outcome.message or outcome.status}), resuming at {limited.isoformat()}"
-        return Transition(state.mode, limited, state.errors, reason, False, rate_limited_until=limited,
-                          service_paused_until=limited if scope == "service" else None, error=error,
-                          failing_since=state.failing_since)
+        limit = outcome.rate_limit
+        streak = state.limited + 1
+        limited = _after_limit(limit, now, schedule, rng)
+        if limited is None:  # no reset named: from the documented minimum, doubling with each limit in a row
+            base = limit.minimum_wait if limit and limit.minimum_wait else schedule.rate_limit_wait
+            app_wide = limit is not None and limit.scope == "service"
+            exponent = max(streak, state.service_limited + 1) if app_wide else streak
+            wait = min(schedule.rate_limit_cap, base * 2 ** min(exponent - 1, 32))
+            spread = rng.uniform(0, schedule.jitter * wait) if schedule.jitter else 0.0  # never shorter
+            limited = now + pendulum.duration(seconds=wait + spread + schedule.rate_limit_slack)
+            how = f"no reset named: waiting {wait:.0f}s"
+        else:
+            how = "resuming"
+        scope = limit.scope if limit else "network"
+        reason = f"rate limited ({outcome.message or outcome.status}), {how} until {limited.isoformat()}"
+        due, parked = limited, streak >= schedule.park_after
+        if parked:
+            due = max(limited, now + pendulum.duration(seconds=schedule.park_for))
+            reason = (f"parked after {streak} rate limits in a row, due again at {due.isoformat()} (or when an "
+                      f"operator enables it); last: {outcome.message or outcome.status}")
+        return Transition(state.mode, due, state.errors, reason, False, rate_limited_until=limited,
+                          service_paused_until=limited if scope == "service" else None,
+                          user_paused_until=limited if scope == "user" else None, error=error,
+                          failing_since=state.failing_since, limited=streak, parked=parked)
 
     if outcome.kind is Kind.DEFERRED:
         resume = _after_limit(outcome.rate_limit, now, schedule, rng) or now + pendulum.duration(
             seconds=60 + schedule.rate_limit_slack)
         reason = f"not run: {outcome.message}, due again at {resume.isoformat()}"
-        return Transition(state.mode, resume, state.errors, reason, False, failing_since=state.failing_since)
+        return Transition(state.mode, resume, state.errors, reason, False, failing_since=state.failing_since,
+                          limited=state.limited)
 
     if outcome.kind is Kind.UNAUTHORIZED:
         reason = f"unauthorized: {outcome.message or 'the API refused the token'}"
@@ -171,13 +205,14 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
     if errors >= schedule.max_errors and lasted >= schedule.disable_after:
         span = f" over {_span(lasted)}" if schedule.disable_after else ""
         reason = f"disabled after {errors} consecutive failures{span}; last: {outcome.error}: {outcome.message}"
-        return Transition(state.mode, None, errors, reason, False, disabled=True, error=error, failing_since=since)
+        return Transition(state.mode, None, errors, reason, False, disabled=True, error=error, failing_since=since,
+                          limited=state.limited)
     delay = backoff(errors, schedule)
     due = now + _jittered(delay, schedule.jitter, rng)
     reason = f"{outcome.error}: {outcome.message}; failure {errors}"
     reason += f" in {_span(lasted)}" if errors > 1 else ""
     reason += f", retry in {delay:.0f}s"
-    return Transition(state.mode, due, errors, reason, False, error=error, failing_since=since)
+    return Transition(state.mode, due, errors, reason, False, error=error, failing_since=since, limited=state.limited)
 
 
 def _span(seconds: float) -> str:

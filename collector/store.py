@@ -437,17 +437,38 @@ class Store:
 
     # -- service-wide pauses ------------------------------------------------------------------
 
-    async def pause_service(self, service: str, until: datetime, reason: str, now: datetime) -> None:
+    async def pause_service(self, service: str, until: datetime, reason: str, now: datetime, streak: int = 1) -> None:
         """Pause a service for every process until `until`, unless a later pause is on already: that one
-        stays, with its own reason (the later end and the reason that goes with it are one fact)."""
+        stays, with its own reason (the later end and the reason that goes with it are one fact). `streak`:
+        app-wide limits in a row, this one included (they escalate together: service_limit_streak)."""
         later_than_ours = {"_id": service, "$or": [{"pausedUntil": {"$lt": until}}, {"pausedUntil": None}]}
-        update = {"$set": {"pausedUntil": until, "pauseReason": reason, "pausedAt": now}}
+        update = {"$set": {"pausedUntil": until, "pauseReason": reason, "pausedAt": now, "limitStreak": streak}}
         try:
             await self.services.update_one(later_than_ours, update, upsert=True)
         except DuplicateKeyError:
             # the document exists with a later pause (nothing matched, the upsert collided with it), or another
             # process created it a moment ago: once more without the insert, which settles the second case
             await self.services.update_one(later_than_ours, update)
+
+    async def service_limit_streak(self, service: str, now: datetime, within: float) -> int:
+        """App-wide limits in a row of `service`: the streak its last pause recorded, if that pause ended less
+        than `within` seconds ago (a pause long over starts a new streak)."""
+        doc = await self.services.find_one({"_id": service}, {"pausedUntil": 1, "limitStreak": 1})
+        if not doc or not isinstance(doc.get("pausedUntil"), datetime):
+            return 0
+        if aware(doc["pausedUntil"]) < now - timedelta(seconds=within):
+            return 0
+        streak = doc.get("limitStreak")
+        return streak if isinstance(streak, int) and not isinstance(streak, bool) and 0 <= streak < 10_000 else 0
+
+    async def defer_user(self, user: Any, service: str, network_id: Any, until: datetime) -> int:
+        """A limit of this user on this app (a per-user quota): the user's other networks of the service wait
+        for it too, instead of each spending a request to learn it. Returns how many were moved."""
+        result = await self.networks.update_many(
+            {"user": user, "service": service, "_id": {"$ne": network_id}, "disabled": {"$ne": True},
+             "scheduledTo": {"$lt": until}},
+            {"$set": {"scheduledTo": until, "rateLimitedUntil": until}})
+        return result.modified_count
 
     async def paused_services(self, now: datetime) -> dict[str, datetime]:
         out = {}
@@ -561,6 +582,14 @@ class Store:
             reasons.sort(key=lambda r: (-r[0], r[1]))
             out[name] = {"count": sum(n for n, _ in reasons),
                          "reasons": [{"reason": reason, "count": n} for n, reason in reasons[:top]]}
+        # parked (too many rate limits in a row: due again after a cool-down), by service: each reason names its time
+        pipeline = [{"$match": {"parkedAt": {"$exists": True}, "disabled": {"$ne": True}}},
+                    {"$group": {"_id": "$service", "n": {"$sum": 1}}}]
+        parked = sorted([(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)],
+                        key=lambda r: (-r[0], r[1]))
+        out["parked"] = {"count": sum(n for n, _ in parked),
+                         "reasons": [{"reason": f"{service}: rate limited too many times in a row", "count": n}
+                                     for n, service in parked[:top]]}
         return out
 
     # -- reading --------------------------------------------------------------------------------
@@ -593,7 +622,8 @@ async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> AsyncIt
 
 def _enable_update(now: datetime) -> dict[str, Any]:
     return {"$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
-            "$unset": {"disabledReason": "", "disabledAt": "", "failingSince": ""}}
+            "$unset": {"disabledReason": "", "disabledAt": "", "failingSince": "", "parkedAt": "", "parkedReason": "",
+                       "rateLimitStreak": ""}}
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:

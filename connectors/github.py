@@ -2,8 +2,11 @@
 
 Link-header pagination with per_page=100, newest star first; the star+json media type adds
 `starred_at`. Normal mode sends If-None-Match with the ETag of the last first page: a 304
-costs no quota. Limits: x-ratelimit-* headers (engine default), secondary limits as 403/429
-with Retry-After, or a 403 whose message says so (then wait at least a minute, per GitHub).
+costs no quota. Limits: x-ratelimit-* headers (engine default). Secondary limits come as a 403/429 whose
+message says so ("You have exceeded a secondary rate limit", or the older "You have triggered an abuse
+detection mechanism"): GitHub's "Rate limits for the REST API" says to wait until `retry-after` when sent,
+until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else at least a minute, and to wait an
+exponentially increasing time while the limit repeats: the engine does that from `minimum_wait`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collector.sdk import (
     parse_time,
     sweep,
 )
+
+SECONDARY = (b"secondary rate limit", b"abuse detection mechanism")
 
 
 class GitHubStarred(Connector):
@@ -47,9 +52,10 @@ class GitHubStarred(Connector):
         return Request(f"{self.base_url}/user/starred", params=params, headers=headers)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
-        if response.status_code in (403, 429) and b"secondary rate limit" in response.content[:2000].lower():
-            # at least a minute, longer when Retry-After or an exhausted x-ratelimit-reset says so
-            waits = RateLimit(retry_after=60.0).merge(self.rate_limit(response, ctx.now))
+        head = response.content[:2000].lower()
+        if response.status_code in (403, 429) and any(words in head for words in SECONDARY):
+            # exactly what retry-after / a spent x-ratelimit-reset says; else a minute, doubling while it repeats
+            waits = RateLimit(minimum_wait=60.0).merge(self.rate_limit(response, ctx.now))
             raise RateLimited("secondary rate limit", waits)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:

@@ -59,7 +59,8 @@ class SpotifySavedTracks(Connector):
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code == 429:
-            limit = self.rate_limit(response, ctx.now) or RateLimit(retry_after=60.0)
+            # Retry-After when sent (Spotify documents it); else from a minute, doubling while the 429s repeat
+            limit = self.rate_limit(response, ctx.now) or RateLimit(minimum_wait=60.0)
             reason = response.content[:300].decode("utf-8", "replace").strip().replace("\n", " ")
             raise RateLimited(f"HTTP 429 (app-wide limit): {reason}", replace(limit, scope="service"))
 

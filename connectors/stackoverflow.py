@@ -1,10 +1,16 @@
 """Stack Overflow: the user's favorites (bookmarks), Stack Exchange API 2.3 `GET /me/favorites`.
 
 pagesize=100, page=N, `has_more`; newest favorite first (sort=added), normal mode stops at the
-first known question. Every response is gzip'd (decoded by the engine). Limits are in the body:
-`quota_remaining` is the daily quota of the app key (app-wide: at 0 the whole service pauses
-until midnight UTC) and `backoff` asks every caller of the method to wait N seconds. Errors come
-as HTTP 400 with an `error_id` (502 throttle_violation, 401-406 token problems).
+first known question. Every response is gzip'd (decoded by the engine). Limits are in the body
+(api.stackexchange.com/docs/throttle): every request here carries an access_token, so
+`quota_remaining` is the daily quota of this user/app pair, not the app's: at 0 this user's networks
+wait (scope "user"), the other users go on. The quota's day is not documented as a calendar day (it is
+reported to run 24 hours from its first request); the daemon resumes at the next midnight UTC and
+obeys the wait any later throttle names. `backoff` asks the app to wait N seconds before calling the
+method again (service-wide), and the IP-wide throttle (over 30 requests a second) answers HTTP 400
+`error_id` 502 throttle_violation, with "more requests available in N seconds" when it says (service-
+wide: the IP is the fleet's); one without seconds is waited out from a minute, doubling while it
+repeats. Errors come as HTTP 400 with an `error_id` (401-406 token problems).
 The access token travels in the X-API-Access-Token header, never in the URL; the app key is not
 a secret (Stack Exchange says so) and goes in the `key` parameter.
 """
@@ -80,8 +86,9 @@ class StackOverflowFavorites(Connector):
             raise Unauthorized(message)
         if error_id == THROTTLE:
             wait = re.search(r"available in (\d+) seconds", str(body.get("error_message")))
-            raise RateLimited(message, RateLimit(retry_after=float(wait.group(1)) if wait else 60.0,
-                                                 scope="service"))
+            if wait:
+                raise RateLimited(message, RateLimit(retry_after=float(wait.group(1)), scope="service"))
+            raise RateLimited(message, RateLimit(minimum_wait=60.0, scope="service"))
 
     def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
         return None  # Stack Exchange reports limits in the body: see parse
@@ -102,15 +109,13 @@ class StackOverflowFavorites(Connector):
         page = int(ctx.cursor.get("next") or 1)
         nxt = page + 1 if body.get("has_more") else None
         fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode)
+        # numbers from the body are checked: a str here would break the engine's comparisons
+        backoff = _number(body.get("backoff"))
+        remaining = _number(body.get("quota_remaining"))
         limit = None
-        if "quota_remaining" in body or "backoff" in body:
-            # numbers from the body are checked: a str here would break the engine's comparisons
-            backoff = _number(body.get("backoff"))
-            limit = RateLimit(
-                remaining=_number(body.get("quota_remaining")),
-                limit=_number(body.get("quota_max")),
-                reset_at=_midnight_after(ctx.now),
-                retry_after=float(backoff) if backoff else None,
-                scope="service",
-            )
+        if backoff:  # the method, for the whole app
+            limit = RateLimit(retry_after=float(backoff), scope="service")
+        elif remaining is not None:  # this user/app pair's daily quota (a token is always sent)
+            limit = RateLimit(remaining=remaining, limit=_number(body.get("quota_max")),
+                              reset_at=_midnight_after(ctx.now), scope="user")
         return Page(items=fresh, cursor=cursor, more=more, rate_limit=limit)

@@ -16,8 +16,8 @@ Errors (developers.google.com/youtube/v3/docs/errors) come as {"error": {"code",
 - `quotaExceeded` (403, "you have exceeded your quota") / `dailyLimitExceeded`: the daily quota of
   the Google Cloud project, i.e. of the app: the whole service pauses until the quota resets "at
   midnight Pacific Time (PT)" (America/Los_Angeles, DST-aware);
-- `rateLimitExceeded` / `userRateLimitExceeded` (403 or 429): short per-network waits (Retry-After
-  when sent, else a minute);
+- `rateLimitExceeded` / `userRateLimitExceeded` (403 or 429): short per-network waits: Retry-After
+  when sent, else from a minute, doubling while the limit repeats (the error names no reset);
 - `authError` (401, "Invalid Credentials"): unauthorized (the engine's 401 handling, made explicit);
 - any other 403 reason (`forbidden`, `insufficientPermissions`, account closed or suspended...):
   unauthorized too, our choice: retrying the same token cannot help, the user must authorize again;
@@ -87,7 +87,7 @@ class YouTubeLiked(Connector):
         if DAILY & set(reasons):
             raise RateLimited(why, RateLimit(remaining=0, reset_at=quota_reset(ctx.now), scope="service"))
         if SHORT & set(reasons) or response.status_code == 429:
-            raise RateLimited(why, RateLimit(retry_after=60.0).merge(self.rate_limit(response, ctx.now)))
+            raise RateLimited(why, RateLimit(minimum_wait=60.0).merge(self.rate_limit(response, ctx.now)))
         if reasons and not APP_SETUP & set(reasons):  # authError, forbidden, insufficientPermissions...
             raise Unauthorized(why)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -218,3 +218,32 @@ def test_an_api_outage_backs_off_and_disables_nothing_unless_it_lasts(disable_af
         enabled = db.networks.find_one({"user": tokens[1]})
         assert enabled["errors"] == 0 and "failingSince" not in enabled and "disabledReason" not in enabled
         assert cli().returncode != 0 and cli("--reason-kind", "nonsense").returncode != 0
+
+
+def test_one_user_s_spent_quota_stops_that_user_only(wire_uri, sandbox, sync_db):
+    """Stack Exchange counts a request with an access token against the user/app pair's daily quota: when one
+    user's runs out, that user waits for the next day (without spending a request to learn it again) and every
+    other user goes on being collected; no app-wide pause."""
+    db = sync_db
+    sandbox.sandbox.add_user("stackoverflow", "se-thrifty", items=10, quota=2)  # 5 pages, 2 requests a day
+    others = [f"se-other-{i}" for i in range(6)]
+    for token in others:
+        sandbox.sandbox.add_user("stackoverflow", token, items=5)  # 3 pages each
+    db.networks.insert_many([{"user": t, "service": "stackoverflow", "accessToken": t, "mode": "initial",
+                              "scheduledTo": datetime.now(UTC)} for t in ["se-thrifty", *others]])
+    proc = daemon("initial", wire_uri, db.name, sandbox.url)
+    try:
+        wait_for(lambda: db.networks.count_documents({"user": {"$in": others}, "mode": "normal"}) == len(others),
+                 60, "every other user's back-fill")
+        time.sleep(1.0)  # room for a wasted request of the spent user
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out[-3000:]
+    requests = sandbox.sandbox.stats()["by_token"]
+    assert requests["se-thrifty"] == 2 and all(requests[t] == 3 for t in others)
+    thrifty = db.networks.find_one({"user": "se-thrifty"})
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert thrifty["mode"] == "initial" and thrifty["scheduledTo"] >= tomorrow
+    assert "rate limit low" in thrifty["lastOutcome"]["reason"] and not thrifty.get("disabled")
+    assert db.services.count_documents({"pausedUntil": {"$gt": datetime.now(UTC)}}) == 0  # nobody else waits
+    assert db.items.count_documents({"user": "se-thrifty"}) == 4  # the pages it did get are kept

@@ -15,7 +15,7 @@ import respx
 from collector.states import Kind
 from tests.conftest import stackexchange_page
 from tests.harness import engine_for
-from tests.unit.test_stackoverflow import FAVORITES, TOKEN, next_midnight, page, reply
+from tests.unit.test_stackoverflow import FAVORITES, TOKEN, page, reply
 
 CURSOR = {"next": 3, "stop": None, "top": "9785903"}
 
@@ -82,11 +82,12 @@ async def test_once_the_pause_is_over_the_next_run_calls_the_api(engine, router,
 
 
 async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_request(engine, api, clock):
+    # `backoff`: the method, for the whole app (a user's spent quota is that user's alone: test_stackoverflow)
     route = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
-                                                                    has_more=True, quota_remaining=0)))
+                                                                    has_more=True, backoff=7200)))
     first = await engine.add(user="u1", scheduledTo=clock.now - timedelta(minutes=1))
     second = await engine.add(user="u2", errors=1, cursor=CURSOR)
-    resume = next_midnight(clock.now) + timedelta(seconds=engine.schedule.rate_limit_slack)
+    resume = clock.now + timedelta(seconds=7200 + engine.schedule.rate_limit_slack)
 
     result = await engine.run("initial")
     assert result.network_id == first and result.new_items == 34

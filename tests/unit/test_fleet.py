@@ -433,7 +433,22 @@ async def test_status_counts_disabled_and_unauthorized_with_top_reasons(report):
                                              {"reason": "operator: customer left", "count": 1}]},
         "unauthorized": {"count": 3, "reasons": [{"reason": "unauthorized: Bad credentials", "count": 2},
                                                  {"reason": "unauthorized: token revoked", "count": 1}]},
+        "parked": {"count": 0, "reasons": []},
     }
+
+
+async def test_parked_networks_are_counted_by_service_and_shown(mock_db, clock):
+    store = Store(mock_db)
+    await store.networks.insert_many(
+        [net(clock, f"g{i}", parkedAt=clock.now, parkedReason=f"parked after 6 rate limits in a row, due at {i}")
+         for i in range(3)] + [net(clock, "y0", service="youtube", parkedAt=clock.now, parkedReason="parked")])
+    summary = await store.disabled_summary()
+    assert summary["parked"] == {"count": 4, "reasons": [
+        {"reason": "github: rate limited too many times in a row", "count": 3},
+        {"reason": "youtube: rate limited too many times in a row", "count": 1}]}
+    lines = fleet.render(await fleet.status(store, clock.now)).splitlines()
+    assert any(line.startswith("DISABLED  0 disabled, 0 unauthorized, 4 parked") for line in lines)
+    assert any(line.split()[:2] == ["parked", "3"] for line in lines)
 
 
 async def test_disabled_summary_keeps_the_top_reasons_but_counts_all(mock_db, clock):
@@ -452,7 +467,8 @@ async def test_disabled_summary_keeps_the_top_reasons_but_counts_all(mock_db, cl
 async def test_render_shows_every_section_and_no_token(report):
     text = fleet.render(report)
     lines = text.splitlines()
-    for heading in ("FLEET  3 alive, 1 dead, 2 host(s)", "PAUSED SERVICES", "DISABLED  4 disabled, 3 unauthorized"):
+    for heading in ("FLEET  3 alive, 1 dead, 2 host(s)", "PAUSED SERVICES",
+                    "DISABLED  4 disabled, 3 unauthorized, 0 parked (`collector networks enable ID` clears either)"):
         assert heading in lines
     assert any(line.startswith("BACKLOG") for line in lines)
     for process in ("h1:1:initial:a", "h1:2:normal:b", "h1:3:initial:c", "h2:4:normal:d", "h2:5:initial:e"):
@@ -476,7 +492,7 @@ async def test_render_of_an_empty_database(mock_db, clock):
     assert "FLEET  0 alive, 0 dead, 0 host(s)" in lines
     assert lines[lines.index("PAUSED SERVICES") + 1] == "none"
     assert "nothing due" in lines
-    assert "DISABLED  0 disabled, 0 unauthorized" in lines
+    assert "DISABLED  0 disabled, 0 unauthorized, 0 parked (`collector networks enable ID` clears either)" in lines
 
 
 async def test_the_heartbeat_survives_an_error_that_is_not_the_database_s(env, clock):

@@ -304,6 +304,46 @@ async def test_secondary_rate_limit_honours_a_longer_retry_after(engine, api):
     assert await engine.due_in() == pytest.approx(300 + engine.schedule.rate_limit_slack)
 
 
+async def test_repeated_secondary_limits_wait_exponentially_longer_then_park_and_a_success_resets(engine, api):
+    """GitHub's "Rate limits for the REST API": without retry-after, wait at least a minute; if the request keeps
+    failing on a secondary limit, wait an exponentially increasing time, and give up after a number of retries.
+    The daemon used to retry every ~60 s for ever."""
+    secondary = page_one(api).respond(403, json={
+        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
+    await engine.add()
+    waits = []
+    for _ in range(engine.schedule.park_after - 1):
+        await engine.run_when_due("initial")
+        waits.append(round(await engine.due_in() - engine.schedule.rate_limit_slack))
+    assert waits == [60, 120, 240, 480, 960]
+    network = await engine.network()
+    assert network["rateLimitStreak"] == 5 and network["errors"] == 0 and not network.get("parkedAt")
+    await engine.run_when_due("initial")  # the sixth in a row: parked (not disabled) for a long cool-down
+    network = await engine.network()
+    assert network["parkedReason"].startswith("parked after 6 rate limits in a row") and not network.get("disabled")
+    assert await engine.due_in() == pytest.approx(engine.schedule.park_for)
+    assert secondary.call_count == 6
+    page_one(api).respond(200, json=fixture_json("github.connector.init.json"))
+    await engine.run_when_due("initial")  # the cool-down over, a success: the streak and the park end
+    network = await engine.network()
+    assert "rateLimitStreak" not in network and "parkedAt" not in network and "parkedReason" not in network
+
+
+async def test_the_older_abuse_detection_wording_is_a_secondary_limit_too(engine, api):
+    page_one(api).respond(403, json={
+        "message": "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
+        "documentation_url": "https://developer.github.com/v3/#abuse-rate-limits"})
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "rate_limited"  # it was a transient error: 30 s, counted toward disabling
+    network = await engine.network()
+    assert network["errors"] == 0 and network["rateLimitStreak"] == 1
+    assert await engine.due_in() == pytest.approx(60 + engine.schedule.rate_limit_slack)
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 

@@ -81,7 +81,7 @@ MAX_REASON = 2048  # longest reason / error message the daemon may record
 
 # every field the daemon writes (README: "State fields written by the daemon") plus `mode`
 OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "failingSince", "lastExecution", "lastSuccess",
-         "lastOwner", "lastLease",
+         "lastOwner", "lastLease", "rateLimitStreak", "parkedAt", "parkedReason",
          "lastOutcome", "lastError", "rateLimitedUntil", "disabled", "disabledReason", "disabledAt",
          "unauthorized", "stats"}
 BASE_FIELDS = ("user", "service", "accessToken", "mode", "scheduledTo", "cursor", "errors", "options")

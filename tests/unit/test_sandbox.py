@@ -113,17 +113,17 @@ async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, se
     assert (paused["pausedUntil"] - clock.now).total_seconds() >= 45
 
 
-def test_stackexchange_daily_quota_runs_out_for_the_whole_app(server):
-    server.sandbox.app_quota, before = 1, server.sandbox.app_quota
-    try:
-        server.sandbox.add_user("stackoverflow", "quota-user-1", 5)
-        api = httpx.Client(base_url=server.url, headers={"X-API-Access-Token": "quota-user-1"})
-        first = api.get("/2.3/me/favorites")
-        assert first.status_code == 200 and first.json()["quota_remaining"] == 0
-        second = api.get("/2.3/me/favorites")
-        assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
-    finally:
-        server.sandbox.app_quota = before
+def test_stackexchange_daily_quota_is_each_user_s_own(server):
+    """With an access token the quota is the user/app pair's (api.stackexchange.com/docs/throttle)."""
+    server.sandbox.add_user("stackoverflow", "quota-user-1", 5, quota=1)
+    server.sandbox.add_user("stackoverflow", "quota-user-2", 5)
+    spent = httpx.Client(base_url=server.url, headers={"X-API-Access-Token": "quota-user-1"})
+    first = spent.get("/2.3/me/favorites")
+    assert first.status_code == 200 and first.json()["quota_remaining"] == 0
+    second = spent.get("/2.3/me/favorites")
+    assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
+    other = httpx.get(f"{server.url}/2.3/me/favorites", headers={"X-API-Access-Token": "quota-user-2"})
+    assert other.status_code == 200 and other.json()["quota_remaining"] == server.sandbox.quota_max - 1
 
 
 def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():

@@ -175,24 +175,27 @@ async def test_html_entities_in_titles_and_names_are_unescaped(engine, api):
 # -- limits --------------------------------------------------------------------------------------
 
 
-async def test_an_exhausted_daily_quota_pauses_the_service_until_midnight_utc(engine, api, clock):
+async def test_an_exhausted_quota_waits_until_midnight_utc_for_this_user_only(engine, api, clock):
+    """With an access_token the quota is the user/app pair's (api.stackexchange.com/docs/throttle): one user's
+    spent quota must not stop the others; that user's other networks (another site) wait with it."""
     page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                             has_more=True, quota_remaining=0)))
-    await engine.add()
+    await engine.add(scheduledTo=clock.now - timedelta(minutes=5))
+    same_user = await engine.add(options={"site": "superuser"})
+    other_user = await engine.add(user="someone-else")
 
     result = await engine.run("initial")
 
     assert result.new_items == 34  # the page that used the last request is kept
     resume = next_midnight(clock.now) + timedelta(seconds=engine.schedule.rate_limit_slack)
     assert resume == datetime(2026, 11, 26, 0, 0, 2, tzinfo=UTC)
-    service = await engine.store.services.find_one({"_id": "stackoverflow"})
-    assert service["pausedUntil"] == resume
-    assert await engine.store.paused_services(clock.now) == {"stackoverflow": resume}
-    network = await engine.network()
-    assert network["scheduledTo"] == resume
-    assert network["mode"] == "initial"
-    assert network["cursor"]["next"] == 2
-    assert network["errors"] == 0
+    assert await engine.store.services.find_one({"_id": "stackoverflow"}) is None  # no app-wide pause
+    assert await engine.store.paused_services(clock.now) == {}
+    network = await engine.store.get_network(result.network_id)
+    assert network["scheduledTo"] == resume and network["rateLimitedUntil"] == resume
+    assert network["mode"] == "initial" and network["cursor"]["next"] == 2 and network["errors"] == 0
+    assert (await engine.store.get_network(same_user))["scheduledTo"] == resume  # the same quota: it waits too
+    assert (await engine.store.get_network(other_user))["scheduledTo"] == clock.now  # another user's: untouched
 
 
 async def test_a_backoff_is_obeyed(engine, api):

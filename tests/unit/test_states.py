@@ -198,3 +198,63 @@ def test_jitter_spreads_delays_within_bounds():
         assert 900.0 <= secs(t.scheduled_to) <= 1100.0
         seen.add(round(secs(t.scheduled_to)))
     assert len(seen) > 10
+
+
+# -- rate limits in a row (GitHub: "wait an exponentially increasing amount of time between retries") --------
+
+
+SECONDARY = Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(minimum_wait=60.0), error="rate_limited", status=403,
+                    message="secondary rate limit")
+
+
+def test_limits_that_name_no_reset_wait_longer_each_time_from_the_documented_minimum():
+    state, now, waits = State("initial"), NOW, []
+    for _ in range(5):
+        t = transition(state, SECONDARY, now, S, random.Random(1))
+        waits.append((t.scheduled_to - now).total_seconds() - S.rate_limit_slack)
+        assert t.errors == 0 and not t.disabled and t.rate_limited_until == t.scheduled_to
+        now, state = t.scheduled_to, State("initial", 0, None, t.limited)
+    assert waits == [60.0, 120.0, 240.0, 480.0, 960.0]  # it was 60, 60, 60... forever
+    assert t.limited == 5 and "no reset named: waiting 960s" in t.reason
+
+
+def test_the_escalation_is_capped_and_jittered_never_below_its_step():
+    jittery = replace(S, jitter=0.1)
+    for seed in range(20):
+        t = transition(State("initial", 0, None, 3), SECONDARY, NOW, jittery, random.Random(seed))
+        assert 480.0 <= secs(t.scheduled_to) - S.rate_limit_slack <= 528.0
+    far = transition(State("initial", 0, None, 4), SECONDARY, NOW, replace(S, rate_limit_cap=600.0), random.Random(1))
+    assert secs(far.scheduled_to) == 600.0 + S.rate_limit_slack
+
+
+def test_a_limit_that_names_its_reset_is_obeyed_exactly_however_many_came_before():
+    named = Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(retry_after=90.0, minimum_wait=60.0), status=429)
+    t = transition(State("initial", 0, None, 3), named, NOW, S, random.Random(1))
+    assert secs(t.scheduled_to) == 90.0 + S.rate_limit_slack and t.limited == 4
+
+
+def test_park_after_limits_in_a_row_parks_the_network_for_a_long_cool_down_not_for_ever():
+    t = transition(State("normal", 0, None, S.park_after - 1), SECONDARY, NOW, S, random.Random(1))
+    assert t.parked and not t.disabled and t.limited == S.park_after
+    assert secs(t.scheduled_to) == S.park_for  # 6 h, more than the escalated wait (1920 s)
+    assert t.reason.startswith(f"parked after {S.park_after} rate limits in a row")
+
+
+def test_a_success_ends_the_streak_and_a_failure_does_not():
+    page_ok = transition(State("normal", 0, None, 4), Outcome(Kind.PAGE, cursor={}), NOW, S, random.Random(1))
+    assert page_ok.limited == 0 and not page_ok.parked
+    failed = transition(State("normal", 0, None, 4), FIVE_OH_THREE, NOW, S, random.Random(1))
+    assert failed.limited == 4
+
+
+def test_an_app_wide_limit_escalates_with_the_service_s_streak_whichever_network_meets_it():
+    throttle = Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(minimum_wait=60.0, scope="service"), status=400)
+    t = transition(State("normal", 0, None, 0, service_limited=3), throttle, NOW, S, random.Random(1))
+    assert secs(t.service_paused_until) == 480.0 + S.rate_limit_slack and t.limited == 1
+
+
+def test_a_user_scoped_limit_holds_that_user_s_networks():
+    quota = RateLimit(remaining=0, reset_at=NOW + timedelta(hours=5), scope="user")
+    spent = transition(State("normal"), Outcome(Kind.PAGE, items=3, cursor={}, rate_limit=quota), NOW, S)
+    assert spent.user_paused_until == NOW + timedelta(hours=5, seconds=S.rate_limit_slack)
+    assert spent.service_paused_until is None
