@@ -288,3 +288,20 @@ async def test_another_api_error_is_a_transient_failure(engine, api):
     assert network["lastError"]["kind"] == "client_error"
     assert "bad_parameter" in network["lastError"]["message"]
     assert not network.get("disabled")
+
+
+async def test_throttles_that_name_no_seconds_pause_everyone_longer_each_time(engine, api, clock):
+    """An IP throttle whose message names no wait: from a minute, doubling while it repeats, for the whole app,
+    whichever network meets it (the streak is the service's, kept on its pause document)."""
+    page(api, 1).mock(return_value=reply(gz({"error_id": 502, "error_name": "throttle_violation",
+                                             "error_message": "too many requests from this IP"}), status=400))
+    pauses = []
+    for i in range(3):
+        await engine.add(user=f"u{i}")
+        result = await engine.run("initial")
+        assert result.outcome.kind == "rate_limited" and result.network_id is not None
+        service = await engine.store.services.find_one({"_id": "stackoverflow"})
+        pauses.append(round((service["pausedUntil"] - clock.now).total_seconds() - engine.schedule.rate_limit_slack))
+        assert service["limitStreak"] == i + 1
+        clock.now = service["pausedUntil"]  # the next network meets the throttle when the pause is over
+    assert pauses == [60, 120, 240]  # three different networks: the app's streak, not each network's

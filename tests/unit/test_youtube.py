@@ -422,3 +422,16 @@ def test_sandbox_user_window_spent_is_a_user_rate_limit():
     refused = get()
     assert refused.status == 403 and 590 <= int(refused.headers["retry-after"]) <= 601
     assert b'"reason": "userRateLimitExceeded"' in refused.body
+
+
+async def test_short_rate_limits_in_a_row_wait_longer_each_time(engine, api, clock):
+    """rateLimitExceeded names no reset: from a minute, doubling while it repeats (no constant 60 s retry)."""
+    route = first_page(api).mock(return_value=error(403, "rateLimitExceeded", "Rate Limit Exceeded",
+                                                    domain="usageLimits"))
+    await engine.add()
+    waits = []
+    for _ in range(3):
+        await engine.run_when_due("initial")
+        waits.append(round(await engine.due_in() - engine.schedule.rate_limit_slack))
+    assert waits == [60, 120, 240] and route.call_count == 3
+    assert (await engine.network())["rateLimitStreak"] == 3
