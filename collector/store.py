@@ -143,6 +143,7 @@ def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -
     query: dict[str, Any] = {
         "mode": mode,
         "scheduledTo": {"$lte": now},
+        "mode.0": {"$exists": False},  # an array holding `mode` would match it (and every other mode it holds)
         "disabled": {"$ne": True},
         "$or": [{"lease": None}, {"lease.until": {"$lt": now}}],
     }
@@ -410,6 +411,7 @@ class Store:
                 {"mode": {"$exists": False}},
                 {"scheduledTo": {"$exists": False}},
                 {"mode": {"$nin": list(known_modes)}},
+                {"mode.0": {"$exists": True}},  # an array, even one holding a known mode
                 # null or not a date (no due query ever matches those): `$nor`, as `$not` is not everywhere
                 {"$nor": [{"scheduledTo": {"$gte": datetime(1, 1, 1, tzinfo=UTC)}}]},
                 {"scheduledTo.0": {"$exists": True}},  # an array, even of dates

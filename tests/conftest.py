@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", ROOT / "tests" / "fixtures" / "likeastore"))
 
 
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property tests are reproducible by default (CI, the README's test command): derandomized, the same examples
+# every run. HYPOTHESIS_PROFILE=explore explores instead: new random examples each run, ten times as many
+# where a test does not fix its own count (a failure prints its seed: --hypothesis-seed=N replays it).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False, max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 from collector.demo import mongomock_compat  # noqa: E402
 
 mongomock_compat()  # mongomock's bulk builder predates PyMongo 4.9 (test-only shim, also used by the demo)

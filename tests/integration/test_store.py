@@ -157,3 +157,18 @@ async def test_operator_actions(store, clock):
     net = await store.get_network(nid)
     assert (net["mode"], net["cursor"], net["disabled"], net["scheduledTo"]) == ("initial", {}, False, later)
     assert not await store.enable("no-such-network", later)
+
+
+async def test_an_array_mode_is_claimed_by_no_scheduler_and_repaired_as_malformed(store, clock):
+    """Found by the property test: a `mode` of ['initial', 'normal', 'x'] matched BOTH modes' due queries, and,
+    scheduled far ahead, was never repaired nor disabled."""
+    odd = await add(store, clock, user="odd", mode=["initial", "normal", "x"])
+    later = await add(store, clock, user="later", mode=["normal"], scheduledTo=clock.now + timedelta(days=400))
+    for mode in ("initial", "normal"):
+        assert await store.claim_many(mode, "me", clock.now, 60, 10) == []
+    repaired = dict(await store.repair(clock.now, ("initial", "normal")))
+    assert set(repaired) == {odd, later}
+    for nid in (odd, later):
+        net = await store.get_network(nid)
+        assert net["disabled"] is True and net["scheduledTo"] is None
+        assert net["disabledReason"].startswith("malformed: field 'mode'")
