@@ -112,3 +112,45 @@ def _reset_logging():
 
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+# -- nothing outside the clone -------------------------------------------------------------------
+# Every file this test process opens must be in the clone, the interpreter and its packages, the system, the
+# temporary directory or the test engine's cache: a test that read ../shared (or anything else beside the
+# clone) would pass here and fail on a fresh machine. An audit hook sees every open(); the session fails
+# when one was outside (daemon processes the tests start run the same code).
+
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+ALLOWED_ROOTS = tuple(str(p) for p in {
+    ROOT, Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(tempfile.gettempdir()),
+    Path.home() / ".cache" / "collector", Path("/usr"), Path("/lib"), Path("/lib64"), Path("/etc"), Path("/proc"),
+    Path("/sys"), Path("/dev"), Path("/run"), Path("/var"),
+} | {Path(p).resolve() for p in sys.path if p and Path(p).is_absolute()})
+OUTSIDE: set[str] = set()
+
+
+def outside_the_clone(path: Any) -> bool:
+    """True when opening `path` reads or writes beside the clone (not in ALLOWED_ROOTS)."""
+    if isinstance(path, int):  # a file descriptor
+        return False
+    try:
+        name = os.path.abspath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    return not any(name == root or name.startswith(root.rstrip("/") + "/") for root in ALLOWED_ROOTS)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and args and outside_the_clone(args[0]):
+        OUTSIDE.add(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if OUTSIDE:
+        print(f"\nFILES OUTSIDE THE CLONE were opened by the tests: {sorted(OUTSIDE)[:20]}", file=sys.stderr)
+        session.exitstatus = 1
