@@ -35,8 +35,9 @@ import httpx  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
 from collector import config, logs  # noqa: E402
+from collector.documents import item_key  # noqa: E402
 from collector.sdk import parse_time  # noqa: E402
-from collector.store import Store, item_key  # noqa: E402
+from collector.store import Store  # noqa: E402
 
 HEADERS = {"Accept": "application/vnd.github.star+json", "X-GitHub-Api-Version": "2022-11-28"}
 

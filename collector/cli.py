@@ -264,7 +264,7 @@ def _network_id(raw: str) -> Any:
 def networks_list(ctx: click.Context, user: str | None, service: str | None, mode_: str | None,
                   state: str | None, limit: int, as_json: bool) -> None:
     """List networks with their state (tokens redacted)."""
-    from collector.store import public_view
+    from collector.documents import public_view
 
     query: dict[str, Any] = {}
     if user:
@@ -300,7 +300,7 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
 @click.pass_context
 def networks_show(ctx: click.Context, network_id: str) -> None:
     """One network in full: state, last error, schedule (tokens redacted)."""
-    from collector.store import public_view
+    from collector.documents import public_view
 
     async def fetch(store: Any) -> dict[str, Any] | None:
         return await store.get_network(_network_id(network_id))

@@ -110,7 +110,8 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
             from mongomock_motor import AsyncMongoMockClient
         except ImportError:
             server.stop()
-            echo("collector demo without --mongodb-uri needs mongomock-motor: pip install -e '.[test]'")
+            echo('collector demo without --mongodb-uri needs the in-memory database of the "demo" extra: '
+                 'pip install "collector[demo]" (from a clone: pip install -e ".[demo]"), or give --mongodb-uri')
             return False
         mongomock_compat()
         db = AsyncMongoMockClient(tz_aware=True)["collector_demo"]

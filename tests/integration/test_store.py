@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from collector.app import make_store
+from collector.documents import item_key
 from collector.sdk import Item
-from collector.store import Store, item_key
+from collector.store import Store
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

@@ -12,3 +12,12 @@ async def test_demo_collects_everything_the_sandbox_served():
     assert "normal cycle 1/1" in text and "equal" in text
     assert "networks     normal 11, unauthorized 1, disabled 0" in text  # user003 has a revoked token
     assert "rate_limited" in text and "transient" in text  # the troublemakers did their thing
+
+
+async def test_without_the_demo_extra_the_error_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mongomock_motor", None)  # as if `pip install collector` alone
+    lines: list[str] = []
+    assert not await run_demo(users=2, cycles=1, time_limit=30, echo=lines.append)
+    assert any('pip install "collector[demo]"' in line for line in lines), lines

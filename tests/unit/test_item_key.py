@@ -5,7 +5,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.store import item_key, key_prefix
+from collector.documents import item_key, key_prefix
 
 
 def reference(user, service, item_id):

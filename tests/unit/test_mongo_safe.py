@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.store import mongo_safe
+from collector.documents import mongo_safe
 from tests.conftest import fixture_json
 
 

@@ -1,0 +1,91 @@
+"""What operators do to networks (enable, disable, reset, in bulk) and the repair of malformed documents.
+Part of the Store (a mixin: `Store` is these parts over one database)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.documents import public_view
+
+
+class Operations:
+    networks: Any
+
+    async def repair(self, now: datetime, known_modes: Sequence[str]) -> list[tuple[Any, str]]:
+        """Give documents inserted without `mode`/`scheduledTo` (or with null) their defaults and
+        disable the ones whose mode or scheduledTo is junk (never due otherwise, and without a
+        reason); returns (id, what was done) for each document touched."""
+        done = []
+        query = {
+            "disabled": {"$ne": True},
+            "$or": [
+                {"mode": {"$exists": False}},
+                {"scheduledTo": {"$exists": False}},
+                {"mode": {"$nin": list(known_modes)}},
+                {"mode.0": {"$exists": True}},  # an array, even one holding a known mode
+                # null or not a date (no due query ever matches those): `$nor`, as `$not` is not everywhere
+                {"$nor": [{"scheduledTo": {"$gte": datetime(1, 1, 1, tzinfo=UTC)}}]},
+                {"scheduledTo.0": {"$exists": True}},  # an array, even of dates
+            ],
+        }
+        async for doc in self.networks.find(query, projection={"mode": 1, "scheduledTo": 1}).limit(1000):
+            fields: dict[str, Any] = {}
+            reason = None
+            if "mode" not in doc or doc["mode"] is None:
+                fields["mode"] = "initial"
+            elif doc["mode"] not in known_modes:
+                reason = f"malformed: field 'mode' must be one of {', '.join(known_modes)}"
+            due = doc.get("scheduledTo")
+            if due is not None and not isinstance(due, datetime) and reason is None:
+                reason = f"malformed: field 'scheduledTo' must be a date, got {type(due).__name__}"
+            if reason is not None:
+                fields.update(disabled=True, disabledReason=reason, scheduledTo=None,
+                              lastError={"at": now, "kind": "malformed", "status": None, "message": reason})
+            elif due is None:  # missing or null: the default
+                fields["scheduledTo"] = now
+            if fields:
+                await self.networks.update_one({"_id": doc["_id"], "lease": None}, {"$set": fields})
+                done.append((doc["_id"], ", ".join(sorted(fields))))
+        return done
+
+    async def enable(self, network_id: Any, now: datetime) -> bool:
+        """Clear disabled/unauthorized/errors and make the network due now."""
+        result = await self.networks.update_one({"_id": network_id}, _enable_update(now))
+        return result.matched_count == 1
+
+    async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
+                          dry_run: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """Enable every disabled network of `service` whose last error was of `reason_kind` (after an API
+        outage disabled them, say); networks an operator disabled are left alone. Returns how many matched
+        (and, for a dry run, up to 10 of them, unchanged)."""
+        query: dict[str, Any] = {"disabled": True, "$nor": [{"disabledReason": {"$regex": "^operator:"}}]}
+        if service is not None:
+            query["service"] = service
+        if reason_kind is not None:
+            query["lastError.kind"] = reason_kind
+        if dry_run:
+            sample = await self.networks.find(query).limit(10).to_list(None)
+            return await self.networks.count_documents(query), [public_view(d) for d in sample]
+        result = await self.networks.update_many(query, _enable_update(now))
+        return result.modified_count, []
+
+    async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
+        result = await self.networks.update_one({"_id": network_id}, {"$set": {
+            "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}})
+        return result.matched_count == 1
+
+    async def reset(self, network_id: Any, now: datetime) -> bool:
+        """Back to initial mode from the start of the history (items already stored stay)."""
+        result = await self.networks.update_one({"_id": network_id}, {
+            "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
+                     "unauthorized": False},
+            "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}})
+        return result.matched_count == 1
+
+
+def _enable_update(now: datetime) -> dict[str, Any]:
+    return {"$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
+            "$unset": {"disabledReason": "", "disabledAt": "", "failingSince": "", "parkedAt": "", "parkedReason": "",
+                       "rateLimitStreak": ""}}

@@ -1,0 +1,91 @@
+"""The fleet registry (`collectors`: one document per process, its heartbeat) and the aggregations
+`collector status` shows (the due backlog, disabled and parked networks). Part of the Store (a mixin)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING
+
+
+class Registry:
+    networks: Any
+    collectors: Any
+
+    async def heartbeat(self, owner: str, fields: dict[str, Any], first: dict[str, Any] | None = None) -> None:
+        """Write one process's registry document (`first`: the fields set only when it registers)."""
+        update: dict[str, Any] = {"$set": fields}
+        if first:
+            update["$setOnInsert"] = first
+        await self.collectors.update_one({"_id": owner}, update, upsert=True)
+
+    async def fleet(self) -> list[dict[str, Any]]:
+        docs = [doc async for doc in self.collectors.find({})]
+        return sorted(docs, key=lambda d: (str(d.get("host")), str(d.get("mode")), str(d.get("startedAt")), d["_id"]))
+
+    async def prune_fleet(self, now: datetime) -> int:
+        """Delete registry documents past their `expireAt` (portable: not every server has TTL indexes)."""
+        return (await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count
+
+    # -- status ---------------------------------------------------------------------------------
+
+    async def backlog(self, now: datetime, overdue_after: float) -> list[dict[str, Any]]:
+        """Per (mode, service): networks due now and unclaimed, how many of them overdue (due for
+        longer than `overdue_after` seconds), how many are running, and the oldest due moment."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def row(key: dict[str, Any]) -> dict[str, Any]:
+            mode, service = str(key.get("mode")), str(key.get("service"))
+            return rows.setdefault((mode, service), {"mode": mode, "service": service, "due": 0, "overdue": 0,
+                                                     "running": 0, "oldestDue": None})
+
+        enabled = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now}}
+        unleased = {"$or": [{"lease": None}, {"lease.until": {"$lt": now}}]}
+        groups = (
+            ("due", {**enabled, **unleased}),
+            ("overdue", {**enabled, **unleased, "scheduledTo": {"$lte": now - timedelta(seconds=overdue_after)}}),
+            ("running", {"lease.until": {"$gte": now}}),
+        )
+        for name, match in groups:
+            pipeline = [{"$match": match},
+                        {"$group": {"_id": {"mode": "$mode", "service": "$service"}, "n": {"$sum": 1}}}]
+            async for doc in _aggregate(self.networks, pipeline):
+                row(doc["_id"] or {})[name] = doc["n"]
+        for (mode, service), r in rows.items():
+            if r["due"]:
+                oldest = await self.networks.find_one({**enabled, **unleased, "mode": mode, "service": service},
+                                                      projection={"scheduledTo": 1}, sort=[("scheduledTo", ASCENDING)])
+                r["oldestDue"] = oldest["scheduledTo"] if oldest else None
+        return sorted(rows.values(), key=lambda r: (r["mode"], r["service"]))
+
+    async def disabled_summary(self, top: int = 5) -> dict[str, Any]:
+        """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""
+        out: dict[str, Any] = {}
+        for name, match in (("disabled", {"disabled": True, "unauthorized": {"$ne": True}}),
+                            ("unauthorized", {"disabled": True, "unauthorized": True})):
+            pipeline = [{"$match": match}, {"$group": {"_id": "$disabledReason", "n": {"$sum": 1}}}]
+            reasons = [(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)]
+            reasons.sort(key=lambda r: (-r[0], r[1]))
+            out[name] = {"count": sum(n for n, _ in reasons),
+                         "reasons": [{"reason": reason, "count": n} for n, reason in reasons[:top]]}
+        # parked (too many rate limits in a row: due again after a cool-down), by service: each reason names its time
+        pipeline = [{"$match": {"parkedAt": {"$exists": True}, "disabled": {"$ne": True}}},
+                    {"$group": {"_id": "$service", "n": {"$sum": 1}}}]
+        parked = sorted([(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)],
+                        key=lambda r: (-r[0], r[1]))
+        out["parked"] = {"count": sum(n for n, _ in parked),
+                         "reasons": [{"reason": f"{service}: rate limited too many times in a row", "count": n}
+                                     for n, service in parked[:top]]}
+        return out
+
+
+async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """PyMongo async's aggregate is a coroutine that returns a cursor; mongomock-motor's returns it."""
+    cursor = collection.aggregate(pipeline)
+    if inspect.isawaitable(cursor):
+        cursor = await cursor
+    async for doc in cursor:
+        yield doc
