@@ -82,7 +82,3 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-
-
-def get(name: str = "collector") -> Any:
-    return structlog.get_logger(name)

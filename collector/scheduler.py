@@ -95,7 +95,6 @@ class Running:
     user: Any
     lease: Lease
     started: datetime
-    started_mono: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:

@@ -99,12 +99,6 @@ class Store(Pauses, Operations, Registry):
 
     # -- claims ---------------------------------------------------------------------------------
 
-    async def claim(self, mode: str, owner: str, now: datetime, ttl: float,
-                    exclude_services: Iterable[str] = ()) -> tuple[dict[str, Any], Lease] | None:
-        """Atomically take the most overdue network of `mode`; None when nothing is due."""
-        got = await self.claim_many(mode, owner, now, ttl, 1, exclude_services)
-        return got[0] if got else None
-
     async def claim_many(self, mode: str, owner: str, now: datetime, ttl: float, want: int,
                          exclude_services: Iterable[str] = (), room: Callable[[str], int] | None = None,
                          ) -> list[tuple[dict[str, Any], Lease]]:

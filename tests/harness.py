@@ -27,7 +27,7 @@ class Engine:
         return await self.store.insert_network(doc)
 
     async def run(self, mode: str = "initial") -> RunResult:
-        claimed = await self.store.claim(mode, "test-owner", self.clock.now, 60)
+        claimed = await claim_one(self.store, mode, "test-owner", self.clock.now, 60)
         assert claimed is not None, f"no {mode} network is due"
         doc, lease = claimed
         return await self.executor.run(doc, lease)
@@ -51,6 +51,13 @@ class Engine:
     async def due_in(self) -> float | None:
         due = (await self.network())["scheduledTo"]
         return None if due is None else (due - self.clock.now).total_seconds()
+
+
+async def claim_one(store: Store, mode: str, owner: str, now: Any, ttl: float,
+                    exclude_services: Any = ()) -> tuple[dict[str, Any], Any] | None:
+    """The most overdue network of `mode`, claimed (Store.claim_many for one): None when nothing is due."""
+    got = await store.claim_many(mode, owner, now, ttl, 1, exclude_services)
+    return got[0] if got else None
 
 
 async def engine_for(service: str, token: str, mock_db, settings, clock):

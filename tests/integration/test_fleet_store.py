@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from collector.store import Store
+from tests.harness import claim_one
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,9 @@ async def test_renew_many_moves_only_our_leases(store, clock):
     b = await add(store, clock, "b", due=10)
     theirs_lease = {"id": "theirs", "owner": "other", "until": clock.now + timedelta(seconds=5)}
     c = await add(store, clock, "c", due=30, lease=theirs_lease)
-    _doc, lease_a = await store.claim("initial", "me", clock.now, TTL)
-    _doc, lease_b = await store.claim("initial", "me", clock.now, TTL)
-    assert await store.claim("initial", "me", clock.now, TTL) is None  # c is leased by someone else
+    _doc, lease_a = await claim_one(store, "initial", "me", clock.now, TTL)
+    _doc, lease_b = await claim_one(store, "initial", "me", clock.now, TTL)
+    assert await claim_one(store, "initial", "me", clock.now, TTL) is None  # c is leased by someone else
 
     later = clock.now + timedelta(seconds=40)
     assert await store.renew_many([(a, lease_a), (b, lease_b)], later, TTL) == 2
@@ -49,11 +50,11 @@ async def test_renew_many_moves_only_our_leases(store, clock):
 async def test_renew_many_counts_only_the_leases_still_held(store, clock):
     a = await add(store, clock, "a")
     b = await add(store, clock, "b", due=5)
-    _doc, lease_b = await store.claim("initial", "me", clock.now, TTL)
-    _doc, lease_a = await store.claim("initial", "me", clock.now, TTL)
+    _doc, lease_b = await claim_one(store, "initial", "me", clock.now, TTL)
+    _doc, lease_a = await claim_one(store, "initial", "me", clock.now, TTL)
     # both leases ran out (a frozen process) and another process took the most overdue network, b
     later = clock.now + timedelta(seconds=TTL + 1)
-    doc, stolen = await store.claim("initial", "them", later, TTL)
+    doc, stolen = await claim_one(store, "initial", "them", later, TTL)
     assert doc["_id"] == b
     assert await store.renew_many([(a, lease_a), (b, lease_b)], later, TTL) == 1
     network = await store.get_network(b)
@@ -65,14 +66,14 @@ async def test_renew_many_counts_only_the_leases_still_held(store, clock):
 async def test_a_renewed_lease_keeps_the_network_from_a_successor(store, clock):
     """The point of renewing: past the first lease's end, another claimant must still find it held."""
     nid = await add(store, clock, "long-run")
-    _doc, mine = await store.claim("initial", "me", clock.now, TTL)
+    _doc, mine = await claim_one(store, "initial", "me", clock.now, TTL)
     later = clock.now + timedelta(seconds=TTL - 5)
     assert await store.renew_many([(nid, mine)], later, TTL) == 1
     after_first_ttl = clock.now + timedelta(seconds=TTL + 5)
-    assert await store.claim("initial", "them", after_first_ttl, TTL) is None
+    assert await claim_one(store, "initial", "them", after_first_ttl, TTL) is None
     assert (await store.get_network(nid))["lease"]["id"] == mine.id
     # once the renewed lease runs out too (the owner died), the network is claimable again
-    doc, theirs = await store.claim("initial", "them", later + timedelta(seconds=TTL + 1), TTL)
+    doc, theirs = await claim_one(store, "initial", "them", later + timedelta(seconds=TTL + 1), TTL)
     assert doc["_id"] == nid and theirs.owner == "them"
 
 

@@ -14,6 +14,7 @@ import respx
 from collector.executor import Executor
 from collector.store import Store
 from tests.conftest import make_settings
+from tests.harness import claim_one
 from tests.integration.conftest import fresh_database
 from tests.unit.test_executor import REGISTRY, TOKEN, page
 
@@ -33,7 +34,7 @@ async def test_a_junk_stats_field_is_started_again_and_the_state_saved(wire_uri,
         if junk is not None:
             doc["stats"] = junk
         await store.networks.insert_one(doc)
-        claimed, lease = await store.claim("initial", "me", clock.now, 60)
+        claimed, lease = await claim_one(store, "initial", "me", clock.now, 60)
         with respx.mock() as api:
             api.get("https://fake.test/items").mock(return_value=page(3))
             result = await executor.run(claimed, lease)

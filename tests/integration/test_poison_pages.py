@@ -16,6 +16,7 @@ from collector.executor import Executor
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
+from tests.harness import claim_one
 from tests.unit.test_executor import REGISTRY, TOKEN
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ async def run(wire_db, clock):
         async def go(body: str, user: str = "u1"):
             await store.networks.insert_one({"user": user, "service": "raw", "accessToken": TOKEN, "mode": "initial",
                                              "scheduledTo": clock.now, "errors": 0})
-            doc, lease = await store.claim("initial", "me", clock.now, 60)
+            doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
             with respx.mock() as api:
                 api.get("https://raw.test/items").mock(return_value=httpx.Response(
                     200, content=body.encode(), headers={"content-type": "application/json"}))

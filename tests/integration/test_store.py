@@ -12,6 +12,7 @@ from collector.documents import item_key
 from collector.sdk import Item
 from collector.store import Store
 from tests.conftest import make_settings
+from tests.harness import claim_one
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ async def add(store, clock, **doc):
 async def test_claim_takes_the_most_overdue_first_and_sets_a_lease(store, clock):
     late = await add(store, clock, user="late", scheduledTo=clock.now - timedelta(hours=1))
     await add(store, clock, user="now")
-    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
     assert doc["_id"] == late and doc["lease"]["owner"] == "me" and doc["lease"]["id"] == lease.id
     assert doc["lease"]["until"] == clock.now + timedelta(seconds=60)
 
@@ -45,28 +46,28 @@ async def test_claim_skips_what_is_not_due(store, clock):
     await add(store, clock, user="paused-service", service="stackoverflow")
     await add(store, clock, user="never", scheduledTo=None)
     await add(store, clock, user="leased", lease={"id": "x", "owner": "o", "until": clock.now + timedelta(seconds=5)})
-    assert await store.claim("initial", "me", clock.now, 60, exclude_services={"stackoverflow"}) is None
+    assert await claim_one(store, "initial", "me", clock.now, 60, exclude_services={"stackoverflow"}) is None
 
 
 async def test_an_expired_lease_is_reclaimable(store, clock):
     await add(store, clock, lease={"id": "x", "owner": "dead", "until": clock.now - timedelta(seconds=1)})
-    doc, _lease = await store.claim("initial", "me", clock.now, 60)
+    doc, _lease = await claim_one(store, "initial", "me", clock.now, 60)
     assert doc["lease"]["owner"] == "me"
 
 
 async def test_each_network_is_claimed_once_under_concurrent_claims(store, clock):
     for i in range(30):
         await add(store, clock, user=f"u{i}")
-    claims = await asyncio.gather(*[store.claim("initial", f"p{i}", clock.now, 60) for i in range(40)])
+    claims = await asyncio.gather(*[claim_one(store, "initial", f"p{i}", clock.now, 60) for i in range(40)])
     got = [c[0]["_id"] for c in claims if c]
     assert len(got) == 30 and len(set(got)) == 30
 
 
 async def test_state_save_is_guarded_by_the_lease(store, clock):
     nid = await add(store, clock)
-    _doc, mine = await store.claim("initial", "me", clock.now, 60)
+    _doc, mine = await claim_one(store, "initial", "me", clock.now, 60)
     later = clock.now + timedelta(seconds=61)
-    _doc, theirs = await store.claim("initial", "them", later, 60)
+    _doc, theirs = await claim_one(store, "initial", "them", later, 60)
     assert not await store.save_state(nid, mine, {"mode": "normal"})
     assert (await store.get_network(nid))["mode"] == "initial"
     assert await store.save_state(nid, theirs, {"mode": "normal", "errors": 0}, inc={"stats.runs": 1})
@@ -76,7 +77,7 @@ async def test_state_save_is_guarded_by_the_lease(store, clock):
 
 async def test_renew_and_release(store, clock):
     nid = await add(store, clock)
-    _doc, lease = await store.claim("initial", "me", clock.now, 60)
+    _doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
     assert await store.renew_many([(nid, lease)], clock.now + timedelta(seconds=50), 60) == 1
     assert (await store.get_network(nid))["lease"]["until"] == clock.now + timedelta(seconds=110)
     assert await store.release(nid, lease)

@@ -14,6 +14,7 @@ from collector.executor import Executor
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
+from tests.harness import claim_one
 
 BASE = "https://fake.test"
 TOKEN = "tok_verysecret_123456"
@@ -59,7 +60,7 @@ async def run(env, clock, **doc):
             "scheduledTo": clock.now, "errors": 0}
     base.update(doc)
     await store.networks.insert_one(base)
-    doc, lease = await store.claim(base["mode"], "me", clock.now, 60)
+    doc, lease = await claim_one(store, base["mode"], "me", clock.now, 60)
     result = await executor.run(doc, lease)
     return result, await store.networks.find_one({"_id": doc["_id"]})
 
@@ -208,10 +209,10 @@ async def test_lost_lease_drops_the_state_but_keeps_the_items(env, clock, mock_d
     respx.get(f"{BASE}/items").mock(return_value=page(2, nxt=2))
     await store.networks.insert_one({"user": "u1", "service": "fake", "accessToken": TOKEN, "mode": "initial",
                                      "scheduledTo": clock.now})
-    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
     # the lease expires and another process claims the network meanwhile
     clock.advance(61)
-    other = await store.claim("initial", "other", clock.now, 60)
+    other = await claim_one(store, "initial", "other", clock.now, 60)
     assert other is not None
     result = await executor.run(doc, lease)
     assert not result.saved
@@ -234,7 +235,7 @@ async def test_items_the_database_refuses_end_in_a_recorded_transient_state(env,
     store.save_items = refuse
     network_id = await store.insert_network({"user": "u", "service": "fake", "accessToken": TOKEN,
                                              "mode": "initial", "scheduledTo": clock.now})
-    doc, lease = await store.claim("initial", "me", clock.now, 60)
+    doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
     result = await executor.run(doc, lease)
     assert result.outcome.kind.value == "transient" and result.saved
     saved = await store.get_network(network_id)

@@ -17,7 +17,7 @@ import respx
 
 from collector import sdk
 from tests.conftest import fixture_json
-from tests.harness import Engine, engine_for
+from tests.harness import Engine, claim_one, engine_for
 
 TOKEN = "ghp_secret123456"
 API = "https://api.github.test"
@@ -212,7 +212,7 @@ async def test_the_same_page_run_twice_stores_no_duplicates(engine, api, clock):
     """A run whose state write is lost (lease taken over) is run again: items are upserts."""
     page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
     network_id = await engine.add()
-    doc, lease = await engine.store.claim("initial", "test-owner", clock.now, 60)
+    doc, lease = await claim_one(engine.store, "initial", "test-owner", clock.now, 60)
     await engine.store.networks.update_one({"_id": network_id}, {"$set": {"lease.id": "someone-else"}})
 
     first = await engine.executor.run(doc, lease)
@@ -363,7 +363,7 @@ async def test_401_disables_the_network_as_unauthorized(engine, api, clock):
     assert network["lastError"]["kind"] == "unauthorized"
     for text in (network["disabledReason"], network["lastError"]["message"], network["lastOutcome"]["reason"]):
         assert TOKEN not in text
-    assert await engine.store.claim("initial", "test-owner", clock.now + timedelta(days=3650), 60) is None
+    assert await claim_one(engine.store, "initial", "test-owner", clock.now + timedelta(days=3650), 60) is None
 
 
 async def test_500_is_retried_with_backoff(engine, api):

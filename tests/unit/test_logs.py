@@ -20,7 +20,7 @@ def test_json_lines_carry_the_bound_run_context():
     out = capture()
     structlog.contextvars.bind_contextvars(network="n1", user="u1", service="github", mode="initial")
     try:
-        logs.get().info("run", items=3)
+        structlog.get_logger("collector").info("run", items=3)
     finally:
         structlog.contextvars.clear_contextvars()
     line = json.loads(out.getvalue())
@@ -31,13 +31,14 @@ def test_json_lines_carry_the_bound_run_context():
 
 def test_console_format_is_key_value():
     out = capture("console")
-    logs.get().info("run", items=3)
+    structlog.get_logger("collector").info("run", items=3)
     assert "items=3" in out.getvalue() and "run" in out.getvalue()
 
 
 def test_secret_keys_are_redacted():
     out = capture()
-    logs.get().info("x", accessToken=TOKEN, headers={"Authorization": f"Bearer {TOKEN}"}, api_key="k" * 10)
+    structlog.get_logger("collector").info("x", accessToken=TOKEN, headers={"Authorization": f"Bearer {TOKEN}"},
+                                           api_key="k" * 10)
     text = out.getvalue()
     assert TOKEN not in text and "k" * 10 not in text and text.count("[redacted]") == 3
 
@@ -49,7 +50,7 @@ def test_run_secrets_are_scrubbed_from_any_string_and_exception():
         try:
             raise ValueError(f"server said {TOKEN} is bad")
         except ValueError:
-            logs.get().exception("failed", url=f"https://api/x?q=1&t={TOKEN}")
+            structlog.get_logger("collector").exception("failed", url=f"https://api/x?q=1&t={TOKEN}")
     finally:
         logs.reset_run_secrets(token)
     assert TOKEN not in out.getvalue() and "[redacted]" in out.getvalue()

@@ -67,6 +67,7 @@ from collector.scheduler import Scheduler
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 from collector.store import Store
 from tests.conftest import ROOT, Clock, make_settings
+from tests.harness import claim_one
 
 GITHUB_API = "https://api.github.test"
 SO_API = "https://api.stackexchange.test/2.3"
@@ -466,8 +467,8 @@ async def drive(doc: dict[str, Any]) -> None:
         runs = 0
         for _ in range(MAX_ERRORS + 2):
             await e.store.repair(e.clock.now, MODES)
-            claimed = (await e.store.claim("initial", "prop", e.clock.now, 60)
-                       or await e.store.claim("normal", "prop", e.clock.now, 60))
+            claimed = (await claim_one(e.store, "initial", "prop", e.clock.now, 60)
+                       or await claim_one(e.store, "normal", "prop", e.clock.now, 60))
             if claimed is None:
                 break
             result = await e.executor.run(*claimed)

@@ -12,6 +12,7 @@ from collector.sandbox import Sandbox, Server
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
+from tests.harness import claim_one
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ async def run(server, mock_db, clock):
             server.sandbox.inject(token, **fault)
         await store.networks.insert_one({"user": token[-12:], "service": service, "accessToken": token,
                                          "mode": "initial", "scheduledTo": clock.now})
-        doc, lease = await store.claim("initial", "me", clock.now, 60)
+        doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
         async with httpx.AsyncClient() as client:
             result = await Executor(store, client, settings, sdk.discover(), clock=clock).run(doc, lease)
         return result, await store.networks.find_one({"_id": doc["_id"]}), token
