@@ -217,7 +217,7 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
     for doc in docs:
         if not isinstance(doc, dict):
             raise click.ClickException("each network must be a JSON object")
-        reg = known.get(doc.get("service"))
+        reg = known.get(str(doc.get("service")))
         if reg is None:
             installed = ", ".join(sorted(known))
             raise click.ClickException(f"unknown service {doc.get('service')!r} (installed: {installed})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class Settings:
         return self.services.get(name) or ServiceSettings(name=name, schedule=self.schedule)
 
 
-def config_dirs(environ: dict[str, str] | None = None) -> list[Path]:
+def config_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
     """Where TOML files are looked up, first found wins per file name."""
     environ = os.environ if environ is None else environ
     dirs = []
@@ -146,7 +147,7 @@ def _typed(section: str, key: str, value: Any, kind: type) -> Any:
         value = float(value)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"[{section}] {key} must be a {kind.__name__}, got {value!r}")
-    if kind in (int, float) and value < 0:
+    if kind in (int, float) and isinstance(value, int | float) and value < 0:
         raise ConfigError(f"[{section}] {key} must not be negative, got {value!r}")
     return value
 

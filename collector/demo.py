@@ -43,8 +43,8 @@ def mongomock_compat() -> None:
         return original(self, selector, doc, multi=multi, upsert=upsert, collation=collation,
                         array_filters=array_filters, hint=hint)
 
-    add_update._collector_shim = True
-    BulkOperationBuilder.add_update = add_update
+    add_update._collector_shim = True  # type: ignore[attr-defined]
+    BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
 
 
 def seed(sandbox: Sandbox, users: int, rng: random.Random, now: datetime) -> tuple[list[dict[str, Any]], dict]:
@@ -93,7 +93,7 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     rng = random.Random(seed_value)
     server = Server(Sandbox(latency=0.02, page_cap=25)).start()
     sandbox = server.sandbox
-    overrides = {"services": {"github": {"base_url": server.url},
+    overrides: dict[str, Any] = {"services": {"github": {"base_url": server.url},
                               "stackoverflow": {"base_url": f"{server.url}/2.3"}}}
     if mongodb_uri:
         overrides["database"] = {"uri": mongodb_uri}

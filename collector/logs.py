@@ -13,7 +13,7 @@ import contextvars
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -55,7 +55,7 @@ def _redact(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return _redact(event)
 
 

@@ -267,9 +267,9 @@ class Metrics:
         for label in stale:
             self.service_paused.labels(service=label).set(0)
             self.service_paused_until.labels(service=label).set(0)
-        for label, until in current.items():
+        for label, at in current.items():
             self.service_paused.labels(service=label).set(1)
-            self.service_paused_until.labels(service=label).set(until)
+            self.service_paused_until.labels(service=label).set(at)
 
     # -- exposition -----------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ class Registry:
             ("running", {"lease.until": {"$gte": now}}),
         )
         for name, match in groups:
-            pipeline = [{"$match": match},
+            pipeline: list[dict[str, Any]] = [{"$match": match},
                         {"$group": {"_id": {"mode": "$mode", "service": "$service"}, "n": {"$sum": 1}}}]
             async for doc in _aggregate(self.networks, pipeline):
                 row(doc["_id"] or {})[name] = doc["n"]
@@ -66,7 +66,8 @@ class Registry:
         out: dict[str, Any] = {}
         for name, match in (("disabled", {"disabled": True, "unauthorized": {"$ne": True}}),
                             ("unauthorized", {"disabled": True, "unauthorized": True})):
-            pipeline = [{"$match": match}, {"$group": {"_id": "$disabledReason", "n": {"$sum": 1}}}]
+            pipeline: list[dict[str, Any]] = [{"$match": match},
+                                              {"$group": {"_id": "$disabledReason", "n": {"$sum": 1}}}]
             reasons = [(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)]
             reasons.sort(key=lambda r: (-r[0], r[1]))
             out[name] = {"count": sum(n for n, _ in reasons),

@@ -262,7 +262,8 @@ class Sandbox:
         if path == "/_sandbox/stats":
             return _json(200, self.stats())
         if path == "/_sandbox/reset" and method == "POST":
-            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap, self.quota_max, self.repos)
+            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap,  # type: ignore[misc]
+                          self.quota_max, self.repos)
             return _json(200, {"ok": True})
         if path == "/_sandbox/bulk" and method == "POST":  # many users at once: tokens prefix0, prefix1...
             prefix, count = str(data["prefix"]), int(data["count"])

@@ -270,9 +270,9 @@ def links(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _int(value: str | None) -> int | None:
+def _int(value: object) -> int | None:
     try:
-        return int(float(value)) if value is not None else None
+        return int(float(value)) if isinstance(value, str | int | float) else None
     except (TypeError, ValueError, OverflowError):  # "1e999", "inf": int(float) overflows
         return None
 
