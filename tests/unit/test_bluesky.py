@@ -416,9 +416,11 @@ def server():
 
 
 async def sandbox_engine(server, mock_db, clock, token: str):
-    clock.now = datetime.now(UTC).replace(microsecond=0)  # the sandbox's resets are real Unix times
     settings = make_settings(services={"bluesky": {"base_url": server.url}})
     async for engine in make_engine(mock_db, settings, clock, token=token):
+        # the sandbox's resets are real Unix times: the test clock is set to real time once the engine (its
+        # client pool) is built, not before (a slow build used to put the two clocks seconds apart: a flaky wait)
+        clock.now = datetime.now(UTC).replace(microsecond=0)
         yield engine
 
 
