@@ -20,7 +20,7 @@ from collector import http, sdk
 from collector.documents import mongo_safe
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
-from collector.sandbox_apis.bluesky import handle as sandbox_handle
+from collector.sandbox.apis.bluesky import handle as sandbox_handle
 from collector.sdk import Registered
 from collector.store import Store
 from connectors.bluesky import BlueskyLikes, token_did

@@ -18,7 +18,7 @@ import respx
 from collector import http, sdk
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
-from collector.sandbox_apis.reddit import base36
+from collector.sandbox.apis.reddit import base36
 from collector.sdk import Registered
 from collector.store import Store
 from connectors.reddit import RedditSaved, RedditUpvoted

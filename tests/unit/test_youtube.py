@@ -13,7 +13,7 @@ import respx
 
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
-from collector.sandbox_apis import youtube as emulator
+from collector.sandbox.apis import youtube as emulator
 from collector.sdk import Registered
 from collector.store import Store
 from connectors.youtube import YouTubeLiked, quota_reset

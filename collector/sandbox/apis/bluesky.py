@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from collector.sandbox import Response, Sandbox, User, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, route
 
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"  # base32-sortable, as record keys (TIDs) are written
 

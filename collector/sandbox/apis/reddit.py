@@ -18,7 +18,7 @@ import html
 import time
 from typing import Any
 
-from collector.sandbox import Response, Sandbox, json_reply, route
+from collector.sandbox.core import Response, Sandbox, json_reply, route
 
 SERVICES = {"saved": "reddit_saved", "upvoted": "reddit_upvoted"}
 SUBREDDITS = ("python", "programming", "aww", "askscience", "dataisbeautiful")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from collector.sandbox import Response, Sandbox, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, iso, json_reply, route
 
 EPOCH = 1_600_000_000
 _FILTER = re.compile(r"created_at_i(<=|>=|<|>|=)(\d+)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from collector.sandbox import Response, iso, json_reply, route
+from collector.sandbox.core import Response, iso, json_reply, route
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

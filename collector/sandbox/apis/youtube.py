@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.sandbox import Response, iso, json_reply, route
+from collector.sandbox.core import Response, iso, json_reply, route
 
 DAILY_UNITS = 10_000  # the default quota of a Google Cloud project
 PACIFIC = ZoneInfo("America/Los_Angeles")

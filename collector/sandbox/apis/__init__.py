@@ -1,5 +1,5 @@
 """API emulators of the sandbox, one module per API; each registers its routes with
-`collector.sandbox.route`. Add a module here and import it below."""
+`collector.sandbox.core.route`. Add a module here and import it below."""
 
 import importlib
 import pkgutil

@@ -1,36 +1,10 @@
-"""A local sandbox API: a real HTTP/1.1 server on 127.0.0.1 that imitates the APIs our connectors
-call, with the same URL shapes, pagination, headers and body fields, and counts everything it
-serves so a test can prove nothing was lost or fetched twice.
-
-    GitHub          GET /user/starred?per_page=&page=    Link, ETag/If-None-Match, x-ratelimit-*
-    Stack Exchange  GET /2.3/me/favorites?page=&pagesize= gzip, has_more, quota_*, backoff
-
-Control endpoints (JSON): POST /_sandbox/users {service, token, items, user?} creates a user with
-`items` starred things (newest first); POST /_sandbox/users/<token>/add {count} makes new items
-arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, size?} makes the next
-`count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
-bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
-POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
-forgets everything. For benchmarks: POST /_sandbox/bulk {service, prefix, count, items} creates `count`
-users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items;
-POST /_sandbox/repos {repos} serves those recorded GitHub repositories (ids changed) instead of compact ones.
-`Sandbox.transfers` records every API reply on the wire: when it arrived and ended, its body size
-and how many body bytes were handed to the kernel before the client went away (an oversize body cut
-off by the client shows sent << size).
-
-Run it alone:  python -m collector.sandbox --port 8900   (prints the base URL)
-Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
-                            --set services.stackoverflow.base_url=http://127.0.0.1:8900/2.3
-"""
+"""The sandbox API's state: users, their items, faults, quotas, counters; the route registry the API
+emulators (collector/sandbox/apis/) register with. See collector/sandbox/__init__.py."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import functools
 import gzip
-import hashlib
 import json
 import re
 import threading
@@ -38,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -247,10 +220,6 @@ class Sandbox:
         with self.lock:
             self.total += 1
             self.log.append(target)
-        if path == "/user/starred":
-            return self._github(headers, query)
-        if path == "/2.3/me/favorites":
-            return self._stackexchange(headers, query)
         for pattern, emulator in ROUTES:
             match = pattern.fullmatch(path)
             if match:
@@ -315,7 +284,7 @@ class Sandbox:
             self.hits.setdefault(user.token, []).append(arrived)
         return user
 
-    # -- for API emulators (collector/sandbox_apis/*) -----------------------------------------
+    # -- for API emulators (collector/sandbox/apis/*) -----------------------------------------
 
     def bearer_user(self, headers: dict[str, str], service: str) -> User | None:
         """The user of an `Authorization: Bearer <token>` request to `service` (the hit is recorded)."""
@@ -367,82 +336,6 @@ class Sandbox:
             self.served_ids[user.token].update(i["id"] for i in chunk)
             return list(chunk)
 
-    def _github(self, headers: dict[str, str], query: dict[str, str]) -> Response:
-        auth = headers.get("authorization", "")
-        user = self._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
-        if user is None:
-            return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
-        ride = self._ride(user)
-        if ride is None and (fault := self._fault(user)) is not None:
-            return fault
-        now = time.time()
-        if now >= user.reset_at:
-            user.remaining, user.reset_at = self.rate_limit, now + self.window
-        limits = {"x-ratelimit-limit": str(self.rate_limit), "x-ratelimit-reset": str(int(user.reset_at)),
-                  "x-ratelimit-resource": "core"}
-        if user.remaining <= 0:
-            return _json(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
-        user.remaining -= 1
-        limits["x-ratelimit-remaining"] = str(user.remaining)
-        size = min(max(_int(query.get("per_page"), 30), 1), self.page_cap)
-        page = max(_int(query.get("page"), 1), 1)
-        last = max((len(user.items) + size - 1) // size, 1)
-        etag = '"' + hashlib.sha1(f"{user.token}:{user.next_id}:{page}:{size}".encode()).hexdigest() + '"'
-        if headers.get("if-none-match") == etag:
-            user.remaining += 1  # a 304 costs no quota on GitHub
-            limits["x-ratelimit-remaining"] = str(user.remaining)
-            with self.lock:
-                self.requests[user.token] += 1
-            return Response(304, headers={**limits, "etag": etag})
-        chunk = self._page(user, page, size)
-        body = [{"starred_at": _iso(i["at"]), "repo": _repo(user, i, self.repos)} for i in chunk]
-        base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
-        link = []
-        if page < last:
-            link.append(f'<{base}&page={page + 1}>; rel="next"')
-            link.append(f'<{base}&page={last}>; rel="last"')
-        extra = {**limits, "etag": etag}
-        if link:
-            extra["link"] = ", ".join(link)
-        if ride is not None:
-            extra.update({str(k).lower(): str(v) for k, v in (ride.get("headers") or {}).items()})
-        resp = _json(200, body, extra)
-        resp.fault = ride["kind"] if ride else ""
-        return resp
-
-    def _stackexchange(self, headers: dict[str, str], query: dict[str, str]) -> Response:
-        user = self._user(headers.get("x-api-access-token"), "stackoverflow", headers)
-        if user is None:
-            return _json(400, {"error_id": 401, "error_name": "access_token_required",
-                               "error_message": "`access_token` is required"}, gzipped=True)
-        backoff, ride = None, self._ride(user)
-        if ride is not None and ride["kind"] == "backoff":  # a normal reply asking callers to wait
-            backoff = int(ride["seconds"])
-        elif ride is None and (fault := self._fault(user)) is not None:
-            return fault
-        with self.lock:
-            if user.quota <= 0:  # this user/app pair's quota is spent: the API refuses this user until its day ends
-                return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
-                                   "too many requests from this IP, more requests available in 86400 seconds"},
-                             gzipped=True)
-            user.quota -= 1
-            quota = user.quota
-        size = min(max(_int(query.get("pagesize"), 30), 1), self.page_cap)
-        page = max(_int(query.get("page"), 1), 1)
-        chunk = self._page(user, page, size)
-        items = [{"question_id": i["id"], "title": f"Question {i['id']} &amp; friends",
-                  "link": f"https://stackoverflow.com/questions/{i['id']}", "creation_date": int(i["at"]),
-                  "owner": {"display_name": user.name}} for i in chunk]
-        body = {"items": items, "has_more": page * size < len(user.items), "quota_max": self.quota_max,
-                "quota_remaining": quota}
-        if backoff is not None:
-            body["backoff"] = backoff
-        resp = _json(200, body, {str(k).lower(): str(v) for k, v in ((ride or {}).get("headers") or {}).items()},
-                     gzipped=True)
-        resp.fault = ride["kind"] if ride else ""
-        return resp
-
-
 @functools.lru_cache(maxsize=4)
 def _oversize(size: int, gzipped: bool) -> bytes:
     body = b"[" + b" " * size + b"]"
@@ -492,7 +385,7 @@ ROUTES: list[tuple[re.Pattern[str], Emulator]] = []
 
 def route(pattern: str) -> Callable[[Emulator], Emulator]:
     """Register an API emulator for request paths matching `pattern` (a full match). Emulators live
-    in collector/sandbox_apis/, one module per API, imported at the end of this module."""
+    in collector/sandbox/apis/, one module per API, imported by the package (collector/sandbox/__init__.py)."""
 
     def register(fn: Emulator) -> Emulator:
         ROUTES.append((re.compile(pattern), fn))
@@ -510,146 +403,3 @@ def iso(ts: float) -> str:
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
-
-
-class Server:
-    """Serves a Sandbox on 127.0.0.1 from a background thread (or the current loop via `serve`)."""
-
-    def __init__(self, sandbox: Sandbox | None = None, port: int = 0):
-        self.sandbox = sandbox or Sandbox()
-        self.port = port
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._ready = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def serve(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port, backlog=2048)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
-        async with self._server:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._server.serve_forever()
-
-    def start(self) -> Server:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.serve()), daemon=True, name="sandbox")
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("sandbox server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
-        if self._thread:
-            self._thread.join(5)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                method, target, _version = line.decode("latin-1").split(" ", 2)
-                headers = {}
-                while (raw := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = raw.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
-                headers["x-sandbox-base"] = f"http://{headers.get('host', f'127.0.0.1:{self.port}')}"
-                headers["x-sandbox-arrived"] = repr(time.time())  # the hit time, before the latency
-                if self.sandbox.latency and not target.startswith("/_sandbox/"):
-                    await asyncio.sleep(self.sandbox.latency)
-                resp = self.sandbox.handle(method, target, headers, body)
-                if target.startswith("/_sandbox/"):
-                    await self._send(writer, resp)
-                else:
-                    await self._transfer(reader, writer, resp, target, headers)
-                if headers.get("connection", "").lower() == "close":
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
-            pass  # a client gone, a garbled request, or the server stopping: drop the connection
-        finally:
-            writer.close()
-
-    async def _transfer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response,
-                        target: str, headers: dict[str, str]) -> None:
-        """Answer an API request and record the transfer: arrival, end, body bytes sent before the
-        client went away (ended early: `complete` False)."""
-        auth = headers.get("authorization", "")
-        record = {"token": auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-access-token", ""),
-                  "path": urlsplit(target).path, "status": resp.status, "fault": resp.fault,
-                  "arrived": float(headers["x-sandbox-arrived"]), "size": len(resp.body), "sent": 0,
-                  "complete": False}
-        try:
-            if resp.action == "reset":
-                writer.transport.abort()
-                return
-            if resp.action == "delay":  # answer late, unless the client gives up first
-                with contextlib.suppress(TimeoutError):
-                    if await asyncio.wait_for(reader.read(1), resp.seconds) == b"":
-                        return
-            record["sent"] = await self._send(writer, resp, record)
-            record["complete"] = True
-        finally:
-            record["ended"] = time.time()
-            self.sandbox.record_transfer(**record)
-
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, resp: Response, record: dict[str, Any] | None = None) -> int:
-        """Write the reply; returns the body bytes handed to the kernel (kept in record["sent"] as it goes)."""
-        head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}"]
-        head.append("transfer-encoding: chunked" if resp.chunked else f"content-length: {len(resp.body)}")
-        head += [f"{k}: {v}" for k, v in resp.headers.items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        body, step = memoryview(resp.body), 1 if resp.action == "drip" else 65536
-        written = 0
-        for i in range(0, len(body), step):
-            piece = body[i:i + step]
-            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if resp.chunked else piece)
-            written += len(piece)
-            await writer.drain()
-            if record is not None:
-                record["sent"] = max(written - writer.transport.get_write_buffer_size(), 0)
-            if resp.action == "drip":  # one byte at a time over `seconds`
-                await asyncio.sleep(resp.seconds / max(len(resp.body), 1))
-        if resp.chunked:
-            writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m collector.sandbox", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=8900)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every API reply")
-    parser.add_argument("--github-repos", type=Path, default=None, metavar="JSON",
-                        help="serve these recorded GitHub repositories (a JSON list, e.g. tests/fixtures/likeastore/"
-                             "github.connector.init.json) instead of compact ones, ids and names changed")
-    args = parser.parse_args(argv)
-    repos = json.loads(args.github_repos.read_text()) if args.github_repos else None
-    if repos is not None and not repo_list(repos):
-        parser.error(f"{args.github_repos}: expected a non-empty JSON list of repository objects")
-    server = Server(Sandbox(latency=args.latency, repos=repos), args.port)
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        await asyncio.get_running_loop().run_in_executor(None, server._ready.wait)
-        print(server.url, flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-
-
-from collector import sandbox_apis  # noqa: E402,F401  (registers the emulators' routes)
-
-if __name__ == "__main__":
-    from collector.sandbox import main as _main  # the module the emulators registered with, not __main__
-
-    _main()

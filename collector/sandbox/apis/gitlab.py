@@ -16,7 +16,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlencode
 
-from collector.sandbox import Response, iso, json_reply, route
+from collector.sandbox.core import Response, iso, json_reply, route
 
 
 def _account(sandbox, headers):

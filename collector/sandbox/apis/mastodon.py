@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.sandbox import iso, json_reply, route
+from collector.sandbox.core import iso, json_reply, route
 
 SERVICES = {"favourites": "mastodon_favourites", "bookmarks": "mastodon_bookmarks"}
 

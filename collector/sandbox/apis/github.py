@@ -1,0 +1,56 @@
+"""GitHub: GET /user/starred (star+json), Link pagination, ETag / If-None-Match (a 304 costs no quota),
+x-ratelimit-* per user; compact repositories or, given recorded ones, those (Sandbox.repos)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+from collector.sandbox.core import Response, Sandbox, _int, _iso, _json, _repo, route
+
+
+@route(r"/user/starred")
+def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[str, str],
+        _match: re.Match[str], _body: bytes) -> Response:
+    auth = headers.get("authorization", "")
+    user = sandbox._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
+    if user is None:
+        return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+    ride = sandbox._ride(user)
+    if ride is None and (fault := sandbox._fault(user)) is not None:
+        return fault
+    now = time.time()
+    if now >= user.reset_at:
+        user.remaining, user.reset_at = sandbox.rate_limit, now + sandbox.window
+    limits = {"x-ratelimit-limit": str(sandbox.rate_limit), "x-ratelimit-reset": str(int(user.reset_at)),
+              "x-ratelimit-resource": "core"}
+    if user.remaining <= 0:
+        return _json(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
+    user.remaining -= 1
+    limits["x-ratelimit-remaining"] = str(user.remaining)
+    size = min(max(_int(query.get("per_page"), 30), 1), sandbox.page_cap)
+    page = max(_int(query.get("page"), 1), 1)
+    last = max((len(user.items) + size - 1) // size, 1)
+    etag = '"' + hashlib.sha1(f"{user.token}:{user.next_id}:{page}:{size}".encode()).hexdigest() + '"'
+    if headers.get("if-none-match") == etag:
+        user.remaining += 1  # a 304 costs no quota on GitHub
+        limits["x-ratelimit-remaining"] = str(user.remaining)
+        with sandbox.lock:
+            sandbox.requests[user.token] += 1
+        return Response(304, headers={**limits, "etag": etag})
+    chunk = sandbox._page(user, page, size)
+    body = [{"starred_at": _iso(i["at"]), "repo": _repo(user, i, sandbox.repos)} for i in chunk]
+    base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
+    link = []
+    if page < last:
+        link.append(f'<{base}&page={page + 1}>; rel="next"')
+        link.append(f'<{base}&page={last}>; rel="last"')
+    extra = {**limits, "etag": etag}
+    if link:
+        extra["link"] = ", ".join(link)
+    if ride is not None:
+        extra.update({str(k).lower(): str(v) for k, v in (ride.get("headers") or {}).items()})
+    resp = _json(200, body, extra)
+    resp.fault = ride["kind"] if ride else ""
+    return resp
