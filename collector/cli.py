@@ -134,19 +134,19 @@ def connectors() -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     """The fleet, the backlog, paused services and disabled networks, at a glance."""
-    from collector import fleet
+    from collector import status as fleet_status
     from collector.clock import ServerClock
 
     async def read(store: Any) -> dict[str, Any]:
         clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
         await clock.sync(store.db)
-        return await fleet.status(store, clock(), overdue_after=overdue_after)
+        return await fleet_status.status(store, clock(), overdue_after=overdue_after)
 
     report = _run(ctx, read)
     if as_json:
         click.echo(json.dumps(report, default=_json_default, indent=2))
     else:
-        click.echo(fleet.render(report))
+        click.echo(fleet_status.render(report))
 
 
 def _json_default(value: Any) -> Any:

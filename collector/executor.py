@@ -33,6 +33,7 @@ from collector.model import (
     limit_streak,
     utcnow,
 )
+from collector.pauses import KnownPauses
 from collector.sdk import (
     BadResponse,
     Connector,
@@ -96,7 +97,7 @@ class Executor:
         # service pauses this process knows of (the scheduler refreshes it every tick; a run that
         # pauses its service adds to it at once); the database is asked again before every request (one read
         # shared by the runs that start within PAUSE_READ_SHARED of it)
-        self.paused: dict[str, datetime] = {}
+        self.pauses = KnownPauses()
         self._pause_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
 
     def connector(self, service: str) -> Connector | Outcome:
@@ -152,7 +153,7 @@ class Executor:
                                   message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
                 step = transition(state, outcome, answered, schedule, self.rng)
             if step.service_paused_until is not None:  # first: every other process must see it at once
-                self.paused[service] = max(step.service_paused_until, self.paused.get(service, now))
+                self.pauses.note(service, step.service_paused_until)
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
                                                self.clock(), streak=state.service_limited + 1)
             if step.user_paused_until is not None:  # this user's quota on this app: their other networks wait too
@@ -337,9 +338,9 @@ class Executor:
     async def _paused_until(self, service: str, now: datetime) -> tuple[datetime, str] | None:
         """A service paused for the whole app is not called by anyone until the pause ends: what this
         process knows first, then the database (another process may have paused it a moment ago)."""
-        known = self.paused.get(service)
-        if known is not None and aware(known) > now:
-            return aware(known), "app-wide limit"
+        known = self.pauses.until(service, now)
+        if known is not None:
+            return known, "app-wide limit"
         try:
             doc = await self._read_pause(service, now)
         except PyMongoError as exc:
@@ -349,7 +350,7 @@ class Executor:
             return None
         if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
             return None
-        self.paused[service] = aware(doc["pausedUntil"])
+        self.pauses.note(service, aware(doc["pausedUntil"]))
         return aware(doc["pausedUntil"]), logs.scrub(str(doc.get("pauseReason") or "app-wide limit"))
 
     async def _read_pause(self, service: str, now: datetime) -> dict[str, Any] | None:

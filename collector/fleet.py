@@ -1,4 +1,5 @@
-"""The fleet: who is running, what each process is doing, and `collector status`.
+"""The fleet: each process's heartbeat (its registry document, the renewal of its leases). What
+`collector status` reads from it is collector/status.py.
 
 Every process keeps one document in the `collectors` collection (its `_id` is the scheduler's
 owner id, the same string found in `lease.owner` and `lastOwner` on networks). Every
@@ -21,7 +22,6 @@ import asyncio
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from importlib import metadata
@@ -31,14 +31,14 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from collector.config import Settings
-from collector.model import aware, utcnow
+from collector.model import utcnow
 from collector.scheduler import Scheduler
+from collector.status import OVERDUE_AFTER, lag
 from collector.store import Store
 
 log = structlog.get_logger("collector.fleet")
 
 CURRENT_SHOWN = 100  # runs listed per process document (the count is always exact)
-OVERDUE_AFTER = 60.0  # a network due for longer than this, still unclaimed, is overdue
 
 
 def version() -> str:
@@ -123,7 +123,7 @@ class Fleet:
         if self.metrics and mono - self._last_backlog >= self.settings.backlog_interval:
             self._last_backlog = mono
             rows = await self.store.backlog(now, OVERDUE_AFTER)
-            self.metrics.set_backlog([(r["mode"], r["service"], r["due"], _lag(r, now)) for r in rows])
+            self.metrics.set_backlog([(r["mode"], r["service"], r["due"], lag(r, now)) for r in rows])
 
     async def run(self) -> None:
         """Heartbeat until cancelled."""
@@ -141,128 +141,3 @@ class Fleet:
     async def stopped(self) -> None:
         """The last word at a clean exit: `collector status` shows this process stopped, not dead."""
         await self.beat("stopped")
-
-
-def _lag(row: dict[str, Any], now: datetime) -> float:
-    oldest = row.get("oldestDue")
-    return max(0.0, (now - aware(oldest)).total_seconds()) if isinstance(oldest, datetime) else 0.0
-
-
-def _process_view(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
-    beat = doc.get("heartbeatAt")
-    dead_at = doc.get("deadAt")
-    state = str(doc.get("state") or "running")
-    if state != "stopped" and isinstance(dead_at, datetime) and aware(dead_at) <= now:
-        state = "dead"
-    return {
-        "id": doc["_id"], "host": doc.get("host"), "pid": doc.get("pid"), "mode": doc.get("mode"),
-        "version": doc.get("version"), "state": state, "alive": state in ("running", "stopping"),
-        "startedAt": doc.get("startedAt"), "heartbeatAt": beat,
-        "heartbeatAge": round((now - aware(beat)).total_seconds(), 1) if isinstance(beat, datetime) else None,
-        "inflight": doc.get("inflight", 0) if state != "dead" else 0,
-        "current": doc.get("current", []) if state != "dead" else [],
-        "lastCurrent": doc.get("current", []) if state == "dead" else [],
-        "totals": doc.get("totals", {}), "recent": doc.get("recent", {}), "database": doc.get("database"),
-    }
-
-
-async def status(store: Store, now: datetime | None = None, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
-    """Everything `collector status` shows, as one JSON-able document."""
-    now = now or utcnow()
-    processes = [_process_view(doc, now) for doc in await store.fleet()]
-    hosts: dict[str, dict[str, Any]] = {}
-    for p in processes:
-        h = hosts.setdefault(str(p["host"]), {"host": str(p["host"]), "modes": {}, "alive": 0, "dead": 0,
-                                              "inflight": 0, "minute": Counter(), "hour": Counter()})
-        per_mode = h["modes"].setdefault(str(p["mode"]), {"alive": 0, "dead": 0, "stopped": 0})
-        per_mode["alive" if p["alive"] else p["state"]] = per_mode.get("alive" if p["alive"] else p["state"], 0) + 1
-        if p["alive"]:
-            h["alive"] += 1
-            h["inflight"] += p["inflight"]
-            h["minute"].update(p["recent"].get("minute", {}))
-            h["hour"].update(p["recent"].get("hour", {}))
-        elif p["state"] == "dead":
-            h["dead"] += 1
-    for h in hosts.values():
-        h["minute"], h["hour"] = dict(h["minute"]), dict(h["hour"])
-    backlog = await store.backlog(now, overdue_after)
-    for row in backlog:
-        row["lagSeconds"] = round(_lag(row, now), 1)
-    pauses = [{"service": d["_id"], "until": d.get("pausedUntil"), "since": d.get("pausedAt"),
-               "reason": d.get("pauseReason")} for d in await store.pauses(now)]
-    return {"at": now, "processes": processes, "hosts": sorted(hosts.values(), key=lambda h: h["host"]),
-            "backlog": backlog, "paused": pauses, "networks": await store.disabled_summary(),
-            "overdueAfter": overdue_after}
-
-
-# -- rendering ----------------------------------------------------------------------------------
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-
-
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def render(report: dict[str, Any]) -> str:
-    """The terminal view: one table per question an operator asks."""
-    now = report["at"]
-    out = [f"collector status at {now.isoformat(timespec='seconds')}", ""]
-    alive = sum(1 for p in report["processes"] if p["alive"])
-    dead = sum(1 for p in report["processes"] if p["state"] == "dead")
-    out.append(f"FLEET  {alive} alive, {dead} dead, {len(report['hosts'])} host(s)")
-    if report["hosts"]:
-        out += _table(["HOST", "INITIAL", "NORMAL", "DEAD", "IN FLIGHT", "RUNS 1m", "ITEMS 1m", "RUNS 1h", "ITEMS 1h"],
-                      [[h["host"], h["modes"].get("initial", {}).get("alive", 0),
-                        h["modes"].get("normal", {}).get("alive", 0), h["dead"], h["inflight"],
-                        h["minute"].get("runs", 0), h["minute"].get("items", 0),
-                        h["hour"].get("runs", 0), h["hour"].get("items", 0)] for h in report["hosts"]])
-        out.append("")
-        rows = []
-        for p in report["processes"]:
-            work = p["current"] or p["lastCurrent"]
-            shown = ", ".join(f"{c.get('service')}/{c.get('user')}" for c in work[:3])
-            if len(work) > 3:
-                shown += f" +{len(work) - 3}"
-            rows.append([p["id"], p["mode"], p["state"].upper() if p["state"] == "dead" else p["state"],
-                         _ago(p["heartbeatAge"]), p["inflight"], (p["totals"] or {}).get("runs", 0),
-                         (p["totals"] or {}).get("items", 0), shown])
-        out += _table(["PROCESS", "MODE", "STATE", "BEAT", "IN FLIGHT", "RUNS", "ITEMS", "WORKING ON"], rows)
-    out += ["", f"BACKLOG  (overdue: due for more than {report['overdueAfter']:g}s and not claimed)"]
-    if report["backlog"]:
-        out += _table(["MODE", "SERVICE", "DUE", "OVERDUE", "RUNNING", "OLDEST LAG"],
-                      [[r["mode"], r["service"], r["due"], r["overdue"], r["running"],
-                        _ago(r["lagSeconds"]) if r["due"] else "-"] for r in report["backlog"]])
-    else:
-        out.append("nothing due")
-    out += ["", "PAUSED SERVICES"]
-    if report["paused"]:
-        out += _table(["SERVICE", "UNTIL", "FOR", "REASON"],
-                      [[p["service"], aware(p["until"]).isoformat(timespec="seconds"),
-                        _ago((aware(p["until"]) - now).total_seconds()), (p["reason"] or "")[:100]]
-                       for p in report["paused"]])
-    else:
-        out.append("none")
-    nets = report["networks"]
-    parked = nets.get("parked", {"count": 0, "reasons": []})
-    out += ["", f"DISABLED  {nets['disabled']['count']} disabled, {nets['unauthorized']['count']} unauthorized, "
-                f"{parked['count']} parked (`collector networks enable ID` clears either)"]
-    reasons = [["disabled", r["count"], r["reason"][:100]] for r in nets["disabled"]["reasons"]]
-    reasons += [["unauthorized", r["count"], r["reason"][:100]] for r in nets["unauthorized"]["reasons"]]
-    reasons += [["parked", r["count"], r["reason"][:100]] for r in parked["reasons"]]
-    if reasons:
-        out += _table(["STATE", "COUNT", "TOP REASONS"], reasons)
-    return "\n".join(out)

@@ -11,6 +11,30 @@ from pymongo.errors import DuplicateKeyError
 from collector.model import aware
 
 
+class KnownPauses:
+    """The service pauses this process knows of: what the database said at the scheduler's last tick
+    (`replace`), plus what a run of this process learned since (`note`: the rest of the process stops at
+    once, before the next tick reads it back). Owned by the executor, read by the scheduler."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, datetime] = {}
+
+    def replace(self, fresh: dict[str, datetime]) -> None:
+        self._until = {service: aware(until) for service, until in fresh.items()}
+
+    def note(self, service: str, until: datetime) -> None:
+        known = self._until.get(service)
+        self._until[service] = max(aware(until), known) if known is not None else aware(until)
+
+    def until(self, service: str, now: datetime) -> datetime | None:
+        """When the pause of `service` ends, if one is on at `now`."""
+        known = self._until.get(service)
+        return known if known is not None and known > now else None
+
+    def active(self, now: datetime) -> dict[str, datetime]:
+        return {service: until for service, until in self._until.items() if until > now}
+
+
 class Pauses:
     networks: Any
     services: Any

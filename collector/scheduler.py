@@ -121,7 +121,6 @@ class Scheduler:
         self.metrics = metrics
         self.inflight: dict[asyncio.Task, Running] = {}
         self.per_service: Counter = Counter()
-        self.paused: dict[str, datetime] = {}
         self.database_ok = True
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -171,11 +170,10 @@ class Scheduler:
         try:
             now = self.clock()
             await self._maybe_repair(now)
-            self.paused = await self.store.paused_services(now)
-            self.executor.paused = self.paused
+            self.executor.pauses.replace(await self.store.paused_services(now))
             if self.metrics:
                 self.metrics.set_paused(self.paused)
-            await self.fill(now, self.paused)
+            await self.fill(now)
             delay = await self._delay(now)
             if self._db_failures:
                 log.info("database reachable again", after_failures=self._db_failures)
@@ -205,7 +203,12 @@ class Scheduler:
     def _full_services(self) -> set[str]:
         return {s for s, n in self.per_service.items() if n >= self.settings.service(s).concurrency}
 
-    async def fill(self, now: datetime, paused: dict[str, datetime] | None = None) -> int:
+    @property
+    def paused(self) -> dict[str, datetime]:
+        """Services paused for the whole app, as this process knows them (the executor's KnownPauses)."""
+        return self.executor.pauses.active(self.clock())
+
+    async def fill(self, now: datetime) -> int:
         """Claim and start runs while slots are free, for at most FILL_BUDGET seconds; returns how many
         were started. The free slots are claimed in batches (`Store.claim_many`: one query plus one
         update), within each service's concurrency. Every batch claimed is a sign of life for the
@@ -222,10 +225,9 @@ class Scheduler:
             # taken (claims are slow on a loaded server: a whole fill would otherwise hand out leases
             # that are already expired, and another process takes the same network at once)
             at = max(now, self.clock())
-            # pauses that are over no longer exclude their service: one fill lasts as long as claims
-            # succeed (minutes through a big back-fill), and a pause a run added meanwhile (the executor
-            # writes into this same dict) would otherwise starve the service until the fill ends
-            exclude = self._full_services() | {s for s, until in (paused or {}).items() if aware(until) > at}
+            # the pauses on at this batch: one a run noted during the fill excludes its service at once, and one
+            # that ended during it no longer does
+            exclude = self._full_services() | set(self.executor.pauses.active(at))
             want = self.settings.concurrency - len(self.inflight)
             claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.lease_ttl, want, exclude,
                                                  room=self._room)

@@ -470,7 +470,7 @@ def outage(server: Any, size: str = "small", *, details: dict[str, Any] | None =
     if not start["ok"]:
         fails.append(f"start against a closed port: {start['problem']}")
     details.update(unavailable_lines=worker_lines, quitter_lines=lines[quitter.pid], bound=bound,
-                   down_for=round(down_for, 1), output_lines=list(sizes.values()), stored_before=stored_before,
+                   down_for=down_for, output_lines=list(sizes.values()), stored_before=stored_before,
                    stored_after_resume=stored_after_resume, resumed_in=round(resumed_in, 1),
                    exited_during_outage=exited_during, quitter={"code": quit_code, "seconds": stopped_in and
                                                                 round(stopped_in, 1)},

@@ -69,7 +69,7 @@ async def test_once_the_pause_is_over_the_next_run_calls_the_api(engine, router,
     assert route.call_count == 0
 
     # the executor remembers the pause it read; past its end that memory must not hold the network back
-    assert engine.executor.paused["stackoverflow"] == until
+    assert engine.executor.pauses.until("stackoverflow", clock.now) == until
     result = await engine.run_when_due("initial")
 
     assert clock.now > until
@@ -92,7 +92,7 @@ async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_r
     result = await engine.run("initial")
     assert result.network_id == first and result.new_items == 34
     assert route.call_count == 1
-    assert engine.executor.paused == {"stackoverflow": resume}
+    assert engine.executor.pauses.active(clock.now) == {"stackoverflow": resume}
     assert (await engine.store.services.find_one({"_id": "stackoverflow"}))["pausedUntil"] == resume
     # no scheduler tick in between; and the executor must not need the database to know: take the
     # `services` document away, only its own memory is left

@@ -13,7 +13,7 @@ import pytest
 import respx
 from pymongo.errors import AutoReconnect
 
-from collector import fleet
+from collector import fleet, status
 from collector.executor import Executor
 from collector.fleet import Fleet
 from collector.scheduler import Recent, Scheduler
@@ -205,7 +205,7 @@ async def test_stopping_then_stopped(env, clock):
     doc = await registry_doc(store)
     assert doc["state"] == "stopped"
     assert doc["heartbeatAt"] == clock.now and doc["deadAt"] == doc["heartbeatAt"]
-    report = await fleet.status(store, clock.now + timedelta(hours=1))
+    report = await status.status(store, clock.now + timedelta(hours=1))
     assert [(p["id"], p["state"], p["alive"]) for p in report["processes"]] == [(OWNER, "stopped", False)]
 
 
@@ -290,9 +290,9 @@ async def test_prune_fleet_deletes_only_documents_past_expire_at(mock_db, clock)
 async def test_a_process_that_stops_beating_is_shown_dead(env, clock):
     store, _scheduler, fl, settings = env
     await fl.beat()
-    assert (await fleet.status(store, clock.now))["processes"][0]["state"] == "running"
+    assert (await status.status(store, clock.now))["processes"][0]["state"] == "running"
     later = clock.now + timedelta(seconds=settings.fleet_ttl + 1)
-    view = (await fleet.status(store, later))["processes"][0]
+    view = (await status.status(store, later))["processes"][0]
     assert (view["state"], view["alive"], view["heartbeatAge"]) == ("dead", False, settings.fleet_ttl + 1)
 
 
@@ -360,7 +360,7 @@ async def seed_status(store, clock):
 async def report(mock_db, clock):
     store = Store(mock_db)
     await seed_status(store, clock)
-    return await fleet.status(store, clock.now)
+    return await status.status(store, clock.now)
 
 
 async def test_status_tells_dead_stopped_and_alive_processes_apart(report):
@@ -415,7 +415,7 @@ async def test_status_backlog_per_mode_and_service(report, clock):
 async def test_status_overdue_follows_the_threshold(mock_db, clock):
     store = Store(mock_db)
     await seed_status(store, clock)
-    report = await fleet.status(store, clock.now, overdue_after=20)
+    report = await status.status(store, clock.now, overdue_after=20)
     row = next(r for r in report["backlog"] if (r["mode"], r["service"]) == ("initial", "github"))
     assert (row["due"], row["overdue"]) == (4, 3)  # d (due 30 s ago) is overdue now, a (10 s) is not
     assert report["overdueAfter"] == 20
@@ -446,7 +446,7 @@ async def test_parked_networks_are_counted_by_service_and_shown(mock_db, clock):
     assert summary["parked"] == {"count": 4, "reasons": [
         {"reason": "github: rate limited too many times in a row", "count": 3},
         {"reason": "youtube: rate limited too many times in a row", "count": 1}]}
-    lines = fleet.render(await fleet.status(store, clock.now)).splitlines()
+    lines = status.render(await status.status(store, clock.now)).splitlines()
     assert any(line.startswith("DISABLED  0 disabled, 0 unauthorized, 4 parked") for line in lines)
     assert any(line.split()[:2] == ["parked", "3"] for line in lines)
 
@@ -465,7 +465,7 @@ async def test_disabled_summary_keeps_the_top_reasons_but_counts_all(mock_db, cl
 
 
 async def test_render_shows_every_section_and_no_token(report):
-    text = fleet.render(report)
+    text = status.render(report)
     lines = text.splitlines()
     for heading in ("FLEET  3 alive, 1 dead, 2 host(s)", "PAUSED SERVICES",
                     "DISABLED  4 disabled, 3 unauthorized, 0 parked (`collector networks enable ID` clears either)"):
@@ -487,7 +487,7 @@ async def test_render_shows_every_section_and_no_token(report):
 
 
 async def test_render_of_an_empty_database(mock_db, clock):
-    text = fleet.render(await fleet.status(Store(mock_db), clock.now))
+    text = status.render(await status.status(Store(mock_db), clock.now))
     lines = text.splitlines()
     assert "FLEET  0 alive, 0 dead, 0 host(s)" in lines
     assert lines[lines.index("PAUSED SERVICES") + 1] == "none"
