@@ -13,6 +13,7 @@ import click
 from collector import config as config_mod
 from collector import logs, sdk
 from collector.config import MODES, ConfigError
+from collector.operations import STATES
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 
 
@@ -35,7 +36,7 @@ def _overrides(concurrency: int | None, uri: str | None, log_format: str | None,
         node = tree
         for part in path:
             node = node.setdefault(part, {})
-        node[last] = config_mod._parse_env_value(raw)
+        node[last] = config_mod.parse_value(raw)
     return tree
 
 
@@ -257,33 +258,16 @@ def _network_id(raw: str) -> Any:
 @click.option("--user", help="Only this user's networks.")
 @click.option("--service", help="Only this service.")
 @click.option("--mode", "mode_", type=click.Choice(MODES), help="Only this mode.")
-@click.option("--state", type=click.Choice(["active", "disabled", "unauthorized", "parked"]), help="Only this state.")
+@click.option("--state", type=click.Choice(STATES), help="Only this state (parked: rate limited many times in a row).")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line.")
 @click.pass_context
 def networks_list(ctx: click.Context, user: str | None, service: str | None, mode_: str | None,
                   state: str | None, limit: int, as_json: bool) -> None:
     """List networks with their state (tokens redacted)."""
-    from collector.documents import public_view
-
-    query: dict[str, Any] = {}
-    if user:
-        query["user"] = user
-    if service:
-        query["service"] = service
-    if mode_:
-        query["mode"] = mode_
-    if state == "active":
-        query["disabled"] = {"$ne": True}
-    elif state == "disabled":
-        query.update(disabled=True, unauthorized={"$ne": True})
-    elif state == "unauthorized":
-        query["unauthorized"] = True
-    elif state == "parked":  # rate limited too many times in a row: due again after park_for
-        query.update(parkedAt={"$exists": True}, disabled={"$ne": True})
 
     async def fetch(store: Any) -> list[dict[str, Any]]:
-        return [public_view(d) async for d in store.networks.find(query).limit(limit)]
+        return await store.list_networks(user, service, mode_, state, limit)
 
     for doc in _run(ctx, fetch):
         if as_json:

@@ -118,7 +118,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse_env_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """Environment values are TOML literals when they parse as one, else plain strings."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
@@ -136,7 +136,7 @@ def env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
+        node[path[-1]] = parse_value(raw)
     if environ.get("MONGODB_URI"):
         tree.setdefault("database", {})["uri"] = environ["MONGODB_URI"]
     return tree

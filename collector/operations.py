@@ -9,9 +9,34 @@ from typing import Any
 
 from collector.documents import public_view
 
+STATES = ("active", "disabled", "unauthorized", "parked")
+
 
 class Operations:
     networks: Any
+
+    async def list_networks(self, user: str | None = None, service: str | None = None, mode: str | None = None,
+                            state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Networks matching every filter given, secrets redacted (`collector networks list`). `state`: one of
+        STATES (parked: rate limited too many times in a row, due again after park_for)."""
+        query: dict[str, Any] = {}
+        if user:
+            query["user"] = user
+        if service:
+            query["service"] = service
+        if mode:
+            query["mode"] = mode
+        if state == "active":
+            query["disabled"] = {"$ne": True}
+        elif state == "disabled":
+            query.update(disabled=True, unauthorized={"$ne": True})
+        elif state == "unauthorized":
+            query["unauthorized"] = True
+        elif state == "parked":
+            query.update(parkedAt={"$exists": True}, disabled={"$ne": True})
+        elif state is not None:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        return [public_view(d) async for d in self.networks.find(query).limit(limit)]
 
     async def repair(self, now: datetime, known_modes: Sequence[str]) -> list[tuple[Any, str]]:
         """Give documents inserted without `mode`/`scheduledTo` (or with null) their defaults and

@@ -174,3 +174,17 @@ async def test_an_array_mode_is_claimed_by_no_scheduler_and_repaired_as_malforme
         net = await store.get_network(nid)
         assert net["disabled"] is True and net["scheduledTo"] is None
         assert net["disabledReason"].startswith("malformed: field 'mode'")
+
+
+async def test_list_networks_filters_by_state_and_redacts(store, clock):
+    await add(store, clock, user="ok")
+    await add(store, clock, user="off", disabled=True, disabledReason="operator: x")
+    await add(store, clock, user="401", disabled=True, unauthorized=True)
+    await add(store, clock, user="limited", parkedAt=clock.now, parkedReason="parked after 6 rate limits in a row")
+    users = {state: sorted(d["user"] for d in await store.list_networks(state=state))
+             for state in ("active", "disabled", "unauthorized", "parked")}
+    assert users == {"active": ["limited", "ok"], "disabled": ["off"], "unauthorized": ["401"], "parked": ["limited"]}
+    listed = await store.list_networks(user="ok")
+    assert [d["accessToken"] for d in listed] == ["[redacted]"]
+    with pytest.raises(ValueError, match="state must be one of"):
+        await store.list_networks(state="asleep")
