@@ -27,6 +27,15 @@ from collector.scheduler import Scheduler
 from collector.store import Store
 
 SERVICES = ("github", "stackoverflow")
+# everything happens within a minute or two: short paces, intervals and backoffs. In code, not in a config file:
+# `pip install "collector[demo]"` ships no config/ directory (the demo ran on production intervals there)
+DEMO_SETTINGS: dict[str, Any] = {
+    "daemon": {"poll_interval": 0.2, "lease_ttl": 30.0, "shutdown_grace": 5.0, "concurrency": 32},
+    "schedule": {"initial_pace": 0.1, "normal_interval": 2.0, "backoff_base": 0.5, "backoff_cap": 5.0,
+                 "rate_limit_slack": 0.5},
+    "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0},
+    "log": {"format": "console", "level": "error"},
+}
 TROUBLE = {0: "rate_limit", 3: "unauthorized", 4: "flapping", 7: "rate_limit", 9: "flapping"}  # by user % 12
 
 
@@ -93,8 +102,9 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     rng = random.Random(seed_value)
     server = Server(Sandbox(latency=0.02, page_cap=25)).start()
     sandbox = server.sandbox
-    overrides: dict[str, Any] = {"services": {"github": {"base_url": server.url},
-                              "stackoverflow": {"base_url": f"{server.url}/2.3"}}}
+    overrides: dict[str, Any] = {**DEMO_SETTINGS,
+                                 "services": {"github": {"base_url": server.url, "initial_pace": 0.1},
+                                              "stackoverflow": {"base_url": f"{server.url}/2.3", "initial_pace": 0.1}}}
     if mongodb_uri:
         overrides["database"] = {"uri": mongodb_uri}
     settings = config.load(environment="demo", overrides=overrides)
