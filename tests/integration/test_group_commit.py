@@ -166,3 +166,17 @@ async def test_a_deadlock_victim_is_written_again_and_nothing_is_reported_lost(s
     assert deadlocking.calls >= 2
     assert await store.networks.count_documents({"lease.id": {"$ne": "theirs"}, "lease": {"$exists": True}}) == 0
     assert await store.networks.count_documents({"stats.runs": 1}) == 5  # each applied exactly once
+
+
+async def test_an_update_bson_cannot_encode_fails_alone_not_its_bulk(store, clock):
+    """An integer past 64 bits in one save (a connector's cursor) is refused by the client for the whole bulk:
+    the bulk is written again one update at a time, and only that save gets the error."""
+    claims = await leased(store, clock, 6)
+    tasks = [asyncio.create_task(save(store, doc, lease, clock, cursor={"next": 2**64 if i == 2 else i}))
+             for i, (doc, lease) in enumerate(claims)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], OverflowError)
+    assert [r for i, r in enumerate(results) if i != 2] == [True] * 5
+    assert store.state_writes.bulks < 6 + 2  # they went together (then one by one), not each alone
+    poisoned = await store.networks.find_one({"_id": claims[2][0]["_id"]})
+    assert poisoned["lease"]["id"] == claims[2][1].id and "cursor" not in poisoned
