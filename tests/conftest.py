@@ -116,8 +116,8 @@ def _reset_logging():
 
 # -- nothing outside the clone -------------------------------------------------------------------
 # Every file this test process opens must be in the clone, the interpreter and its packages, the system, the
-# temporary directory or the test engine's cache: a test that read ../shared (or anything else beside the
-# clone) would pass here and fail on a fresh machine. An audit hook sees every open(); the session fails
+# temporary directory or the test engine's cache: a test that read a directory beside the clone would pass
+# here and fail on a fresh machine. An audit hook sees every open(); the session fails
 # when one was outside (daemon processes the tests start run the same code).
 
 import sys  # noqa: E402

@@ -111,19 +111,27 @@ async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_r
     assert await engine.store.items.count_documents({"user": "u2"}) == 0
 
 
+def spy_on_pause_reads(engine, monkeypatch, first: Exception | None = None) -> list[str]:
+    """Every read of a service's pause the executor makes, in order; `first`: the first read raises it."""
+    reads: list[str] = []
+    read = engine.store.service_pause
+
+    async def spied(service, now):
+        reads.append(service)
+        if first is not None and len(reads) == 1:
+            raise first
+        return await read(service, now)
+
+    monkeypatch.setattr(engine.store, "service_pause", spied)
+    return reads
+
+
 async def test_runs_that_start_together_share_one_read_of_the_pause(engine, router, clock, monkeypatch):
     router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                                       has_more=True)))
     for i in range(5):
         await engine.add(user=f"u{i}")
-    reads = []
-    read = engine.store.service_pause
-
-    async def counted(service, now):
-        reads.append(service)
-        return await read(service, now)
-
-    monkeypatch.setattr(engine.store, "service_pause", counted)
+    reads = spy_on_pause_reads(engine, monkeypatch)
     claims = await engine.store.claim_many("initial", "me", clock.now, 60, 10)
     results = await asyncio.gather(*(engine.executor.run(doc, lease) for doc, lease in claims))
 
@@ -147,16 +155,7 @@ async def test_a_failed_read_of_the_pause_is_not_a_crash_and_is_not_shared(engin
                                                                       has_more=True)))
     for i in range(3):
         await engine.add(user=f"u{i}")
-    reads = []
-    read = engine.store.service_pause
-
-    async def flaky(service, now):
-        reads.append(service)
-        if len(reads) == 1:
-            raise AutoReconnect("connection reset")
-        return await read(service, now)
-
-    monkeypatch.setattr(engine.store, "service_pause", flaky)
+    reads = spy_on_pause_reads(engine, monkeypatch, first=AutoReconnect("connection reset"))
     claims = await engine.store.claim_many("initial", "me", clock.now, 60, 10)
     results = await asyncio.gather(*(engine.executor.run(doc, lease) for doc, lease in claims))
     assert [r.outcome.kind for r in results] == [Kind.PAGE] * 3  # the runs went on, none crashed

@@ -280,17 +280,23 @@ async def test_429_waits_retry_after(engine, api):
     assert await engine.due_in() == pytest.approx(120 + engine.schedule.rate_limit_slack)
 
 
-async def test_secondary_rate_limit_without_headers_waits_a_minute(engine, api):
-    page_one(api).respond(403, json={
-        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
-        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
+SECONDARY = {"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+             "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}
+# GitHub's older wording of the same limit: it used to be a transient error (30 s, counted toward disabling)
+ABUSE = {"message": "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
+         "documentation_url": "https://developer.github.com/v3/#abuse-rate-limits"}
+
+
+@pytest.mark.parametrize("body", [SECONDARY, ABUSE], ids=["secondary", "abuse-detection"])
+async def test_secondary_rate_limit_without_headers_waits_a_minute(engine, api, body):
+    page_one(api).respond(403, json=body)
     await engine.add()
 
     result = await engine.run("initial")
 
     assert result.outcome.kind == "rate_limited"
     network = await engine.network()
-    assert network["errors"] == 0
+    assert network["errors"] == 0 and network["rateLimitStreak"] == 1
     assert await engine.due_in() == pytest.approx(60 + engine.schedule.rate_limit_slack)
 
 
@@ -308,9 +314,7 @@ async def test_repeated_secondary_limits_wait_exponentially_longer_then_park_and
     """GitHub's "Rate limits for the REST API": without retry-after, wait at least a minute; if the request keeps
     failing on a secondary limit, wait an exponentially increasing time, and give up after a number of retries.
     The daemon used to retry every ~60 s for ever."""
-    secondary = page_one(api).respond(403, json={
-        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
-        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
+    secondary = page_one(api).respond(403, json=SECONDARY)
     await engine.add()
     waits = []
     for _ in range(engine.schedule.park_after - 1):
@@ -328,20 +332,6 @@ async def test_repeated_secondary_limits_wait_exponentially_longer_then_park_and
     await engine.run_when_due("initial")  # the cool-down over, a success: the streak and the park end
     network = await engine.network()
     assert "rateLimitStreak" not in network and "parkedAt" not in network and "parkedReason" not in network
-
-
-async def test_the_older_abuse_detection_wording_is_a_secondary_limit_too(engine, api):
-    page_one(api).respond(403, json={
-        "message": "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
-        "documentation_url": "https://developer.github.com/v3/#abuse-rate-limits"})
-    await engine.add()
-
-    result = await engine.run("initial")
-
-    assert result.outcome.kind == "rate_limited"  # it was a transient error: 30 s, counted toward disabling
-    network = await engine.network()
-    assert network["errors"] == 0 and network["rateLimitStreak"] == 1
-    assert await engine.due_in() == pytest.approx(60 + engine.schedule.rate_limit_slack)
 
 
 # -- failures ----------------------------------------------------------------------------------
