@@ -7,10 +7,8 @@ idempotent, so nothing is lost and nothing is duplicated).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -27,7 +25,6 @@ from collector.model import (
     MAX_ERRORS_COUNT,
     Malformed,
     Network,
-    aware,
     error_count,
     failing_since,
     limit_streak,
@@ -39,12 +36,15 @@ from collector.sdk import (
     Connector,
     Context,
     Forbidden,
+    ForeignHost,
     Item,
     PermanentError,
     RateLimit,
     RateLimited,
     Registered,
     Unauthorized,
+    inside,
+    origin,
 )
 from collector.states import Kind, Outcome, State, Transition, transition
 from collector.store import Lease, Store, service_of
@@ -81,9 +81,6 @@ def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
 
 
 class Executor:
-    # how long one read of a service's pause serves the runs that start after it (seconds)
-    PAUSE_READ_SHARED = 0.1
-
     def __init__(self, store: Store, client: httpx.AsyncClient | http.ClientPool, settings: Settings,
                  registry: dict[str, Registered], clock: Callable[[], datetime] = utcnow,
                  rng: random.Random | None = None):
@@ -94,11 +91,9 @@ class Executor:
         self.clock = clock
         self.rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
-        # service pauses this process knows of (the scheduler refreshes it every tick; a run that
-        # pauses its service adds to it at once); the database is asked again before every request (one read
-        # shared by the runs that start within PAUSE_READ_SHARED of it)
-        self.pauses = KnownPauses()
-        self._pause_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
+        # service pauses this process knows of (the scheduler refreshes it every tick; a run that pauses its
+        # service adds to it at once); the database is asked again before every request
+        self.pauses = KnownPauses(store)
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -251,7 +246,7 @@ class Executor:
             network = Network.from_doc(doc, required=connector.required)
         except Malformed as exc:
             return Outcome(Kind.PERMANENT, error=exc.kind, message=str(exc)), []
-        paused = await self._paused_until(service, now)
+        paused = await self.pauses.check(service, now)
         if paused is not None:
             until, why = paused
             return Outcome(Kind.DEFERRED, rate_limit=RateLimit(retry_after=(until - now).total_seconds()),
@@ -335,40 +330,15 @@ class Executor:
         log.info("access token refreshed", rotated=bool(tokens.refresh_token))
         return replace(ctx, network=replace(network, credentials=credentials))
 
-    async def _paused_until(self, service: str, now: datetime) -> tuple[datetime, str] | None:
-        """A service paused for the whole app is not called by anyone until the pause ends: what this
-        process knows first, then the database (another process may have paused it a moment ago)."""
-        known = self.pauses.until(service, now)
-        if known is not None:
-            return known, "app-wide limit"
-        try:
-            doc = await self._read_pause(service, now)
-        except PyMongoError as exc:
-            # the database's word is unknown: the pauses this process knows of still hold (above), and the run goes
-            # on (its state save will tell whether the database is back); the failed read is not shared further
-            log.warning("could not read the service's pause", error=f"{type(exc).__name__}: {exc}"[:300])
-            return None
-        if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
-            return None
-        self.pauses.note(service, aware(doc["pausedUntil"]))
-        return aware(doc["pausedUntil"]), logs.scrub(str(doc.get("pauseReason") or "app-wide limit"))
-
-    async def _read_pause(self, service: str, now: datetime) -> dict[str, Any] | None:
-        """The database's word on a service pause. Runs that start within PAUSE_READ_SHARED seconds of
-        each other (a batch of claims starts together) share one read instead of one read each."""
-        read = self._pause_reads.get(service)
-        if read is None or time.monotonic() - read[0] > self.PAUSE_READ_SHARED:
-            read = (time.monotonic(), asyncio.ensure_future(self.store.service_pause(service, now)))
-            self._pause_reads[service] = read
-        try:
-            return await asyncio.shield(read[1])  # one waiter cancelled (shutdown) leaves the read to the others
-        except PyMongoError:
-            if self._pause_reads.get(service) is read:
-                del self._pause_reads[service]  # a failed read is not shared with the runs after it
-            raise
-
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
         request = connector.request(ctx)
+        # one check for every connector: the network's credentials go only to its own API, whatever built the URL
+        # (a stored cursor, a Link header); then its credentials, as the connector carries them (a header the
+        # request sets itself wins)
+        if not inside(request.url, connector.base(ctx)):
+            raise ForeignHost(f"refused to send the network's credentials to {origin(request.url)}: "
+                              "outside the configured base URL")
+        request = replace(request, headers={**connector.auth_headers(ctx), **request.headers})
         response = await http.fetch(self.client, request, max_bytes=self.settings.max_body_bytes,
                                     total_timeout=self.settings.total_timeout)
         connector.check(ctx, response)

@@ -3,21 +3,33 @@ networks at once. Part of the Store (a mixin: `Store` is these parts over one da
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+import structlog
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from collector import logs
 from collector.model import aware
+
+log = structlog.get_logger("collector.run")
 
 
 class KnownPauses:
     """The service pauses this process knows of: what the database said at the scheduler's last tick
     (`replace`), plus what a run of this process learned since (`note`: the rest of the process stops at
-    once, before the next tick reads it back). Owned by the executor, read by the scheduler."""
+    once, before the next tick reads it back). Before every request `check` asks the database again (one
+    read shared by the runs that start within `shared` seconds of it). Owned by the executor, read by the
+    scheduler."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Any = None, shared: float = 0.1) -> None:
         self._until: dict[str, datetime] = {}
+        self.store = store  # anything with `service_pause(service, now)` (the Store)
+        self.shared = shared  # how long one read of a service's pause serves the runs that start after it (s)
+        self._reads: dict[str, tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
 
     def replace(self, fresh: dict[str, datetime]) -> None:
         self._until = {service: aware(until) for service, until in fresh.items()}
@@ -33,6 +45,39 @@ class KnownPauses:
 
     def active(self, now: datetime) -> dict[str, datetime]:
         return {service: until for service, until in self._until.items() if until > now}
+
+    async def check(self, service: str, now: datetime) -> tuple[datetime, str] | None:
+        """(until, why) when `service` is paused for the whole app: nobody calls it until the pause ends. What
+        this process knows first, then the database (another process may have paused it a moment ago)."""
+        known = self.until(service, now)
+        if known is not None:
+            return known, "app-wide limit"
+        try:
+            doc = await self._read(service, now)
+        except PyMongoError as exc:
+            # the database's word is unknown: the pauses this process knows of still hold (above), and the run goes
+            # on (its state save will tell whether the database is back); the failed read is not shared further
+            log.warning("could not read the service's pause", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
+            return None
+        self.note(service, aware(doc["pausedUntil"]))
+        return aware(doc["pausedUntil"]), logs.scrub(str(doc.get("pauseReason") or "app-wide limit"))
+
+    async def _read(self, service: str, now: datetime) -> dict[str, Any] | None:
+        """The database's word on a service pause. Runs that start within `shared` seconds of each other (a
+        batch of claims starts together) share one read instead of one read each."""
+        read = self._reads.get(service)
+        if read is None or time.monotonic() - read[0] > self.shared:
+            pause: Callable[[str, datetime], Awaitable[dict[str, Any] | None]] = self.store.service_pause
+            read = (time.monotonic(), asyncio.ensure_future(pause(service, now)))
+            self._reads[service] = read
+        try:
+            return await asyncio.shield(read[1])  # one waiter cancelled (shutdown) leaves the read to the others
+        except PyMongoError:
+            if self._reads.get(service) is read:
+                del self._reads[service]  # a failed read is not shared with the runs after it
+            raise
 
 
 class Pauses:

@@ -11,9 +11,8 @@ package registers its own.
         api = "MyAPI stars (GET /v1/stars)"
         default_base_url = "https://api.example.com"
 
-        def request(self, ctx):
-            return Request(f"{self.base_url}/v1/stars", params={"page": ctx.cursor.get("page", 1)},
-                           headers={"Authorization": f"Bearer {ctx.network.token}"})
+        def request(self, ctx):  # the engine adds `Authorization: Bearer <token>` (see auth_headers)
+            return Request(f"{self.base_url}/v1/stars", params={"page": ctx.cursor.get("page", 1)})
 
         def parse(self, ctx, response):
             data = response.json()
@@ -24,6 +23,7 @@ package registers its own.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,6 +134,11 @@ class PermanentError(ConnectorError):
     """The network document cannot work (e.g. a missing option): the network is disabled."""
 
 
+class ForeignHost(BadResponse):
+    """A request (or a link to follow) points outside the network's base URL: the engine does not send the
+    network's credentials there. Transient, as a bad reply is: the link came from the API."""
+
+
 class RateLimited(ConnectorError):
     """The API asked us to wait; `rate_limit` says until when."""
 
@@ -150,6 +155,9 @@ class Connector:
     default_base_url: ClassVar[str] = ""
     # fields a network document must carry for this connector (checked before any request)
     required: ClassVar[tuple[str, ...]] = ("accessToken",)
+    # whom a limit read from the API's headers holds back (collector.limits.SCOPES): "network" (the token's own
+    # limit), "user" (the user's quota on the app) or "service" (the app's or the IP's: every network waits)
+    limit_scope: ClassVar[str] = "network"
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
@@ -166,9 +174,29 @@ class Connector:
         """Look at any response before the engine's own status handling; raise to classify it
         (e.g. an API that reports throttling as HTTP 400 with a body field)."""
 
+    def base(self, ctx: Context) -> str:
+        """The base URL of this network's API. The engine sends a request carrying the network's credentials
+        only inside it (ForeignHost otherwise), whatever built the URL: a stored cursor, a Link header. The
+        service's configured base URL; a connector whose networks name their own server (a Mastodon instance,
+        a self-hosted GitLab) returns that one."""
+        return self.base_url
+
+    def auth_headers(self, ctx: Context) -> dict[str, str]:
+        """The headers that carry the network's credentials, added by the engine to every request (a header
+        the request sets itself wins). Default: `Authorization: Bearer <accessToken>`, none without a token."""
+        token = ctx.network.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
-        """Read the API's rate-limit headers; the default knows every common family (see header_rate_limit)."""
-        return header_rate_limit(response.headers, now)
+        """Read the API's rate-limit headers; the default knows every common family (see header_rate_limit)
+        and gives them `limit_scope`. A 429 that names no limit still holds back `limit_scope` when that is
+        wider than the network (the engine treats any 429 as a limit)."""
+        limit = header_rate_limit(response.headers, now)
+        if self.limit_scope == "network":
+            return limit
+        if limit is None:
+            return RateLimit(scope=self.limit_scope) if response.status_code == 429 else None
+        return dataclasses.replace(limit, scope=self.limit_scope)
 
     # -- OAuth2 refresh (RFC 6749 section 6) --------------------------------------------------------
     # A network that carries a `refreshToken` gets a new access token once per run when the API answers
@@ -228,13 +256,42 @@ def links(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def inside(url: str, base_url: str) -> bool:
+    """True when `url` is `base_url` or below it: same scheme, host and port, and a path under the base's."""
+    try:
+        target, base = httpx.URL(url), httpx.URL(base_url.rstrip("/"))
+    except (httpx.InvalidURL, TypeError):
+        return False
+    if not base.host or (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+        return False
+    if target.userinfo:
+        return False
+    root = base.raw_path.split(b"?")[0].rstrip(b"/")
+    path = target.raw_path.split(b"?")[0]
+    return path == root or path.startswith(root + b"/") or (not root and path in (b"", b"/"))
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of `url` (what a message may show of a URL: never its path or query)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "an invalid URL"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}" if parsed.host else "a URL without a host"
+
+
+def within(url: str | None, base_url: str, what: str = "Link header") -> str | None:
+    """`url` (None stays None), refused with ForeignHost when it leaves `base_url`: the network's credentials
+    go with a request, so a link from an API reply is checked before it is stored in the cursor."""
+    if url and not inside(url, base_url):
+        raise ForeignHost(f"{what} points outside the configured base URL")
+    return url or None
+
+
 def next_link(response: httpx.Response, base_url: str) -> str | None:
-    """The Link header's rel="next" URL, refused (BadResponse) when it leaves `base_url`: the token
-    goes with the request, so it must never follow a link to another host."""
-    nxt = links(response.headers).get("next")
-    if nxt and not (nxt == base_url or nxt.startswith(base_url.rstrip("/") + "/") or nxt.startswith(base_url + "?")):
-        raise BadResponse("Link header points outside the configured base URL")
-    return nxt or None
+    """The Link header's rel="next" URL, refused (ForeignHost) when it leaves `base_url`."""
+    return within(links(response.headers).get("next"), base_url)
 
 
 def json_body(response: httpx.Response, kind: type | tuple[type, ...] = dict) -> Any:

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import re
-from datetime import datetime
 
 import httpx
 
@@ -48,10 +46,8 @@ from collector.sdk import (
     Item,
     Page,
     PermanentError,
-    RateLimit,
     Request,
     Unauthorized,
-    header_rate_limit,
     json_body,
     parse_time,
     sweep,
@@ -79,6 +75,9 @@ class BlueskyLikes(Connector):
     service = "bluesky"
     api = "Bluesky (AT Protocol): liked posts (GET /xrpc/app.bsky.feed.getActorLikes)"
     default_base_url = "https://bsky.social"
+    # ratelimit-*: the PDS limits by IP, so every network of this process shares it (a 429 without them still
+    # stops the service, for the engine's default wait)
+    limit_scope = "service"
 
     def actor(self, ctx: Context) -> str:
         actor = ctx.network.options.get("actor")
@@ -97,16 +96,7 @@ class BlueskyLikes(Connector):
         params: dict[str, str | int] = {"actor": self.actor(ctx), "limit": 100}
         if ctx.cursor.get("next"):
             params["cursor"] = str(ctx.cursor["next"])
-        return Request(f"{self.base_url}/xrpc/app.bsky.feed.getActorLikes", params=params,
-                       headers={"Authorization": f"Bearer {ctx.network.token}"})
-
-    def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
-        """ratelimit-* as the engine reads them, for the whole service (the PDS limits by IP: every
-        network of this process shares it); a 429 without them still stops the service for a minute."""
-        limit = header_rate_limit(response.headers, now)
-        if limit is None:
-            return RateLimit(scope="service") if response.status_code == 429 else None
-        return dataclasses.replace(limit, scope="service")
+        return Request(f"{self.base_url}/xrpc/app.bsky.feed.getActorLikes", params=params)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         status = response.status_code

@@ -22,7 +22,7 @@ from collector.sdk import (
     RateLimit,
     RateLimited,
     Request,
-    links,
+    next_link,
     parse_time,
     sweep,
 )
@@ -36,16 +36,9 @@ class GitHubStarred(Connector):
     default_base_url = "https://api.github.com"
 
     def request(self, ctx: Context) -> Request:
-        headers = {
-            "Authorization": f"Bearer {ctx.network.token}",
-            "Accept": "application/vnd.github.star+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-        }
-        nxt = ctx.cursor.get("next")
-        if nxt:
-            if not str(nxt).startswith(self.base_url + "/"):
-                raise BadResponse("stored next-page link points outside the configured base URL")
-            return Request(str(nxt), headers=headers)
+        headers = {"Accept": "application/vnd.github.star+json", "X-GitHub-Api-Version": "2022-11-28"}
+        if ctx.cursor.get("next"):  # the engine sends the token only inside the base URL
+            return Request(str(ctx.cursor["next"]), headers=headers)
         if ctx.mode == "normal" and ctx.cursor.get("etag"):
             headers["If-None-Match"] = ctx.cursor["etag"]
         params = {"per_page": 100, "sort": "created", "direction": "desc"}
@@ -73,9 +66,7 @@ class GitHubStarred(Connector):
                 created=parse_time(entry.get("starred_at")) or parse_time(repo.get("created_at")),
                 raw=entry,
             ))
-        nxt = links(response.headers).get("next")
-        if nxt and not nxt.startswith(self.base_url + "/"):
-            raise BadResponse("Link header points outside the configured base URL")
+        nxt = next_link(response, self.base_url)
         first = ctx.cursor.get("next") is None
         etag = response.headers.get("etag") if first else ctx.cursor.get("etag")
         fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode, keep={"etag": etag} if etag else {})

@@ -84,8 +84,13 @@ class GitLabStarred(Connector):
     api = "GitLab REST API v4: starred projects (GET /users/:id/starred_projects)"
     default_base_url = "https://gitlab.com"
 
-    def api_url(self, ctx: Context) -> str:
+    def base(self, ctx: Context) -> str:
+        """The network's GitLab API (its own server, else the service's): the engine sends the token there only."""
         return server_url(ctx.network.options.get("base_url") or self.base_url) + "/api/v4"
+
+    def auth_headers(self, ctx: Context) -> dict[str, str]:
+        token = ctx.network.token  # personal access tokens in their own header, OAuth tokens as a bearer
+        return {"PRIVATE-TOKEN": token} if token.startswith("glpat-") else super().auth_headers(ctx)
 
     def user_id(self, ctx: Context) -> str | None:
         value = ctx.network.options.get("user_id", ctx.cursor.get("user_id"))
@@ -96,19 +101,14 @@ class GitLabStarred(Connector):
         return str(value).strip()
 
     def request(self, ctx: Context) -> Request:
-        token = ctx.network.token
-        headers = {"PRIVATE-TOKEN": token} if token.startswith("glpat-") else {"Authorization": f"Bearer {token}"}
-        api = self.api_url(ctx)
+        api = self.base(ctx)
         user = self.user_id(ctx)
         if user is None:
-            return Request(f"{api}/user", headers=headers)
-        nxt = ctx.cursor.get("next")
-        if nxt:
-            if not str(nxt).startswith(api + "/"):
-                raise BadResponse("stored next-page link points outside the configured GitLab server")
-            return Request(str(nxt), headers=headers)
+            return Request(f"{api}/user")
+        if ctx.cursor.get("next"):  # the engine sends the token only inside the base URL
+            return Request(str(ctx.cursor["next"]))
         params = {"per_page": PER_PAGE, "order_by": "id", "sort": "desc", "simple": "true"}
-        return Request(f"{api}/users/{quote(user, safe='')}/starred_projects", params=params, headers=headers)
+        return Request(f"{api}/users/{quote(user, safe='')}/starred_projects", params=params)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         head = response.content[:500]
@@ -123,7 +123,7 @@ class GitLabStarred(Connector):
             if not isinstance(uid, int) or isinstance(uid, bool):
                 raise BadResponse(f"GET /user gave no numeric id: {str(uid)[:40]!r}")
             return Page(items=[], cursor={**ctx.cursor, "user_id": uid}, more=True)
-        api = self.api_url(ctx)
+        api = self.base(ctx)
         projects = json_body(response, list)
         items = [self.item(p) for p in projects]
         nxt = next_link(response, api)

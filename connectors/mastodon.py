@@ -54,6 +54,7 @@ from collector.sdk import (
     links,
     next_link,
     parse_time,
+    within,
 )
 
 LIMIT = 40  # the documented maximum per page
@@ -83,12 +84,6 @@ def instance_url(value: Any) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii')}"
 
 
-def _within(url: str | None, base: str) -> str | None:
-    if url and not url.startswith(base + "/"):
-        raise BadResponse("Link header points outside the instance")
-    return url
-
-
 def _param(url: str | None, name: str) -> str | None:
     """One query parameter of a Link URL (a favourite/bookmark id)."""
     if not url:
@@ -115,7 +110,8 @@ class MastodonStatuses(Connector):
     scope: ClassVar[str]
     default_base_url = ""  # no default instance: a token belongs to one instance only
 
-    def instance(self, ctx: Context) -> str:
+    def base(self, ctx: Context) -> str:
+        """The network's instance: the engine sends its token there only."""
         return instance_url(ctx.network.options.get("instance") or self.base_url)
 
     def request(self, ctx: Context) -> Request:
@@ -125,18 +121,17 @@ class MastodonStatuses(Connector):
                 params["max_id"] = ctx.cursor["max_id"]
         else:  # no min_id (an empty history at back-fill): everything from the oldest entry is new
             params["min_id"] = ctx.cursor.get("min_id") or "0"
-        return Request(f"{self.instance(ctx)}/api/v1/{self.endpoint}", params=params,
-                       headers={"Authorization": f"Bearer {ctx.network.token}"})
+        return Request(f"{self.base(ctx)}/api/v1/{self.endpoint}", params=params)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code == 403 and b"outside the authorized scopes" in response.content[:500]:
             raise Unauthorized(f"HTTP 403: the token lacks the {self.scope} scope")
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
-        base = self.instance(ctx)
+        base = self.base(ctx)
         items = [self.item(status) for status in json_body(response, list)]
         max_id = _param(next_link(response, base), "max_id")
-        prev = _within(links(response.headers).get("prev"), base)
+        prev = within(links(response.headers).get("prev"), base)
         min_id = _param(prev, "min_id")
         if min_id is None and items and (ctx.mode == "normal" or not ctx.cursor.get("max_id")):
             raise BadResponse("a page of statuses without a Link rel=\"prev\" min_id: cannot tell where new ones start")

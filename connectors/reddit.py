@@ -23,9 +23,7 @@ Docs (reddit.com/dev/api, github.com/reddit-archive/reddit/wiki/API and /JSON):
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from datetime import datetime
 from typing import ClassVar
 
 import httpx
@@ -37,9 +35,7 @@ from collector.sdk import (
     Item,
     Page,
     PermanentError,
-    RateLimit,
     Request,
-    header_rate_limit,
     json_body,
     parse_time,
     sweep,
@@ -54,6 +50,9 @@ class RedditListing(Connector):
 
     listing: ClassVar[str]
     default_base_url = "https://oauth.reddit.com"
+    # x-ratelimit-* is one quota per OAuth client id: every network of the service waits (a 429 without them
+    # still stops the service, for the engine's default wait)
+    limit_scope = "service"
 
     def request(self, ctx: Context) -> Request:
         username = ctx.network.options.get("username")
@@ -65,16 +64,7 @@ class RedditListing(Connector):
         params: dict[str, str | int] = {"limit": 100, "raw_json": 1}
         if ctx.cursor.get("next"):
             params["after"] = str(ctx.cursor["next"])
-        return Request(f"{self.base_url}/user/{username}/{self.listing}", params=params,
-                       headers={"Authorization": f"Bearer {ctx.network.token}"})
-
-    def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
-        """x-ratelimit-* as the engine reads them, for the whole service (one quota per OAuth client
-        id); a 429 without them still stops the service (for a minute: the engine's default wait)."""
-        limit = header_rate_limit(response.headers, now)
-        if limit is None:
-            return RateLimit(scope="service") if response.status_code == 429 else None
-        return dataclasses.replace(limit, scope="service")
+        return Request(f"{self.base_url}/user/{username}/{self.listing}", params=params)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         body = json_body(response)

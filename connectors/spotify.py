@@ -21,8 +21,6 @@ rather than one network: every other network of the app would only collect 429s 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import httpx
 
 from collector.sdk import (
@@ -37,6 +35,7 @@ from collector.sdk import (
     json_body,
     parse_time,
     sweep,
+    within,
 )
 
 
@@ -45,24 +44,20 @@ class SpotifySavedTracks(Connector):
     api = "Spotify Web API: saved tracks (GET /v1/me/tracks)"
     default_base_url = "https://api.spotify.com"
 
-    def _inside(self, url: str) -> bool:
-        return url.startswith(self.base_url + "/")
+    limit_scope = "service"  # Spotify's rate limit is the app's, over a rolling 30 s window
 
     def request(self, ctx: Context) -> Request:
-        headers = {"Authorization": f"Bearer {ctx.network.token}", "Accept": "application/json"}
-        nxt = ctx.cursor.get("next")
-        if nxt:
-            if not self._inside(str(nxt)):
-                raise BadResponse("stored next-page URL points outside the configured base URL")
-            return Request(str(nxt), headers=headers)
+        headers = {"Accept": "application/json"}
+        if ctx.cursor.get("next"):  # the engine sends the token only inside the base URL
+            return Request(str(ctx.cursor["next"]), headers=headers)
         return Request(f"{self.base_url}/v1/me/tracks", params={"limit": 50, "offset": 0}, headers=headers)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code == 429:
             # Retry-After when sent (Spotify documents it); else from a minute, doubling while the 429s repeat
-            limit = self.rate_limit(response, ctx.now) or RateLimit(minimum_wait=60.0)
+            limit = RateLimit(minimum_wait=60.0, scope="service").merge(self.rate_limit(response, ctx.now))
             reason = response.content[:300].decode("utf-8", "replace").strip().replace("\n", " ")
-            raise RateLimited(f"HTTP 429 (app-wide limit): {reason}", replace(limit, scope="service"))
+            raise RateLimited(f"HTTP 429 (app-wide limit): {reason}", limit)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         body = json_body(response)
@@ -81,7 +76,7 @@ class SpotifySavedTracks(Connector):
                 raw=saved,
             ))
         nxt = body.get("next")
-        if nxt is not None and not (isinstance(nxt, str) and self._inside(nxt)):
-            raise BadResponse("next URL points outside the configured base URL")
-        fresh, cursor, more = sweep(ctx.cursor, items, nxt or None, ctx.mode)
+        if nxt is not None and not isinstance(nxt, str):
+            raise BadResponse(f"next must be a URL, got {type(nxt).__name__}")
+        fresh, cursor, more = sweep(ctx.cursor, items, within(nxt, self.base_url, "next URL"), ctx.mode)
         return Page(items=fresh, cursor=cursor, more=more)

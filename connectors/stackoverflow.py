@@ -70,8 +70,10 @@ class StackOverflowFavorites(Connector):
         }
         if self.options.get("key"):
             params["key"] = self.options["key"]
-        return Request(f"{self.base_url}/me/favorites", params=params,
-                       headers={"X-API-Access-Token": ctx.network.token})
+        return Request(f"{self.base_url}/me/favorites", params=params)
+
+    def auth_headers(self, ctx: Context) -> dict[str, str]:
+        return {"X-API-Access-Token": ctx.network.token}  # Stack Exchange's header for the access token
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code < 400 or not response.content.lstrip().startswith(b"{"):

@@ -76,8 +76,7 @@ class YouTubeLiked(Connector):
         params = {"myRating": "like", "part": "snippet", "maxResults": 50}
         if ctx.cursor.get("next"):
             params["pageToken"] = ctx.cursor["next"]
-        return Request(f"{self.base_url}/youtube/v3/videos", params=params,
-                       headers={"Authorization": f"Bearer {ctx.network.token}", "Accept": "application/json"})
+        return Request(f"{self.base_url}/youtube/v3/videos", params=params, headers={"Accept": "application/json"})
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code not in (401, 403, 429):

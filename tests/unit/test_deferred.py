@@ -138,8 +138,8 @@ async def test_runs_that_start_together_share_one_read_of_the_pause(engine, rout
     assert len(claims) == 5 and all(r.outcome.kind is Kind.PAGE for r in results)
     assert reads == ["stackoverflow"]  # one read for the five runs
 
-    # a read older than PAUSE_READ_SHARED serves nobody: the pause another process wrote since is seen
-    monkeypatch.setattr(engine.executor, "PAUSE_READ_SHARED", -1.0)
+    # a read older than `shared` (KnownPauses) serves nobody: the pause another process wrote since is seen
+    monkeypatch.setattr(engine.executor.pauses, "shared", -1.0)
     await engine.store.pause_service("stackoverflow", clock.now + timedelta(hours=1), "quota", clock.now)
     await engine.add(user="late")
     assert (await engine.run("initial")).outcome.kind is Kind.DEFERRED
@@ -147,7 +147,7 @@ async def test_runs_that_start_together_share_one_read_of_the_pause(engine, rout
 
 
 async def test_a_failed_read_of_the_pause_is_not_a_crash_and_is_not_shared(engine, router, clock, monkeypatch):
-    """The read is shared by the runs that start within PAUSE_READ_SHARED: a failed one used to reach every
+    """The read is shared by the runs that start within KnownPauses.shared: a failed one used to reach every
     one of them as an exception (a run crash each), and the next runs too while it was cached."""
     from pymongo.errors import AutoReconnect
 

@@ -28,8 +28,10 @@ class Fake(sdk.Connector):
     def request(self, ctx):
         if ctx.cursor.get("explode"):
             raise RuntimeError(f"connector bug with {ctx.network.token}")
-        return sdk.Request(f"{self.base_url}/items", params={"page": ctx.cursor.get("next", 1)},
-                           headers={"Authorization": f"Bearer {ctx.network.token}"})
+        if ctx.cursor.get("url"):  # a stored link, as a connector that follows Link headers keeps one
+            return sdk.Request(ctx.cursor["url"], headers=ctx.cursor.get("headers", {}))
+        # no Authorization here: the engine adds the connector's auth_headers (a bearer token by default)
+        return sdk.Request(f"{self.base_url}/items", params={"page": ctx.cursor.get("next", 1)})
 
     def parse(self, ctx, response):
         data = response.json()
@@ -242,3 +244,58 @@ async def test_items_the_database_refuses_end_in_a_recorded_transient_state(env,
     assert saved["errors"] == 1 and saved["lastError"]["kind"] == "store_error"
     assert "refused the items" in saved["lastError"]["message"] and "lease" not in saved
     assert saved.get("cursor") in (None, {})  # the cursor did not move past items that were not stored
+
+
+@respx.mock
+async def test_the_engine_sends_the_token_as_a_bearer_header_by_default(env, clock):
+    route = respx.get(f"{BASE}/items").mock(return_value=page())
+    result, _ = await run(env, clock)
+    assert result.outcome.kind is Kind.PAGE
+    assert route.calls.last.request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@respx.mock
+async def test_a_header_the_request_sets_itself_wins_over_the_default(env, clock):
+    route = respx.get(f"{BASE}/items/2").mock(return_value=page())
+    result, _ = await run(env, clock, cursor={"url": f"{BASE}/items/2", "headers": {"Authorization": "Token x"}})
+    assert result.outcome.kind is Kind.PAGE
+    assert route.calls.last.request.headers["Authorization"] == "Token x"
+
+
+@pytest.mark.parametrize("url", [
+    "https://evil.test/items",
+    "https://fake.test.evil.test/items",   # the base's host as a prefix of another host
+    "https://fake.test@evil.test/items",   # the base's host as user info
+    "http://fake.test/items",              # the same host without TLS
+    "https://fake.test:8443/items",        # another port
+])
+async def test_the_engine_refuses_to_send_credentials_outside_the_base_url(env, clock, url):
+    """One check for every connector: a stored cursor (or any URL a connector builds) that leaves the base URL
+    is never called, whatever the connector forgot to check; the failure is recorded without the token."""
+    with respx.mock(assert_all_called=False) as api:
+        anywhere = api.route().respond(200, json={"items": [], "next": None})
+        result, net = await run(env, clock, cursor={"url": url})
+    assert not anywhere.called
+    assert result.outcome.kind is Kind.TRANSIENT
+    assert net["lastError"]["kind"] == "bad_response" and net["errors"] == 1 and not net.get("disabled")
+    assert "refused to send the network's credentials" in net["lastError"]["message"]
+    assert TOKEN not in json.dumps([net["lastError"], net["lastOutcome"]], default=str)
+    assert "/items" not in net["lastError"]["message"]
+
+
+class ServiceWide(Fake):
+    service = "fake"
+    limit_scope = "service"
+
+
+@respx.mock
+async def test_limit_scope_gives_a_429_without_headers_to_the_whole_service(mock_db, settings, clock, rng):
+    store = Store(mock_db)
+    await store.ensure_indexes()
+    registry = {"fake": sdk.Registered("fake", ServiceWide, "tests", "0")}
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(429, text="slow down"))
+    async with httpx.AsyncClient() as client:
+        result, _ = await run((store, Executor(store, client, settings, registry, clock=clock, rng=rng)), clock)
+    assert result.outcome.kind is Kind.RATE_LIMITED and result.outcome.rate_limit.scope == "service"
+    assert result.transition.service_paused_until is not None
+    assert await store.service_pause("fake", clock.now) is not None

@@ -300,3 +300,37 @@ def test_discover_reports_broken_plugins_without_failing(monkeypatch):
     assert found["notaconnector"].cls is None
     assert "not a collector.sdk.Connector subclass" in found["notaconnector"].error
     assert found["misnamed"].cls is None and "must be 'misnamed'" in found["misnamed"].error
+
+
+@pytest.mark.parametrize("url, base, inside", [
+    ("https://api.example.com/v1/x?page=2", "https://api.example.com", True),
+    ("https://api.example.com", "https://api.example.com/", True),
+    ("https://api.example.com/2.3/me", "https://api.example.com/2.3", True),
+    ("https://api.example.com/2.30/me", "https://api.example.com/2.3", False),  # a sibling path, not below
+    ("https://api.example.com/other", "https://api.example.com/2.3", False),
+    ("https://api.example.com.evil.example/v1", "https://api.example.com", False),
+    ("https://api.example.com@evil.example/v1", "https://api.example.com", False),
+    ("https://user@api.example.com/v1", "https://api.example.com", False),
+    ("http://api.example.com/v1", "https://api.example.com", False),
+    ("https://api.example.com:444/v1", "https://api.example.com", False),
+    ("https://api.example.com:443/v1", "https://api.example.com", True),  # the scheme's own port
+    ("/v1/relative", "https://api.example.com", False),
+    ("https://api.example.com/v1", "", False),  # no base: nothing is inside
+    ("http://[::1", "https://api.example.com", False),  # not a URL
+])
+def test_inside_compares_scheme_host_port_and_path(url, base, inside):
+    assert sdk.inside(url, base) is inside
+
+
+def test_within_passes_a_link_inside_and_refuses_one_outside():
+    assert sdk.within(None, "https://a.example") is None
+    assert sdk.within("https://a.example/next", "https://a.example") == "https://a.example/next"
+    with pytest.raises(sdk.ForeignHost, match="next URL points outside"):
+        sdk.within("https://b.example/next", "https://a.example", "next URL")
+    assert issubclass(sdk.ForeignHost, sdk.BadResponse)  # transient, as any bad reply
+
+
+def test_origin_shows_no_path_nor_query():
+    assert sdk.origin("https://a.example:8443/secret/path?token=x") == "https://a.example:8443"
+    assert sdk.origin("https://a.example/p") == "https://a.example"
+    assert sdk.origin("/relative") == "a URL without a host"
