@@ -88,10 +88,10 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
     return store
 
 
-async def connect(settings: Settings) -> tuple[AsyncMongoClient, Any]:
+async def connect(settings: Settings) -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
     """Open the database and check it answers, within `database.timeout` seconds."""
     timeout_ms = int(settings.database_timeout * 1000)
-    client: AsyncMongoClient = AsyncMongoClient(
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, retryWrites=True,
         connectTimeoutMS=timeout_ms, appname="collector",
         # no database call may hang the loop forever (the watchdog would restart us, but later)

@@ -6,13 +6,16 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from collector import config as config_mod
 from collector import logs, sdk
 from collector.config import MODES, ConfigError
+
+if TYPE_CHECKING:
+    from collector.store import Store
 from collector.operations import STATES
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 
@@ -68,7 +71,7 @@ def load_settings(ctx: click.Context) -> config_mod.Settings:
               help="Override any setting, e.g. --set services.github.base_url=http://127.0.0.1:9000")
 @click.version_option(package_name="collector")
 @click.pass_context
-def main(ctx: click.Context, mode: str | None, **_: Any) -> None:
+def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     """collector: keeps users' data in sync from third-party APIs.
 
     Run the daemon with `collector --mode initial` and `collector --mode normal` (any number of
@@ -138,7 +141,7 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     from collector import status as fleet_status
     from collector.clock import ServerClock
 
-    async def read(store: Any) -> dict[str, Any]:
+    async def read(store: Store) -> dict[str, Any]:
         clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
         await clock.sync(store.db)
         return await fleet_status.status(store, clock(), overdue_after=overdue_after)
@@ -227,7 +230,7 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
         except Malformed as exc:
             raise click.ClickException(f"network for user {doc.get('user')!r}: {exc}") from exc
 
-    async def add(store: Any) -> list[Any]:
+    async def add(store: Store) -> list[Any]:
         now = utcnow()
         return [await store.insert_network({**d, "mode": "initial", "scheduledTo": now, "errors": 0})
                 for d in docs]
@@ -266,7 +269,7 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
                   state: str | None, limit: int, as_json: bool) -> None:
     """List networks with their state (tokens redacted)."""
 
-    async def fetch(store: Any) -> list[dict[str, Any]]:
+    async def fetch(store: Store) -> list[dict[str, Any]]:
         return await store.list_networks(user, service, mode_, state, limit)
 
     for doc in _run(ctx, fetch):
@@ -286,7 +289,7 @@ def networks_show(ctx: click.Context, network_id: str) -> None:
     """One network in full: state, last error, schedule (tokens redacted)."""
     from collector.documents import public_view
 
-    async def fetch(store: Any) -> dict[str, Any] | None:
+    async def fetch(store: Store) -> dict[str, Any] | None:
         return await store.get_network(_network_id(network_id))
 
     doc = _run(ctx, fetch)
@@ -298,11 +301,11 @@ def networks_show(ctx: click.Context, network_id: str) -> None:
 def _operator(ctx: click.Context, network_id: str, action: str, reason: str = "") -> None:
     from collector.model import utcnow
 
-    async def act(store: Any) -> bool:
+    async def act(store: Store) -> bool:
         nid = _network_id(network_id)
         if action == "disable":
             return await store.disable(nid, reason, utcnow())
-        return await getattr(store, action)(nid, utcnow())
+        return bool(await getattr(store, action)(nid, utcnow()))
 
     if not _run(ctx, act):
         raise click.ClickException(f"no network {network_id}")
@@ -331,7 +334,6 @@ def networks_enable(ctx: click.Context, network_id: str | None, service: str | N
     if not service and not reason_kind:
         raise click.UsageError("give a network id, or --service and/or --reason-kind for a bulk enable")
     from collector.model import utcnow
-    from collector.store import Store
 
     async def act(store: Store) -> tuple[int, list[dict[str, Any]]]:
         return await store.enable_many(utcnow(), service, reason_kind, dry_run)

@@ -43,12 +43,12 @@ def mongomock_compat() -> None:
     """mongomock's bulk builder predates PyMongo 4.9, whose UpdateOne passes `sort`: accept it."""
     from mongomock.collection import BulkOperationBuilder
 
-    original = BulkOperationBuilder.add_update
+    original: Callable[..., Any] = BulkOperationBuilder.add_update
     if getattr(original, "_collector_shim", False):
         return
 
-    def add_update(self, selector, doc, multi=False, upsert=False, collation=None, array_filters=None,
-                   hint=None, sort=None):
+    def add_update(self: Any, selector: Any, doc: Any, multi: bool = False, upsert: bool = False,
+                   collation: Any = None, array_filters: Any = None, hint: Any = None, sort: Any = None) -> Any:
         return original(self, selector, doc, multi=multi, upsert=upsert, collation=collation,
                         array_filters=array_filters, hint=hint)
 
@@ -56,7 +56,8 @@ def mongomock_compat() -> None:
     BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
 
 
-def seed(sandbox: Sandbox, users: int, rng: random.Random, now: datetime) -> tuple[list[dict[str, Any]], dict]:
+def seed(sandbox: Sandbox, users: int, rng: random.Random,
+         now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Networks for `users` users across services; every 12th user misbehaves in one way."""
     docs, trouble = [], {}
     for i in range(users):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,7 +52,7 @@ class RateLimit:
         if other is None:
             return self
 
-        def pick(a, b, fn):
+        def pick(a: Any, b: Any, fn: Callable[[Any, Any], Any]) -> Any:
             return b if a is None else a if b is None else fn(a, b)
 
         return RateLimit(

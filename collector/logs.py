@@ -26,11 +26,11 @@ _INLINE = re.compile(
 _run_secrets: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("run_secrets", default=())
 
 
-def set_run_secrets(secrets: Iterable[str]) -> contextvars.Token:
+def set_run_secrets(secrets: Iterable[str]) -> contextvars.Token[tuple[str, ...]]:
     return _run_secrets.set(tuple(s for s in secrets if s and len(s) >= 4))
 
 
-def reset_run_secrets(token: contextvars.Token) -> None:
+def reset_run_secrets(token: contextvars.Token[tuple[str, ...]]) -> None:
     _run_secrets.reset(token)
 
 
@@ -56,7 +56,8 @@ def _redact(value: Any, depth: int = 0) -> Any:
 
 
 def redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return _redact(event)
+    redacted: MutableMapping[str, Any] = _redact(event)
+    return redacted
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:

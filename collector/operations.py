@@ -78,7 +78,7 @@ class Operations:
     async def enable(self, network_id: Any, now: datetime) -> bool:
         """Clear disabled/unauthorized/errors and make the network due now."""
         result = await self.networks.update_one({"_id": network_id}, _enable_update(now))
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
     async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
                           dry_run: bool = False) -> tuple[int, list[dict[str, Any]]]:
@@ -99,7 +99,7 @@ class Operations:
     async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
         result = await self.networks.update_one({"_id": network_id}, {"$set": {
             "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}})
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
     async def reset(self, network_id: Any, now: datetime) -> bool:
         """Back to initial mode from the start of the history (items already stored stay)."""
@@ -107,7 +107,7 @@ class Operations:
             "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
                      "unauthorized": False},
             "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}})
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
 
 def _enable_update(now: datetime) -> dict[str, Any]:

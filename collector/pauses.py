@@ -115,7 +115,7 @@ class Pauses:
             {"user": user, "service": service, "_id": {"$ne": network_id}, "disabled": {"$ne": True},
              "scheduledTo": {"$lt": until}},
             {"$set": {"scheduledTo": until, "rateLimitedUntil": until}})
-        return result.modified_count
+        return int(result.modified_count)
 
     async def paused_services(self, now: datetime) -> dict[str, datetime]:
         out = {}
@@ -125,7 +125,7 @@ class Pauses:
 
     async def service_pause(self, service: str, now: datetime) -> dict[str, Any] | None:
         """The pause of one service if it is still on (one read by primary key: checked before every call)."""
-        doc = await self.services.find_one({"_id": service})
+        doc: dict[str, Any] | None = await self.services.find_one({"_id": service})
         if doc and isinstance(doc.get("pausedUntil"), datetime) and aware(doc["pausedUntil"]) > now:
             return doc
         return None

@@ -28,7 +28,7 @@ class Registry:
 
     async def prune_fleet(self, now: datetime) -> int:
         """Delete registry documents past their `expireAt` (portable: not every server has TTL indexes)."""
-        return (await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count
+        return int((await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count)
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -71,8 +71,8 @@ class Recent:
 class Stats:
     """What this process has done since it started (read by the demo, status and metrics)."""
 
-    runs: Counter = field(default_factory=Counter)  # by outcome kind
-    by_service: Counter = field(default_factory=Counter)
+    runs: Counter[str] = field(default_factory=Counter)  # by outcome kind
+    by_service: Counter[str] = field(default_factory=Counter)
     items_new: int = 0
     leases_lost: int = 0
     crashes: int = 0
@@ -119,8 +119,8 @@ class Scheduler:
         self.clock = clock
         self.stats = Stats()
         self.metrics = metrics
-        self.inflight: dict[asyncio.Task, Running] = {}
-        self.per_service: Counter = Counter()
+        self.inflight: dict[asyncio.Task[Any], Running] = {}
+        self.per_service: Counter[str] = Counter()
         self.database_ok = True
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -183,7 +183,7 @@ class Scheduler:
         except PyMongoError as exc:
             self._db_failures += 1
             self._database(False)
-            delay = min(self.settings.db_retry_cap, self.settings.poll_interval * 2 ** min(self._db_failures - 1, 10))
+            delay = min(self.settings.db_retry_cap, self.settings.poll_interval * 2.0 ** min(self._db_failures - 1, 10))
             log.error("database unavailable: not claiming", error=f"{type(exc).__name__}: {exc}",
                       failures=self._db_failures, retry_in=round(delay, 1))
             return delay
@@ -273,7 +273,7 @@ class Scheduler:
             elif result.transition.rate_limited_until is not None and result.outcome.kind.value != "deferred":
                 self.metrics.rate_limit_pause(service, "network")
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         running = self.inflight.pop(task, None)
         service = running.service if running else "?"
         self.per_service[service] -= 1

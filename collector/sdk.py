@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collector.model import Network
 
 # the SDK's rate-limit names live in collector/limits.py; connectors import them from here, as always
-from collector.limits import (  # noqa: F401
+from collector.limits import (
     MAX_WAIT,
     SCOPES,
     RateLimit,
@@ -51,6 +51,41 @@ from collector.limits import (  # noqa: F401
 )
 
 ENTRY_POINT_GROUP = "collector.connectors"
+
+# what a connector may import from here (the rate-limit names are defined in collector.limits)
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MAX_WAIT",
+    "SCOPES",
+    "BadResponse",
+    "Connector",
+    "ConnectorError",
+    "Context",
+    "Forbidden",
+    "ForeignHost",
+    "Item",
+    "Page",
+    "PermanentError",
+    "RateLimit",
+    "RateLimited",
+    "Registered",
+    "Request",
+    "Tokens",
+    "Unauthorized",
+    "discover",
+    "epoch",
+    "header_rate_limit",
+    "inside",
+    "json_body",
+    "links",
+    "next_link",
+    "origin",
+    "parse_time",
+    "reset_time",
+    "retry_after",
+    "sweep",
+    "within",
+]
 
 
 @dataclass(frozen=True, slots=True)

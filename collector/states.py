@@ -44,7 +44,7 @@ from typing import Any
 import pendulum
 
 from collector.config import Schedule
-from collector.sdk import RateLimit
+from collector.limits import RateLimit
 
 
 class Kind(StrEnum):
@@ -113,7 +113,7 @@ def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
 def backoff(errors: int, schedule: Schedule) -> float:
     """Seconds to wait after the n-th consecutive transient failure (n >= 1), capped."""
     exponent = min(max(errors - 1, 0), 32)
-    return min(schedule.backoff_cap, schedule.backoff_base * (2**exponent))
+    return float(min(schedule.backoff_cap, schedule.backoff_base * (2**exponent)))
 
 
 def _after_limit(rate_limit: RateLimit | None, now: datetime, schedule: Schedule,

@@ -115,7 +115,7 @@ class Store(Pauses, Operations, Registry):
         never left to expire; only when nothing at all was claimed does the first error propagate."""
         exclude = set(exclude_services)
         claimed: list[tuple[dict[str, Any], Lease]] = []
-        per_service: Counter = Counter()
+        per_service: Counter[str] = Counter()
         failure: PyMongoError | None = None
         for _round in range(8):
             need = want - len(claimed)
@@ -210,7 +210,7 @@ class Store(Pauses, Operations, Registry):
         attempt = 0
         while True:
             try:
-                return (await self.networks.update_many(query, {"$set": {"lease.until": until}})).matched_count
+                return int((await self.networks.update_many(query, {"$set": {"lease.until": until}})).matched_count)
             except PyMongoError as exc:  # a deadlock victim (it races the state saves of the same documents)
                 if attempt == GroupCommit.RETRIES or not transient(exc):
                     raise
@@ -222,7 +222,7 @@ class Store(Pauses, Operations, Registry):
         until then (a run that crashed: retried after a pause, not after the whole lease_ttl)."""
         update = {"$set": {"lease.until": until}} if until is not None else {"$unset": {"lease": ""}}
         result = await self.networks.update_one({"_id": network_id, "lease.id": lease.id}, update)
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class Store(Pauses, Operations, Registry):
 
     async def _upsert(self, ops: list[UpdateOne]) -> int:
         try:
-            return (await self.items.bulk_write(ops, ordered=False)).upserted_count
+            return int((await self.items.bulk_write(ops, ordered=False)).upserted_count)
         except BulkWriteError as exc:
             # two processes upserting the same new item race on the unique key: the loser gets
             # E11000 and retries those operations once, which now match and update
@@ -285,7 +285,7 @@ class Store(Pauses, Operations, Registry):
             if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
             retried = await self.items.bulk_write([ops[e["index"]] for e in errors], ordered=False)
-            return exc.details.get("nUpserted", 0) + retried.upserted_count
+            return int(exc.details.get("nUpserted", 0)) + int(retried.upserted_count)
 
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None) -> bool:
@@ -303,12 +303,13 @@ class Store(Pauses, Operations, Registry):
         """Store refreshed tokens if the network still has the refresh token they were obtained with."""
         result = await self.networks.update_one({"_id": network_id, "refreshToken": old_refresh_token},
                                                 {"$set": fields})
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
     # -- reading --------------------------------------------------------------------------------
 
     async def get_network(self, network_id: Any) -> dict[str, Any] | None:
-        return await self.networks.find_one({"_id": network_id})
+        doc: dict[str, Any] | None = await self.networks.find_one({"_id": network_id})
+        return doc
 
     async def insert_network(self, doc: dict[str, Any]) -> Any:
         return (await self.networks.insert_one(doc)).inserted_id

@@ -13,5 +13,5 @@ if [ ! -f "$plugin_stamp" ]; then
 fi
 export COLLECTOR_REQUIRE_WIRE=1   # no wire server is a failure here, never a silent skip
 .venv/bin/ruff check .
-.venv/bin/mypy collector   # the runtime package type-checks (config: pyproject.toml [tool.mypy])
+.venv/bin/mypy collector   # the runtime package type-checks, strict (config: pyproject.toml [tool.mypy])
 exec .venv/bin/python scripts/devdb.py run -- .venv/bin/python -m pytest -q -rs "$@"

@@ -82,10 +82,10 @@ class Sandbox:
         self.rate_limit = rate_limit
         self.window = window
         self.users: dict[str, User] = {}
-        self.requests: Counter = Counter()  # by token
-        self.served: Counter = Counter()  # item handouts by token (an item on two pages counts twice)
+        self.requests: Counter[str] = Counter()  # by token
+        self.served: Counter[str] = Counter()  # item handouts by token (an item on two pages counts twice)
         self.served_ids: dict[str, set[int]] = {}
-        self.faults_served: Counter = Counter()
+        self.faults_served: Counter[str] = Counter()
         self.hits: dict[str, list[float]] = {}  # request times by token (Unix seconds)
         self.log: list[str] = []  # every request target, to prove no token ever travels in a URL
         self.transfers: list[dict[str, Any]] = []  # API replies on the wire (see Server._client)

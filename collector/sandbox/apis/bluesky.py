@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -91,7 +92,7 @@ def _riding(resp: Response) -> bool:
 
 
 @route(r"/xrpc/app\.bsky\.feed\.getActorLikes")
-def get_actor_likes(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match,
+def get_actor_likes(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
                     body: bytes) -> Response:
     if not headers.get("authorization", "").lower().startswith("bearer "):
         return json_reply(401, {"error": "AuthMissing", "message": "Authentication Required"})

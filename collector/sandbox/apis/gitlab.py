@@ -11,24 +11,25 @@ come id-descending (newest star = newest project in the sandbox), in the `simple
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 import zlib
 from typing import Any
 from urllib.parse import urlencode
 
-from collector.sandbox.core import Response, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, route
 
 
-def _account(sandbox, headers):
+def _account(sandbox: Sandbox, headers: dict[str, str]) -> User | None:
     token = headers.get("private-token")
     return sandbox.user(token, "gitlab", headers) if token else sandbox.bearer_user(headers, "gitlab")
 
 
-def gitlab_id(user) -> int:
+def gitlab_id(user: User) -> int:
     return 1000 + zlib.crc32(user.token.encode()) % 9_000_000
 
 
-def _gate(sandbox, user) -> tuple[Response | None, dict[str, str]]:
+def _gate(sandbox: Sandbox, user: User) -> tuple[Response | None, dict[str, str]]:
     """The fault or rate limit this request meets (or None), and the RateLimit-* headers."""
     if (fault := sandbox.fault(user)) is not None:
         return fault, {}
@@ -44,7 +45,7 @@ def _gate(sandbox, user) -> tuple[Response | None, dict[str, str]]:
     return Response(429, b"Retry later\n", {"content-type": "text/plain", **limits, "retry-after": wait}), limits
 
 
-def _count(sandbox, user) -> None:
+def _count(sandbox: Sandbox, user: User) -> None:
     with sandbox.lock:
         sandbox.requests[user.token] += 1
 
@@ -57,7 +58,8 @@ def _number(value: str | None, default: int) -> int:
 
 
 @route(r"/api/v4/user")
-def current_user(sandbox, method, headers, query, match, body):
+def current_user(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
+                 body: bytes) -> Response:
     user = _account(sandbox, headers)
     if user is None:
         return json_reply(401, {"message": "401 Unauthorized"})
@@ -88,7 +90,8 @@ def _project(item: dict[str, Any]) -> dict[str, Any]:
 
 
 @route(r"/api/v4/users/([^/]+)/starred_projects")
-def starred_projects(sandbox, method, headers, query, match, body):
+def starred_projects(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str],
+                     match: re.Match[str], body: bytes) -> Response:
     user = _account(sandbox, headers)
     if user is None:
         return json_reply(401, {"message": "401 Unauthorized"})

@@ -14,7 +14,7 @@ _FILTER = re.compile(r"created_at_i(<=|>=|<|>|=)(\d+)")
 
 
 def created(item: dict[str, Any]) -> int:
-    return EPOCH + item["id"] * 60
+    return EPOCH + int(item["id"]) * 60
 
 
 @route(r"/api/v1/search_by_date")

@@ -11,10 +11,11 @@ The sandbox item id is the favourite/bookmark id; the status id is derived from 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.sandbox.core import iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, iso, json_reply, route
 
 SERVICES = {"favourites": "mastodon_favourites", "bookmarks": "mastodon_bookmarks"}
 
@@ -50,7 +51,8 @@ def _id(value: str | None) -> int | None:
 
 
 @route(r"/api/v1/(favourites|bookmarks)")
-def statuses(sandbox, method, headers, query, match, body):
+def statuses(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
+             body: bytes) -> Response:
     kind = match.group(1)
     user = sandbox.bearer_user(headers, SERVICES[kind])
     if user is None:

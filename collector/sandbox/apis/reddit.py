@@ -15,6 +15,7 @@ rate limits as 429 with the headers above.
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import Any
 
@@ -84,7 +85,7 @@ def _riding(resp: Response) -> bool:
 
 
 @route(r"/user/(?P<name>[A-Za-z0-9_-]+)/(?P<listing>saved|upvoted)(?:\.json)?")
-def listing(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match,
+def listing(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
             body: bytes) -> Response:
     if not headers.get("user-agent"):
         return json_reply(429, {"message": "Too Many Requests", "error": 429})

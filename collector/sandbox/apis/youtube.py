@@ -99,7 +99,8 @@ def _window(sandbox: Any, user: Any) -> tuple[bool, int, float]:
     """sandbox.quota(user). Reached through the class while the instance attribute `quota` (Stack Exchange's
     app-wide counter, set in Sandbox.__init__) shadows the method of the same name."""
     quota = sandbox.quota
-    return quota(user) if callable(quota) else type(sandbox).quota(sandbox, user)
+    window: tuple[bool, int, float] = quota(user) if callable(quota) else type(sandbox).quota(sandbox, user)
+    return window
 
 
 @route(r"/youtube/v3/videos")
