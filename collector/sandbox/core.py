@@ -134,20 +134,20 @@ class Sandbox:
         kind, seconds = fault["kind"], float(fault.get("seconds", 60))
         echo = f"{'.' * int(fault.get('pad', 0))} (token {user.token})" if fault.get("echo") else ""
         if kind == "status":
-            return _json(int(fault.get("status", 500)), {"message": "sandbox fault" + echo})
+            return json_reply(int(fault.get("status", 500)), {"message": "sandbox fault" + echo})
         if kind == "headers":
-            return _json(int(fault.get("status", 429)), {"message": "sandbox limit headers"},
+            return json_reply(int(fault.get("status", 429)), {"message": "sandbox limit headers"},
                          {str(k).lower(): str(v) for k, v in (fault.get("headers") or {}).items()})
         if kind == "rate_limit":
             if user.service == "stackoverflow":
-                return _json(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
+                return json_reply(400, {"error_id": 502, "error_name": "throttle_violation", "error_message":
                                    f"too many requests from this IP, more requests available in {int(seconds)} "
                                    "seconds"}, gzipped=True)
-            return _json(403, {"message": "API rate limit exceeded"}, {
+            return json_reply(403, {"message": "API rate limit exceeded"}, {
                 "x-ratelimit-limit": str(self.rate_limit), "x-ratelimit-remaining": "0",
                 "x-ratelimit-reset": str(int(time.time() + seconds))})
         if kind == "retry_after":
-            return _json(429, {"message": "slow down"}, {"retry-after": str(int(seconds))})
+            return json_reply(429, {"message": "slow down"}, {"retry-after": str(int(seconds))})
         if kind == "unauthorized":
             return self._refuse(user, echo)
         if kind == "malformed":
@@ -184,9 +184,9 @@ class Sandbox:
 
     def _refuse(self, user: User, echo: str = "") -> Response:
         if user.service == "stackoverflow":
-            return _json(400, {"error_id": 403, "error_name": "access_denied",
+            return json_reply(400, {"error_id": 403, "error_name": "access_denied",
                                "error_message": "the access token was revoked" + echo}, gzipped=True)
-        return _json(401, {"message": "Bad credentials" + echo, "documentation_url": "https://docs.github.com/rest"})
+        return json_reply(401, {"message": "Bad credentials" + echo, "documentation_url": "https://docs.github.com/rest"})
 
     def record_transfer(self, **transfer: Any) -> None:
         with self.lock:
@@ -224,56 +224,56 @@ class Sandbox:
             match = pattern.fullmatch(path)
             if match:
                 return emulator(self, method, headers, query, match, body)
-        return _json(404, {"message": "Not Found"})
+        return json_reply(404, {"message": "Not Found"})
 
     def _control(self, method: str, path: str, body: bytes) -> Response:
         data = json.loads(body or b"{}")
         if path == "/_sandbox/stats":
-            return _json(200, self.stats())
+            return json_reply(200, self.stats())
         if path == "/_sandbox/reset" and method == "POST":
             self.__init__(self.latency, self.rate_limit, self.window, self.page_cap,  # type: ignore[misc]
                           self.quota_max, self.repos)
-            return _json(200, {"ok": True})
+            return json_reply(200, {"ok": True})
         if path == "/_sandbox/bulk" and method == "POST":  # many users at once: tokens prefix0, prefix1...
             prefix, count = str(data["prefix"]), int(data["count"])
             for i in range(count):
                 self.add_user(data["service"], f"{prefix}{i}", int(data.get("items", 0)), f"{prefix}{i}")
-            return _json(200, {"users": count})
+            return json_reply(200, {"users": count})
         if path == "/_sandbox/repos" and method == "POST":  # {"repos": [recorded repositories] or null}
             repos = data.get("repos")
             if repos is not None and not repo_list(repos):
-                return _json(400, {"message": "repos: a non-empty list of repository objects, or null"})
+                return json_reply(400, {"message": "repos: a non-empty list of repository objects, or null"})
             self.repos = repos
-            return _json(200, {"repos": len(repos or [])})
+            return json_reply(200, {"repos": len(repos or [])})
         if path == "/_sandbox/bulk/add" and method == "POST":  # new items arrive for every user
             with self.lock:
                 users = list(self.users)
             for token in users:
                 self.add_items(token, int(data.get("count", 1)))
-            return _json(200, {"users": len(users)})
+            return json_reply(200, {"users": len(users)})
         if path == "/_sandbox/users" and method == "POST":
             quota = int(data["quota"]) if data.get("quota") is not None else None
             user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"), quota)
-            return _json(200, {"token": user.token, "items": len(user.items)})
+            return json_reply(200, {"token": user.token, "items": len(user.items)})
         if path.startswith("/_sandbox/users/") and method == "POST":
             token, _, verb = path[len("/_sandbox/users/"):].rpartition("/")
             if token not in self.users:
-                return _json(404, {"message": "no such user"})
+                return json_reply(404, {"message": "no such user"})
             if verb == "faults":
                 if data.get("kind") not in FAULTS:
-                    return _json(400, {"message": f"kind must be one of {', '.join(FAULTS)}"})
+                    return json_reply(400, {"message": f"kind must be one of {', '.join(FAULTS)}"})
                 self.inject(token, **data)
-                return _json(200, {"faults": len(self.users[token].faults)})
+                return json_reply(200, {"faults": len(self.users[token].faults)})
             if verb == "revoke":
                 self.users[token].revoked = True
-                return _json(200, {"revoked": True})
+                return json_reply(200, {"revoked": True})
         if path.startswith("/_sandbox/users/") and path.endswith("/add") and method == "POST":
             token = path[len("/_sandbox/users/"):-len("/add")]
             if token not in self.users:
-                return _json(404, {"message": "no such user"})
+                return json_reply(404, {"message": "no such user"})
             self.add_items(token, int(data.get("count", 1)))
-            return _json(200, {"items": len(self.users[token].items)})
-        return _json(404, {"message": "no such control endpoint"})
+            return json_reply(200, {"items": len(self.users[token].items)})
+        return json_reply(404, {"message": "no such control endpoint"})
 
     def _user(self, token: str | None, service: str, headers: dict[str, str] | None = None) -> User | None:
         user = self.users.get(token or "")
@@ -342,14 +342,15 @@ def _oversize(size: int, gzipped: bool) -> bytes:
     return gzip.compress(body, compresslevel=9) if gzipped else body
 
 
-def _int(value: str | None, default: int) -> int:
+def number(value: str | None, default: int) -> int:
+    """A query parameter as an integer; `default` when absent or not a number."""
     try:
         return int(value) if value is not None else default
     except ValueError:
         return default
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
@@ -358,17 +359,7 @@ def repo_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
 
 
-def _repo(user: User, item: dict[str, Any], recorded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    n = item["id"]
-    names = {"id": n, "full_name": f"owner{n % 97}/repo-{n}", "html_url": f"https://github.com/owner{n % 97}/repo-{n}"}
-    if recorded:  # a real repository's payload (every field GitHub sends), under this item's id and names
-        template = recorded[n % len(recorded)]
-        return {**template, **names, "owner": {**(template.get("owner") or {}), "login": f"owner{n % 97}"},
-                "created_at": _iso(item["at"])}
-    return {**names, "owner": {"login": f"owner{n % 97}"}, "created_at": _iso(item["at"])}
-
-
-def _json(status: int, data: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> Response:
+def json_reply(status: int, data: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> Response:
     body = json.dumps(data).encode()
     extra = {"content-type": "application/json; charset=utf-8", **(headers or {})}
     if gzipped:
@@ -392,14 +383,6 @@ def route(pattern: str) -> Callable[[Emulator], Emulator]:
         return fn
 
     return register
-
-
-def json_reply(status: int, data: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> Response:
-    return _json(status, data, headers, gzipped)
-
-
-def iso(ts: float) -> str:
-    return _iso(ts)
 
 
 # -- the HTTP server ---------------------------------------------------------------------------

@@ -6,8 +6,19 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from typing import Any
 
-from collector.sandbox.core import Response, Sandbox, _int, _iso, _json, _repo, route
+from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, number, route
+
+
+def _repo(user: User, item: dict[str, Any], recorded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    n = item["id"]
+    names = {"id": n, "full_name": f"owner{n % 97}/repo-{n}", "html_url": f"https://github.com/owner{n % 97}/repo-{n}"}
+    if recorded:  # a real repository's payload (every field GitHub sends), under this item's id and names
+        template = recorded[n % len(recorded)]
+        return {**template, **names, "owner": {**(template.get("owner") or {}), "login": f"owner{n % 97}"},
+                "created_at": iso(item["at"])}
+    return {**names, "owner": {"login": f"owner{n % 97}"}, "created_at": iso(item["at"])}
 
 
 @route(r"/user/starred")
@@ -16,7 +27,7 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
     auth = headers.get("authorization", "")
     user = sandbox._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
     if user is None:
-        return _json(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+        return json_reply(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
     ride = sandbox._ride(user)
     if ride is None and (fault := sandbox._fault(user)) is not None:
         return fault
@@ -26,11 +37,11 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
     limits = {"x-ratelimit-limit": str(sandbox.rate_limit), "x-ratelimit-reset": str(int(user.reset_at)),
               "x-ratelimit-resource": "core"}
     if user.remaining <= 0:
-        return _json(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
+        return json_reply(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
     user.remaining -= 1
     limits["x-ratelimit-remaining"] = str(user.remaining)
-    size = min(max(_int(query.get("per_page"), 30), 1), sandbox.page_cap)
-    page = max(_int(query.get("page"), 1), 1)
+    size = min(max(number(query.get("per_page"), 30), 1), sandbox.page_cap)
+    page = max(number(query.get("page"), 1), 1)
     last = max((len(user.items) + size - 1) // size, 1)
     etag = '"' + hashlib.sha1(f"{user.token}:{user.next_id}:{page}:{size}".encode()).hexdigest() + '"'
     if headers.get("if-none-match") == etag:
@@ -40,7 +51,7 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
             sandbox.requests[user.token] += 1
         return Response(304, headers={**limits, "etag": etag})
     chunk = sandbox._page(user, page, size)
-    body = [{"starred_at": _iso(i["at"]), "repo": _repo(user, i, sandbox.repos)} for i in chunk]
+    body = [{"starred_at": iso(i["at"]), "repo": _repo(user, i, sandbox.repos)} for i in chunk]
     base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
     link = []
     if page < last:
@@ -51,6 +62,6 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
         extra["link"] = ", ".join(link)
     if ride is not None:
         extra.update({str(k).lower(): str(v) for k, v in (ride.get("headers") or {}).items()})
-    resp = _json(200, body, extra)
+    resp = json_reply(200, body, extra)
     resp.fault = ride["kind"] if ride else ""
     return resp

@@ -17,7 +17,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlencode
 
-from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, number, route
 
 
 def _account(sandbox: Sandbox, headers: dict[str, str]) -> User | None:
@@ -48,13 +48,6 @@ def _gate(sandbox: Sandbox, user: User) -> tuple[Response | None, dict[str, str]
 def _count(sandbox: Sandbox, user: User) -> None:
     with sandbox.lock:
         sandbox.requests[user.token] += 1
-
-
-def _number(value: str | None, default: int) -> int:
-    try:
-        return int(value) if value else default
-    except ValueError:
-        return default
 
 
 @route(r"/api/v4/user")
@@ -101,8 +94,8 @@ def starred_projects(sandbox: Sandbox, method: str, headers: dict[str, str], que
     refused, limits = _gate(sandbox, user)
     if refused is not None:
         return refused
-    size = min(max(_number(query.get("per_page"), 20), 1), 100, sandbox.page_cap)
-    page = max(_number(query.get("page"), 1), 1)
+    size = min(max(number(query.get("per_page"), 20), 1), 100, sandbox.page_cap)
+    page = max(number(query.get("page"), 1), 1)
     chunk = sandbox.serve(user, (page - 1) * size, size)
     total = len(user.items)
     pages = max((total + size - 1) // size, 1)
