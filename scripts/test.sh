@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests (mongomock-motor + respx) and integration tests on a real MongoDB
 # wire-protocol server ($MONGODB_URI if set, else FerretDB built once and started by scripts/devdb.py).
-# Extra arguments go to pytest, e.g. scripts/test.sh -k leases -x
+# Extra arguments go to pytest, e.g. scripts/test.sh -k leases -x, or -m 'not slow' for the quick loop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -14,4 +14,22 @@ fi
 export COLLECTOR_REQUIRE_WIRE=1   # no wire server is a failure here, never a silent skip
 .venv/bin/ruff check .
 .venv/bin/mypy collector   # the runtime package type-checks, strict (config: pyproject.toml [tool.mypy])
-exec .venv/bin/python scripts/devdb.py run -- .venv/bin/python -m pytest -q -rs "$@"
+# 1. the local tests (mongomock-motor, respx, the sandbox in-process), in parallel over the cores (pytest-xdist);
+# 2. the wire tests (tests/integration, e2e, faults: the wire server and real daemon processes), one at a time,
+#    with the server up. The same arguments go to both; a phase they select nothing of is not a failure.
+set +e
+.venv/bin/python -m pytest -q -rs -n "${COLLECTOR_TEST_WORKERS:-auto}" --tests local "$@"
+local_status=$?
+if [ "$local_status" -ne 0 ] && [ "$local_status" -ne 5 ]; then
+  exit "$local_status"
+fi
+.venv/bin/python scripts/devdb.py run -- .venv/bin/python -m pytest -q -rs --tests wire "$@"
+wire_status=$?
+set -e
+if [ "$wire_status" -eq 5 ] && [ "$local_status" -eq 5 ]; then
+  exit 5  # nothing selected at all
+fi
+if [ "$wire_status" -eq 5 ]; then
+  exit 0
+fi
+exit "$wire_status"

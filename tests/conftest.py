@@ -105,6 +105,34 @@ def stackexchange_page(name: str, has_more: bool | None = None, quota_remaining:
     return gzip.compress(json.dumps(body).encode("utf-8"))
 
 
+# -- which tests run where -----------------------------------------------------------------------
+# Tests under tests/integration, tests/e2e and tests/faults need the wire server (and start real processes):
+# they carry the `wire` marker. scripts/test.sh runs the rest in parallel (pytest-xdist) with `--tests local`,
+# then these with `--tests wire`, serially, with the server up. `slow` marks the few local tests that take
+# seconds: `-m "not slow"` is the quick loop.
+
+WIRE_DIRS = ("integration", "e2e", "faults")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tests", choices=("all", "local", "wire"), default="all",
+                     help="collector: run the local tests (no server), the wire tests, or all (default)")
+
+
+def pytest_collection_modifyitems(config, items):
+    which = config.getoption("--tests")
+    keep, drop = [], []
+    for item in items:
+        parts = Path(str(item.path)).relative_to(ROOT).parts
+        wire = len(parts) > 1 and parts[0] == "tests" and parts[1] in WIRE_DIRS
+        if wire:
+            item.add_marker(pytest.mark.wire)
+        (keep if which == "all" or (which == "wire") == wire else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _reset_logging():
     yield
@@ -150,7 +178,15 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)
 
 
+def pytest_testnodedown(node, error):
+    """pytest-xdist: a worker's opens outside the clone count as this session's."""
+    OUTSIDE.update(getattr(node, "workeroutput", {}).get("outside", ()))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller reports
+        session.config.workeroutput["outside"] = sorted(OUTSIDE)
+        return
     if OUTSIDE:
         print(f"\nFILES OUTSIDE THE CLONE were opened by the tests: {sorted(OUTSIDE)[:20]}", file=sys.stderr)
         session.exitstatus = 1

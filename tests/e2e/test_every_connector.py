@@ -7,13 +7,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import pytest
-
 from collector import sdk
 from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import daemon, stop, wait_for
-
-pytestmark = pytest.mark.integration
 
 PAGE_CAP = 10
 

@@ -9,14 +9,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import pytest
-
 from collector import sdk
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def test_the_example_plugin_is_discovered_with_its_package():

@@ -10,8 +10,6 @@ import pytest
 
 from tests.faults import scenarios
 
-pytestmark = pytest.mark.integration
-
 
 def assert_clean(row: dict) -> None:
     assert tuple(row) == scenarios.ROW_KEYS

@@ -13,8 +13,6 @@ from collector.clock import ServerClock
 from collector.sandbox import Sandbox, Server
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.integration
-
 SKEW = timedelta(minutes=10)
 
 

@@ -15,8 +15,6 @@ import pytest
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
-
 
 def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "collector", "--mode", mode, "--env", "test", "--mongodb-uri", uri,

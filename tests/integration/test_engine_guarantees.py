@@ -27,8 +27,6 @@ from collector.batch import transient
 from collector.store import DUE_INDEX, Store, due_filter
 from tests.integration.plans import assert_index_scan
 
-pytestmark = pytest.mark.integration
-
 CLIENTS = 8
 NETWORKS = 500
 STALL = 120.0  # seconds: a bulk command still unanswered by then is a stall, not a slow machine

@@ -12,13 +12,9 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
-
-pytestmark = pytest.mark.integration
 
 HEARTBEAT, TTL, LEASE = 0.5, 2.0, 4.0
 FLEET = ["--set", f"fleet.heartbeat_interval={HEARTBEAT}", "--set", f"fleet.ttl={TTL}",

@@ -10,8 +10,6 @@ import pytest
 from collector.store import Store
 from tests.harness import claim_one
 
-pytestmark = pytest.mark.integration
-
 TTL = 60
 
 

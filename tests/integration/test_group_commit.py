@@ -12,8 +12,6 @@ from pymongo.errors import AutoReconnect, WriteError
 from collector.batch import GroupCommit, Guarded
 from collector.store import Store
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def store(any_db):

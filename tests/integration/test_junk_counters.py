@@ -18,8 +18,6 @@ from tests.harness import claim_one
 from tests.integration.conftest import fresh_database
 from tests.unit.test_executor import REGISTRY, TOKEN, page
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.mark.parametrize("junk", ["junk", [1, 2], {"runs": "many"}, {"runs": 2**63 - 1}, {"page": True},
                                   {"runs": 1.5}, None, {"runs": 3, "page": 2, "items": 7}])

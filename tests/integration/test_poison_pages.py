@@ -19,8 +19,6 @@ from tests.conftest import make_settings
 from tests.harness import claim_one
 from tests.unit.test_executor import REGISTRY, TOKEN
 
-pytestmark = pytest.mark.integration
-
 BIG = 2**64 + 5
 
 

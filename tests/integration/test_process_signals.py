@@ -27,8 +27,6 @@ from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def sandbox():

@@ -14,8 +14,6 @@ from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import claim_one
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def store(any_db):

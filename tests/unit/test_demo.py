@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from collector.demo import run_demo
 
 
+@pytest.mark.slow
 async def test_demo_collects_everything_the_sandbox_served():
     lines: list[str] = []
     assert await run_demo(users=12, cycles=1, time_limit=120, echo=lines.append)

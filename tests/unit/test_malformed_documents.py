@@ -504,6 +504,7 @@ def _doc(**fields: Any) -> dict[str, Any]:
 @settings(**PROFILE)
 @given(doc=documents())
 # the bugs these properties found, kept as explicit cases (each failed before its fix)
+@pytest.mark.slow
 @example(doc=_doc(scheduledTo=False))  # never due, never repaired: stuck without a reason
 @example(doc=_doc(scheduledTo="2026-11-25T12:00:00Z"))  # the same, a date written as a string
 @example(doc=_doc(scheduledTo=None))  # null: stuck as well (now the default, like a missing one)
@@ -517,6 +518,7 @@ def test_a_generated_document_runs_correctly_or_is_disabled_with_its_reason(doc)
     asyncio.run(drive(doc))
 
 
+@pytest.mark.slow
 @settings(**{**PROFILE, "max_examples": 150 * SCALE})
 @given(doc=documents(fields=("cursor", "errors", "options"), chance=70))
 @example(doc=_doc(cursor={"next": 5}))  # GitHub: a next link outside the base URL (bad_response)
@@ -653,6 +655,7 @@ ARRAY_MODE = [
 @settings(**{**PROFILE, "max_examples": 15 * SCALE})
 @given(docs=st.lists(documents(), min_size=30, max_size=30,
                      unique_by=lambda d: repr(d["_id"]) if "_id" in d else uuid.uuid4().hex))
+@pytest.mark.slow
 @example(docs=ARRAY_MODE)
 def test_a_batch_of_generated_documents_settles_and_the_scheduler_keeps_working(docs):
     asyncio.run(drive_scheduler(docs))

@@ -140,6 +140,7 @@ def test_unknown_mode_is_refused(mock_db, clock):
         build(mock_db, clock)[1].__class__(None, None, make_settings(), "sideways")
 
 
+@pytest.mark.slow
 @respx.mock
 async def test_a_fill_through_a_big_backlog_keeps_the_watchdog_fed_and_gives_the_loop_back(mock_db, clock):
     """Claims that keep succeeding (runs end while the next batch is being claimed) used to keep one fill
