@@ -84,7 +84,7 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
         check_server(info)
     store = Store(db, store_raw=settings.store_raw, write_batch=settings.write_batch,
                   write_concern=settings.write_concern, write_timeout=max(settings.database_timeout * 6, 60.0))
-    await store.ensure_indexes()
+    await store.ensure_indexes(settings.selectors)
     return store
 
 
@@ -136,6 +136,8 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     Around the scheduler: the fleet heartbeat (registry document, lease renewal), the systemd
     notifier (READY, STATUS, WATCHDOG gated on the loop being alive, STOPPING) and, when enabled,
     the Prometheus endpoint."""
+    registry = registry if registry is not None else sdk.discover()
+    settings.selectors.check(registry)  # SelectorError: a service name no connector has, before anything starts
     early: list[int] = []  # a stop signal that arrives while starting: honoured once the loop exists
     install_signal_handlers(lambda: early.append(1))  # SIGTERM during start-up is a clean stop, not a kill
     mongo = None
@@ -151,7 +153,6 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     server_clock = ServerClock(base=clock)
     await server_clock.sync(db)
     clock = server_clock
-    registry = registry if registry is not None else sdk.discover()
     for name, reg in sorted(registry.items()):
         if reg.error:
             log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)

@@ -21,10 +21,13 @@ from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 
 
 def _overrides(concurrency: int | None, uri: str | None, log_format: str | None, log_level: str | None,
-               sets: tuple[str, ...]) -> dict[str, Any]:
+               sets: tuple[str, ...], selectors: dict[str, str | None] | None = None) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     if concurrency is not None:
         tree.setdefault("daemon", {})["concurrency"] = concurrency
+    for key, value in (selectors or {}).items():
+        if value is not None:
+            tree.setdefault("daemon", {})[key] = value
     if uri:
         tree.setdefault("database", {})["uri"] = uri
     if log_format:
@@ -49,7 +52,9 @@ def load_settings(ctx: click.Context) -> config_mod.Settings:
         settings = config_mod.load(
             environment=opts.get("env"),
             overrides=_overrides(opts.get("concurrency"), opts.get("mongodb_uri"), opts.get("log_format"),
-                                 opts.get("log_level"), opts.get("set") or ()),
+                                 opts.get("log_level"), opts.get("set") or (),
+                                 {"services": opts.get("services"), "exclude_services": opts.get("exclude_services"),
+                                  "partition": opts.get("partition")}),
         )
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from exc
@@ -64,6 +69,12 @@ def load_settings(ctx: click.Context) -> config_mod.Settings:
 @click.option("--env", help="Configuration environment: loads config/<ENV>.toml over default.toml "
                             "(default: $COLLECTOR_ENV or 'development').")
 @click.option("--concurrency", type=click.IntRange(1), help="Runs in flight in this process.")
+@click.option("--services", metavar="NAME,...", help="Claim only these services' networks ([daemon] services).")
+@click.option("--exclude-services", metavar="NAME,...",
+              help="Claim every service's networks but these ([daemon] exclude_services).")
+@click.option("--partition", metavar="K/N",
+              help="Claim only the networks of the users in partition K of N, K from 0 ([daemon] partition). "
+                   "Changing N moves about 1/N of the users (docs/scaling.md).")
 @click.option("--mongodb-uri", help="MongoDB URI (default: $MONGODB_URI, then [database] uri).")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -86,6 +97,7 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     settings = load_settings(ctx)
     from collector.app import DatabaseUnavailable, UnsafeDatabase, run_daemon
     from collector.metrics import MetricsError
+    from collector.selectors import SelectorError
 
     try:
         asyncio.run(run_daemon(settings, mode))
@@ -95,7 +107,7 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     except UnsafeDatabase as exc:  # a restart cannot fix it: the unit does not restart on 4
         click.echo(f"collector: {exc}", err=True)
         ctx.exit(4)
-    except MetricsError as exc:  # e.g. the metrics port is taken: a clear message, not a traceback
+    except (MetricsError, SelectorError) as exc:  # a port taken, a service nobody installed: a clear message
         click.echo(f"collector: {exc}", err=True)
         ctx.exit(2)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from collector.selectors import SelectorError, Selectors
+
 ENV_PREFIX = "COLLECTOR_"
 MODES = ("initial", "normal")
 
@@ -84,6 +86,8 @@ class Settings:
     # a number of members
     write_concern: str | int = "majority"
     stall_grace: float = 60.0
+    # which networks this process claims ([daemon] services, exclude_services, partition): collector/selectors.py
+    selectors: Selectors = field(default_factory=Selectors)
 
     def service(self, name: str) -> ServiceSettings:
         """Settings of one service; a service without a section gets the global schedule."""
@@ -172,6 +176,24 @@ def _write_concern(value: Any) -> str | int:
     raise ConfigError(f'[database] write_concern must be "majority" or a number >= 1, got {value!r}')
 
 
+def _selectors(daemon: dict[str, Any]) -> Selectors:
+    """[daemon] services / exclude_services (a list, or one string of comma-separated names) and partition
+    ("K/N"). The names are checked against the installed connectors when the daemon starts."""
+    for key in ("services", "exclude_services"):
+        value = daemon.get(key)
+        if value is not None and not (isinstance(value, str) or
+                                      (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"[daemon] {key} must be a list of service names or a comma-separated string, "
+                              f"got {value!r}")
+    partition = daemon.get("partition")
+    if partition is not None and not isinstance(partition, str):
+        raise ConfigError(f'[daemon] partition must be "K/N" (a string, e.g. "0/3"), got {partition!r}')
+    try:
+        return Selectors.build(daemon.get("services"), daemon.get("exclude_services"), partition)
+    except SelectorError as exc:
+        raise ConfigError(f"[daemon] {exc}") from exc
+
+
 def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
     """Validate a merged settings tree into Settings."""
 
@@ -196,8 +218,10 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
             options={k: v for k, v in raw.items() if k not in schedule_keys | {"base_url", "concurrency"}},
         )
     write_concern = _write_concern(tree.get("database", {}).get("write_concern", "majority"))
+    selectors = _selectors(tree.get("daemon", {}))
     settings = Settings(
         write_concern=write_concern,
+        selectors=selectors,
         environment=str(tree.get("environment", "development")),
         database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
         database_name=get("database", "name", str, "collector"),

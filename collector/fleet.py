@@ -67,7 +67,8 @@ class Fleet:
 
     def _registration(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "mode": self.scheduler.mode,
-                "version": version(), "startedAt": self.started, "concurrency": self.settings.concurrency}
+                "version": version(), "startedAt": self.started, "concurrency": self.settings.concurrency,
+                "selectors": self.scheduler.selectors.describe()}
 
     def document(self, now: datetime, state: str) -> dict[str, Any]:
         running = self.scheduler.running()

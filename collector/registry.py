@@ -61,6 +61,16 @@ class Registry:
                 r["oldestDue"] = oldest["scheduledTo"] if oldest else None
         return sorted(rows.values(), key=lambda r: (r["mode"], r["service"]))
 
+    async def due_by_slot(self, now: datetime) -> list[dict[str, Any]]:
+        """Due, unclaimed networks counted per (mode, service, slot): what `collector status` checks against the
+        live processes' selectors (a slot no live process of its mode covers is "uncovered")."""
+        match = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now},
+                 "$or": [{"lease": None}, {"lease.until": {"$lt": now}}]}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": match},
+            {"$group": {"_id": {"mode": "$mode", "service": "$service", "slot": "$slot"}, "n": {"$sum": 1}}}]
+        return [{**(doc["_id"] or {}), "n": doc["n"]} async for doc in _aggregate(self.networks, pipeline)]
+
     async def disabled_summary(self, top: int = 5) -> dict[str, Any]:
         """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""
         out: dict[str, Any] = {}

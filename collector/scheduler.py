@@ -119,6 +119,7 @@ class Scheduler:
         self.clock = clock
         self.stats = Stats()
         self.metrics = metrics
+        self.selectors = settings.selectors  # which networks this process claims (collector/selectors.py)
         self.inflight: dict[asyncio.Task[Any], Running] = {}
         self.per_service: Counter[str] = Counter()
         self.database_ok = True
@@ -153,7 +154,8 @@ class Scheduler:
         return list(self.inflight.values())
 
     async def run(self) -> None:
-        log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.concurrency)
+        log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.concurrency,
+                 selects=str(self.selectors))
         try:
             while not self.stopping:
                 self._promise(0)
@@ -170,6 +172,10 @@ class Scheduler:
         try:
             now = self.clock()
             await self._maybe_repair(now)
+            if self.selectors.partition is not None:  # networks an application wrote without a slot get theirs
+                stamped = await self.store.stamp_slots(self.mode)
+                if stamped:
+                    log.info("partition slots given to new networks", networks=stamped)
             self.executor.pauses.replace(await self.store.paused_services(now))
             if self.metrics:
                 self.metrics.set_paused(self.paused)
@@ -230,7 +236,7 @@ class Scheduler:
             exclude = self._full_services() | set(self.executor.pauses.active(at))
             want = self.settings.concurrency - len(self.inflight)
             claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.lease_ttl, want, exclude,
-                                                 room=self._room)
+                                                 room=self._room, selectors=self.selectors)
             for doc, lease in claims:
                 service = service_of(doc)
                 task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from collector.model import aware, utcnow
+from collector.selectors import SLOTS, Selectors, assignment
 from collector.store import Store
 
 OVERDUE_AFTER = 60.0  # a network due for longer than this, still unclaimed, is overdue
@@ -33,7 +34,40 @@ def _process_view(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
         "current": doc.get("current", []) if state != "dead" else [],
         "lastCurrent": doc.get("current", []) if state == "dead" else [],
         "totals": doc.get("totals", {}), "recent": doc.get("recent", {}), "database": doc.get("database"),
+        "selectors": Selectors.from_doc(doc.get("selectors")).describe(),
+        "selects": str(Selectors.from_doc(doc.get("selectors"))),
     }
+
+
+def uncovered(due: list[dict[str, Any]], processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Due networks that no live process's selectors cover, per (mode, service), with why: no live process of
+    the mode, none that runs the service, none of the user's partition (under each partition count in use),
+    or no slot yet. `due`: Store.due_by_slot; `processes`: the views of the fleet's documents."""
+    live: dict[str, list[Selectors]] = {}
+    for doc in processes:
+        if doc["alive"]:
+            live.setdefault(str(doc["mode"]), []).append(Selectors.from_doc(doc.get("selectors")))
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in due:
+        mode, service, slot, n = str(group.get("mode")), group.get("service"), group.get("slot"), group["n"]
+        mine = live.get(mode, [])
+        if any(s.covers(service, slot) for s in mine):
+            continue
+        runs_service = [s for s in mine if Selectors(s.services, s.exclude).covers(service, None)]
+        if not mine:
+            why = f"no live {mode} process"
+        elif not runs_service:
+            why = f"no live {mode} process runs {service}"
+        elif not (isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < SLOTS):
+            why = "no partition slot yet (a partitioned process stamps new networks within a tick)"
+        else:
+            counts = sorted({s.partition.count for s in runs_service if s.partition is not None})
+            why = "no live process of partition " + " or ".join(f"{assignment(c)[slot]}/{c}" for c in counts)
+        row = rows.setdefault((mode, str(service)), {"mode": mode, "service": str(service), "due": 0, "why": Counter()})
+        row["due"] += n
+        row["why"][why] += n
+    return [{**row, "why": [{"reason": r, "count": c} for r, c in row["why"].most_common()]}
+            for _key, row in sorted(rows.items())]
 
 
 async def status(store: Store, now: datetime | None = None, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
@@ -58,10 +92,11 @@ async def status(store: Store, now: datetime | None = None, overdue_after: float
     backlog = await store.backlog(now, overdue_after)
     for row in backlog:
         row["lagSeconds"] = round(lag(row, now), 1)
+    gaps = uncovered(await store.due_by_slot(now), processes)
     pauses = [{"service": d["_id"], "until": d.get("pausedUntil"), "since": d.get("pausedAt"),
                "reason": d.get("pauseReason")} for d in await store.pauses(now)]
     return {"at": now, "processes": processes, "hosts": sorted(hosts.values(), key=lambda h: h["host"]),
-            "backlog": backlog, "paused": pauses, "networks": await store.disabled_summary(),
+            "backlog": backlog, "uncovered": gaps, "paused": pauses, "networks": await store.disabled_summary(),
             "overdueAfter": overdue_after}
 
 
@@ -108,9 +143,10 @@ def render(report: dict[str, Any]) -> str:
             if len(work) > 3:
                 shown += f" +{len(work) - 3}"
             rows.append([p["id"], p["mode"], p["state"].upper() if p["state"] == "dead" else p["state"],
-                         _ago(p["heartbeatAge"]), p["inflight"], (p["totals"] or {}).get("runs", 0),
+                         _ago(p["heartbeatAge"]), p["selects"], p["inflight"], (p["totals"] or {}).get("runs", 0),
                          (p["totals"] or {}).get("items", 0), shown])
-        out += _table(["PROCESS", "MODE", "STATE", "BEAT", "IN FLIGHT", "RUNS", "ITEMS", "WORKING ON"], rows)
+        out += _table(["PROCESS", "MODE", "STATE", "BEAT", "SELECTS", "IN FLIGHT", "RUNS", "ITEMS", "WORKING ON"],
+                      rows)
     out += ["", f"BACKLOG  (overdue: due for more than {report['overdueAfter']:g}s and not claimed)"]
     if report["backlog"]:
         out += _table(["MODE", "SERVICE", "DUE", "OVERDUE", "RUNNING", "OLDEST LAG"],
@@ -118,6 +154,12 @@ def render(report: dict[str, Any]) -> str:
                         _ago(r["lagSeconds"]) if r["due"] else "-"] for r in report["backlog"]])
     else:
         out.append("nothing due")
+    gaps = report.get("uncovered") or []
+    out += ["", f"UNCOVERED  {sum(g['due'] for g in gaps)} due network(s) no live process's selectors cover"]
+    if gaps:
+        out += _table(["MODE", "SERVICE", "DUE", "WHY"],
+                      [[g["mode"], g["service"], g["due"], "; ".join(f"{w['reason']} ({w['count']})" for w in g["why"])]
+                       for g in gaps])
     out += ["", "PAUSED SERVICES"]
     if report["paused"]:
         out += _table(["SERVICE", "UNTIL", "FOR", "REASON"],

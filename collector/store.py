@@ -32,9 +32,15 @@ from collector.operations import Operations
 from collector.pauses import Pauses
 from collector.registry import Registry
 from collector.sdk import Item
+from collector.selectors import Selectors, user_slot
 
 NETWORKS, ITEMS, SERVICES, COLLECTORS = "networks", "items", "services", "collectors"
 DUE_INDEX = "due"
+# the due indexes of processes with selectors, created by the first such process (every other process pays
+# nothing for them): a partitioned claim reads (mode, slot, scheduledTo), a claim of a few services
+# (mode, service, scheduledTo), so neither scans the other partitions' or services' due networks
+DUE_SLOT_INDEX = "due_slot"
+DUE_SERVICE_INDEX = "due_service"
 ITEM_INDEX = "item_key"
 DUPLICATE_KEY = 11000
 
@@ -51,8 +57,10 @@ def service_of(doc: dict[str, Any]) -> str:
     return doc["service"] if isinstance(doc.get("service"), str) else "?"
 
 
-def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -> dict[str, Any]:
-    """Due, enabled, not leased (or lease expired). No `$not`: not every wire server has it."""
+def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = (),
+               selectors: Selectors | None = None) -> dict[str, Any]:
+    """Due, enabled, not leased (or lease expired), of `selectors` (the process's services and partition), but
+    not of `exclude_services` (paused or full right now). No `$not`: not every wire server has it."""
     query: dict[str, Any] = {
         "mode": mode,
         "scheduledTo": {"$lte": now},
@@ -60,10 +68,14 @@ def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = ()) -
         "disabled": {"$ne": True},
         "$or": [{"lease": None}, {"lease.until": {"$lt": now}}],
     }
-    excluded = sorted(set(exclude_services))
-    if excluded:
-        query["service"] = {"$nin": excluded}
+    clauses = (selectors or Selectors()).query(exclude_services)
+    query.update(clauses if clauses is not None else {"service": {"$in": []}})  # None: every service skipped
     return query
+
+
+def with_slot(doc: dict[str, Any]) -> dict[str, Any]:
+    """A new network document with its user's partition slot (collector/selectors.py), unless it has one."""
+    return doc if "slot" in doc else {**doc, "slot": user_slot(doc.get("user"))}
 
 
 class Store(Pauses, Operations, Registry):
@@ -84,9 +96,15 @@ class Store(Pauses, Operations, Registry):
         self.state_writes = GroupCommit(self.networks)
         self._background: set[asyncio.Future[None]] = set()
 
-    async def ensure_indexes(self) -> None:
-        """Idempotent; every process runs it at start."""
+    async def ensure_indexes(self, selectors: Selectors | None = None) -> None:
+        """Idempotent; every process runs it at start (with its selectors: the due index its claims read)."""
         await self.networks.create_index([("mode", ASCENDING), ("scheduledTo", ASCENDING)], name=DUE_INDEX)
+        if selectors is not None and selectors.partition is not None:
+            await self.networks.create_index([("mode", ASCENDING), ("slot", ASCENDING), ("scheduledTo", ASCENDING)],
+                                             name=DUE_SLOT_INDEX)
+        if selectors is not None and selectors.services:
+            await self.networks.create_index(
+                [("mode", ASCENDING), ("service", ASCENDING), ("scheduledTo", ASCENDING)], name=DUE_SERVICE_INDEX)
         await self.networks.create_index([("user", ASCENDING), ("service", ASCENDING)], name="user_service")
         # An item's identity is its _id, item_key(service, user, itemId): the primary key makes it unique. The
         # (user, service, itemId) index serves readers and is not unique: a unique secondary index cut the
@@ -101,7 +119,7 @@ class Store(Pauses, Operations, Registry):
 
     async def claim_many(self, mode: str, owner: str, now: datetime, ttl: float, want: int,
                          exclude_services: Iterable[str] = (), room: Callable[[str], int] | None = None,
-                         ) -> list[tuple[dict[str, Any], Lease]]:
+                         selectors: Selectors | None = None) -> list[tuple[dict[str, Any], Lease]]:
         """Take up to `want` due networks of `mode`, the most overdue first, in three round trips a batch:
         one query reads the candidates (an index scan of the due index), ONE update_many leases those of
         them that still match the whole due filter (the server re-checks it per document, atomically: a
@@ -109,7 +127,8 @@ class Store(Pauses, Operations, Registry):
         lease id, and one find by _id and that id reads back what was won. Each network goes to exactly one
         claimer. Candidates lost to a racing process are replaced by another round of fresh candidates
         (at most 8 rounds), so racing processes share the backlog instead of starving each other.
-        `room(service)` caps how many of one service are taken (the per-service concurrency).
+        `room(service)` caps how many of one service are taken (the per-service concurrency); `selectors`: only
+        the networks of the process's services and partition.
         A batch the server fails (a transient error: a deadlock victim on PostgreSQL-based servers, a
         primary stepping down) is read back all the same, so a lease it did write is handed to the caller,
         never left to expire; only when nothing at all was claimed does the first error propagate."""
@@ -121,7 +140,9 @@ class Store(Pauses, Operations, Registry):
             need = want - len(claimed)
             if need <= 0:
                 break
-            query = due_filter(mode, now, exclude)
+            if selectors is not None and selectors.query(exclude) is None:
+                break  # every service this process runs is paused or full
+            query = due_filter(mode, now, exclude, selectors)
             cursor = self.networks.find(query, projection={"service": 1}).sort("scheduledTo", ASCENDING)
             picked: list[tuple[Any, str]] = []  # (_id, service), most overdue first
             capped = False
@@ -312,4 +333,18 @@ class Store(Pauses, Operations, Registry):
         return doc
 
     async def insert_network(self, doc: dict[str, Any]) -> Any:
-        return (await self.networks.insert_one(doc)).inserted_id
+        return (await self.networks.insert_one(with_slot(doc))).inserted_id
+
+    async def stamp_slots(self, mode: str, limit: int = 1000) -> int:
+        """Give a `slot` to networks of `mode` written without one (by an application that inserts network
+        documents itself): a partitioned process claims only networks with a slot of its partition. Read
+        through the due_slot index (a missing slot is its null prefix); one bulk of updates by _id. Returns how
+        many were stamped."""
+        docs = [doc async for doc in self.networks.find({"mode": mode, "slot": None}, projection={"user": 1})
+                .limit(limit)]
+        if not docs:
+            return 0
+        result = await self.networks.bulk_write(
+            [UpdateOne({"_id": doc["_id"], "slot": None}, {"$set": {"slot": user_slot(doc.get("user"))}})
+             for doc in docs], ordered=False)
+        return int(result.modified_count)

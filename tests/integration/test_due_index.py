@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from collector.store import DUE_INDEX, Store, due_filter
 from tests.integration.plans import assert_index_scan, scans
-
-pytestmark = pytest.mark.integration
 
 
 async def test_due_query_is_an_index_scan(wire_db, clock):
@@ -42,3 +38,27 @@ async def test_the_heartbeat_s_lease_renewal_reads_by_primary_key(wire_db, clock
     cursor = wire_db.networks.find({"_id": {"$in": ids}, "lease.id": {"$in": lease_ids}})
     found = scans(await cursor.explain())
     assert found and all(kind == "index" for kind, _name in found), f"plan scans {found}"
+
+
+async def test_claims_of_a_partition_or_a_few_services_scan_their_own_due_index(wire_db, clock):
+    """A process with selectors claims through the index its selectors create (Store.ensure_indexes): it reads
+    its own partition's or services' due networks, not every due network with a filter."""
+    from collector.selectors import Selectors, user_slot
+    from collector.store import DUE_SERVICE_INDEX, DUE_SLOT_INDEX
+
+    partition, services = Selectors.build(partition="1/3"), Selectors.build("github,gitlab")
+    store = Store(wire_db)
+    await store.ensure_indexes(partition)
+    await store.ensure_indexes(services)
+    await wire_db.networks.insert_many([
+        {"user": f"u{i}", "slot": user_slot(f"u{i}"), "service": ("github", "gitlab", "youtube", "reddit")[i % 4],
+         "mode": "normal", "scheduledTo": clock.now + timedelta(minutes=i % 100 - 50)} for i in range(4000)])
+    for selectors, index in ((partition, DUE_SLOT_INDEX), (services, DUE_SERVICE_INDEX)):
+        query = due_filter("normal", clock.now, {"gitlab"} if selectors is services else (), selectors)
+        cursor = wire_db.networks.find(query, projection={"service": 1}).sort("scheduledTo", 1).limit(100)
+        assert_index_scan(await cursor.explain(), index)
+    # and the claims themselves take only what the selectors say
+    got = await store.claim_many("normal", "p1", clock.now, 60, 5000, selectors=partition)
+    due = await wire_db.networks.count_documents({"scheduledTo": {"$lte": clock.now}, "slot": {"$in": list(
+        partition.partition.slots)}})
+    assert len(got) == due > 0 and all(partition.covers(doc["service"], doc["slot"]) for doc, _lease in got)

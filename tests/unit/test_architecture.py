@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                              "states"}),
     ("sdk", {"sdk", "limits", "logs"}),
     ("model", {"model"}),
-    ("config", {"config"}),
+    ("config", {"config", "selectors"}),
 ]
 TOOLS = ("sandbox", "demo")  # beside the engine: only the entry points and the demo may import them
 
