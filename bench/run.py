@@ -486,6 +486,11 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
             if col is not None:
                 lines += [f"The daemon's runs ({label} payloads): {col['outcomes']}; items stored {col['stored']}, "
                           f"networks persisted {col['persisted']} of {n}.", ""]
+                if col.get("commands"):
+                    total = sum(col["commands"].values())
+                    lines += [f"Database commands the daemon sent ({label} payloads): {total} for {col['runs']} runs, "
+                              f"{total / max(1, col['runs']):.2f} a run (heartbeats and start-up included): "
+                              + ", ".join(f"{k} {v}" for k, v in col["commands"].items()) + ".", ""]
         if "recorded_collector" in r:
             lines += ["Recorded payloads: the sandbox serves the 30 GitHub repositories recorded in "
                       "`tests/fixtures/likeastore/github.connector.init.json` (about 4.8 KB of JSON each, every "

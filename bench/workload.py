@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from pymongo import AsyncMongoClient  # noqa: E402
+from pymongo import AsyncMongoClient, monitoring  # noqa: E402
 
 from collector import config, logs  # noqa: E402
 from collector.documents import item_key  # noqa: E402
@@ -163,10 +163,29 @@ async def old_way(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": args.networks, "items": count, "wall": wall, "cpu": cpu}
 
 
+class CommandCounter(monitoring.CommandListener):
+    """Every command the daemon sends the database, by name (docs/scaling.md's operations per run)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.counts[event.command_name] = self.counts.get(event.command_name, 0) + 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     """The real daemon until every network has had `cycles` runs persisted; between two cycles new
     items arrive upstream and every network is due again (normal mode)."""
     from collector.app import run_daemon
+
+    commands = CommandCounter()
+    monitoring.register(commands)  # every client made after this (the daemon's) reports its commands
 
     settings = settings_for(args)
     log_file = Path(args.log or os.devnull).open("w")  # noqa: ASYNC230  (before the clock starts)
@@ -204,7 +223,10 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     await driver
     await mongo.close()
     log_file.close()
-    return {"runs": sum(scheduler.stats.runs.values()), "outcomes": dict(scheduler.stats.runs),
+    # the daemon's own commands: less the bench driver's (one update_many per cycle after the first, on `mongo`)
+    commands.counts["update"] = commands.counts.get("update", 0) - (args.cycles - 1)
+    return {"commands": {k: v for k, v in sorted(commands.counts.items()) if v > 0},
+            "runs": sum(scheduler.stats.runs.values()), "outcomes": dict(scheduler.stats.runs),
             "items": sum(items), "wall": walls[0], "cpu": cpus[0], "walls": [round(w, 2) for w in walls],
             "cpus": [round(c, 2) for c in cpus], "cycle_items": items, "rss_cycles": rss,
             "crashes": scheduler.stats.crashes}

@@ -86,6 +86,7 @@ class Settings:
     # a number of members
     write_concern: str | int = "majority"
     stall_grace: float = 60.0
+    claim_interval: float = 0.25
     # which networks this process claims ([daemon] services, exclude_services, partition): collector/selectors.py
     selectors: Selectors = field(default_factory=Selectors)
 
@@ -234,6 +235,7 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         shutdown_grace=get("daemon", "shutdown_grace", float, 20.0),
         validate_interval=get("daemon", "validate_interval", float, 600.0),
         stall_grace=get("daemon", "stall_grace", float, 60.0),
+        claim_interval=get("daemon", "claim_interval", float, 0.25),
         schedule=schedule,
         connect_timeout=get("http", "connect_timeout", float, 10.0),
         read_timeout=get("http", "read_timeout", float, 30.0),

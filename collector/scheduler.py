@@ -128,6 +128,7 @@ class Scheduler:
         self._last_repair: datetime | None = None
         self._db_failures = 0
         self._more = False  # the last fill stopped at its budget with claims still succeeding
+        self._drained = False  # the last fill found fewer due networks than it had room for
         # the loop promises its next sign of life before this monotonic moment (read by the watchdog)
         self.STALL_GRACE = settings.stall_grace
         self._alive_until = time.monotonic() + self.STALL_GRACE
@@ -159,9 +160,19 @@ class Scheduler:
         try:
             while not self.stopping:
                 self._promise(0)
+                began = time.monotonic()
                 delay = await self._tick()
-                self._promise(delay)
+                self._promise(delay + self.settings.claim_interval)
                 await self._sleep(delay)
+                # the due queue was drained: the next look waits until claim_interval after this one, so that the
+                # networks that come due and the runs that finish meanwhile are claimed in one batch (at scale a
+                # network comes due every millisecond: one claim batch for each would be most of the database's
+                # work). A backlog (a fill that stopped full or at its budget) is claimed from at once.
+                rest = self.settings.claim_interval - (time.monotonic() - began)
+                if self._drained and rest > 0 and not self.stopping:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(rest):
+                            await self._stop.wait()
         finally:
             await self.drain()
             log.info("scheduler stopped", owner=self.owner, runs=sum(self.stats.runs.values()),
@@ -221,6 +232,7 @@ class Scheduler:
         watchdog: a fill through a big backlog is the loop working, not a loop stuck."""
         started = 0
         self._more = False
+        self._drained = False
         budget_end = time.monotonic() + self.FILL_BUDGET
         while not self.stopping and len(self.inflight) < self.settings.concurrency:
             if time.monotonic() >= budget_end:
@@ -245,7 +257,10 @@ class Scheduler:
                 task.add_done_callback(self._done)
             started += len(claims)
             if len(claims) < want:
-                break  # nothing else is due (or every service with due networks is at its limit)
+                # nothing else is due (or every service with due networks is at its limit): the next look waits for
+                # claim_interval (run)
+                self._drained = True
+                break
         if started and self.metrics:
             self.metrics.set_in_flight(self.per_service)
         return started

@@ -208,3 +208,42 @@ async def test_a_crashed_run_is_retried_after_a_pause_not_after_the_whole_lease(
     assert net["lease"]["until"] == clock.now + timedelta(seconds=sched.CRASH_RETRY)  # not now + 3600 s
     clock.advance(sched.CRASH_RETRY + 1)
     assert len(await store.claim_many("initial", "other", clock.now, 60, 5)) == 1  # claimable again
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.5])
+@respx.mock
+async def test_networks_coming_due_one_by_one_are_claimed_in_batches_of_claim_interval(mock_db, interval):
+    """At scale a network comes due every millisecond: a look at the due queue for each one is a claim batch each,
+    most of the database's work. With the queue drained, the loop looks again only claim_interval later."""
+    from collector.model import utcnow
+
+    respx.get(f"{BASE}/items").mock(return_value=httpx.Response(200, json={"items": [], "next": None}))
+    settings = make_settings(daemon={"concurrency": 16, "claim_interval": interval})
+    store = Store(mock_db)
+    sched = Scheduler(store, Executor(store, httpx.AsyncClient(), settings, REGISTRY, clock=utcnow), settings,
+                      "initial", owner="test", clock=utcnow)
+    start = utcnow()
+    await store.networks.insert_many([
+        {"user": f"u{i}", "service": "fake", "accessToken": f"token-{i}", "mode": "initial",
+         "scheduledTo": start + timedelta(milliseconds=100 * i)} for i in range(12)])
+    batches = []
+    claim = store.claim_many
+
+    async def counted(*args, **kwargs):
+        got = await claim(*args, **kwargs)
+        batches.append(len(got))
+        return got
+
+    store.claim_many = counted
+    task = asyncio.create_task(sched.run())
+    deadline = asyncio.get_running_loop().time() + 10
+    while sum(sched.stats.runs.values()) < 12 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    sched.stop()
+    await asyncio.wait_for(task, 10)
+    assert sum(sched.stats.runs.values()) == 12 and sum(batches) == 12
+    claiming = [n for n in batches if n]
+    if interval == 0:
+        assert len(claiming) >= 9  # one batch for (nearly) every network, as each comes due
+    else:
+        assert len(claiming) <= 5 and max(claiming) >= 3  # 1.1 s of arrivals in looks 0.5 s apart
