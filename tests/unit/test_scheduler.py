@@ -237,7 +237,7 @@ async def test_networks_coming_due_one_by_one_are_claimed_in_batches_of_claim_in
     store.claim_many = counted
     task = asyncio.create_task(sched.run())
     deadline = asyncio.get_running_loop().time() + 10
-    while sum(sched.stats.runs.values()) < 12 and asyncio.get_running_loop().time() < deadline:
+    while sum(sched.stats.runs.values()) < 12 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     sched.stop()
     await asyncio.wait_for(task, 10)
