@@ -65,7 +65,11 @@ class RateLimit:
         )
 
 
-def _int(value: object) -> int | None:
+def count(value: object) -> int | None:
+    """A count from a header or a JSON body (a quota, a backoff): an int, or None unless it is a finite number
+    (a bool, "1e999", "inf", junk)."""
+    if isinstance(value, bool):
+        return None
     try:
         return int(float(value)) if isinstance(value, str | int | float) else None
     except (TypeError, ValueError, OverflowError):  # "1e999", "inf": int(float) overflows
@@ -77,7 +81,7 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    seconds = _int(value)
+    seconds = count(value)
     if seconds is not None:
         return float(max(seconds, 0))
     try:
@@ -94,7 +98,7 @@ MAX_WAIT = timedelta(days=2)  # an API never makes us wait longer: absurd header
 
 def epoch(value: str | int | float | None, now: datetime) -> datetime | None:
     """A reset given as Unix seconds, clamped to [now, now + 2 days]."""
-    seconds = value if isinstance(value, int) else _int(value)  # a float may be inf or nan
+    seconds = value if isinstance(value, int) else count(value)  # a float may be inf or nan
     if seconds is None:
         return None
     try:
@@ -113,10 +117,10 @@ def reset_time(value: str | int | float | None, now: datetime) -> datetime | Non
     8601 time (Mastodon). None when absent or unreadable."""
     if value is None:
         return None
-    if isinstance(value, str) and _int(value) is None:
+    if isinstance(value, str) and count(value) is None:
         when = parse_time(value.strip())
         return None if when is None else min(max(when, now), now + MAX_WAIT)
-    seconds = value if isinstance(value, int | float) and not isinstance(value, bool) else _int(value)
+    seconds = value if isinstance(value, int | float) and not isinstance(value, bool) else count(value)
     if seconds is None or seconds != seconds:  # absent, nan
         return None
     if seconds < 0:
@@ -145,15 +149,15 @@ def header_rate_limit(headers: httpx.Headers | Mapping[str, str], now: datetime)
     reset = None
     for prefix in ("x-ratelimit-", "ratelimit-"):
         if get(prefix + "remaining") is not None:
-            remaining = _int(get(prefix + "remaining"))
-            limit = _int(get(prefix + "limit"))
+            remaining = count(get(prefix + "remaining"))
+            limit = count(get(prefix + "limit"))
             reset = get(prefix + "reset")
             break
     structured = get("ratelimit")
     if remaining is None and structured:
         fields = dict(_STRUCTURED_RE.findall(structured.lower()))
-        remaining = _int(fields.get("remaining") or fields.get("r"))
-        limit = _int(fields.get("limit"))
+        remaining = count(fields.get("remaining") or fields.get("r"))
+        limit = count(fields.get("limit"))
         reset = fields.get("reset") or fields.get("t")
     after = retry_after(get("retry-after"), now)
     if remaining is None and after is None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.documents import public_view
+from collector.selectors import SLOTS, slot_number
 
 STATES = ("active", "disabled", "unauthorized", "parked")
 
@@ -53,11 +54,16 @@ class Operations:
                 # null or not a date (no due query ever matches those): `$nor`, as `$not` is not everywhere
                 {"$nor": [{"scheduledTo": {"$gte": datetime(1, 1, 1, tzinfo=UTC)}}]},
                 {"scheduledTo.0": {"$exists": True}},  # an array, even of dates
+                # a partition slot that is not a slot number (a partitioned process would never claim the network):
+                # removed, and a partitioned process stamps the right one (Store.stamp_slots)
+                {"$nor": [{"slot": None}, {"slot": {"$type": "int", "$gte": 0, "$lt": SLOTS}}]},
+                {"slot.0": {"$exists": True}},
             ],
         }
-        async for doc in self.networks.find(query, projection={"mode": 1, "scheduledTo": 1}).limit(1000):
+        async for doc in self.networks.find(query, projection={"mode": 1, "scheduledTo": 1, "slot": 1}).limit(1000):
             fields: dict[str, Any] = {}
             reason = None
+            junk_slot = "slot" in doc and doc["slot"] is not None and not slot_number(doc["slot"])
             if "mode" not in doc or doc["mode"] is None:
                 fields["mode"] = "initial"
             elif doc["mode"] not in known_modes:
@@ -70,9 +76,12 @@ class Operations:
                               lastError={"at": now, "kind": "malformed", "status": None, "message": reason})
             elif due is None:  # missing or null: the default
                 fields["scheduledTo"] = now
-            if fields:
-                await self.networks.update_one({"_id": doc["_id"], "lease": None}, {"$set": fields})
-                done.append((doc["_id"], ", ".join(sorted(fields))))
+            if fields or junk_slot:
+                update: dict[str, Any] = {"$set": fields} if fields else {}
+                if junk_slot:
+                    update["$unset"] = {"slot": ""}
+                await self.networks.update_one({"_id": doc["_id"], "lease": None}, update)
+                done.append((doc["_id"], ", ".join(sorted([*fields, *(["slot"] if junk_slot else [])]))))
         return done
 
     async def enable(self, network_id: Any, now: datetime) -> bool:

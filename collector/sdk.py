@@ -43,6 +43,7 @@ from collector.limits import (
     MAX_WAIT,
     SCOPES,
     RateLimit,
+    count,
     epoch,
     header_rate_limit,
     parse_time,
@@ -72,6 +73,7 @@ __all__ = [
     "Request",
     "Tokens",
     "Unauthorized",
+    "count",
     "discover",
     "epoch",
     "header_rate_limit",
@@ -83,6 +85,7 @@ __all__ = [
     "parse_time",
     "reset_time",
     "retry_after",
+    "server_url",
     "sweep",
     "within",
 ]
@@ -193,6 +196,9 @@ class Connector:
     # whom a limit read from the API's headers holds back (collector.limits.SCOPES): "network" (the token's own
     # limit), "user" (the user's quota on the app) or "service" (the app's or the IP's: every network waits)
     limit_scope: ClassVar[str] = "network"
+    # the header that carries the access token, and the scheme before it ("" sends the bare token)
+    auth_header: ClassVar[str] = "Authorization"
+    auth_scheme: ClassVar[str] = "Bearer"
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
@@ -218,9 +224,9 @@ class Connector:
 
     def auth_headers(self, ctx: Context) -> dict[str, str]:
         """The headers that carry the network's credentials, added by the engine to every request (a header
-        the request sets itself wins). Default: `Authorization: Bearer <accessToken>`, none without a token."""
+        the request sets itself wins): `auth_header: auth_scheme <accessToken>`, none without a token."""
         token = ctx.network.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return {self.auth_header: f"{self.auth_scheme} {token}".lstrip()} if token else {}
 
     def rate_limit(self, response: httpx.Response, now: datetime) -> RateLimit | None:
         """Read the API's rate-limit headers; the default knows every common family (see header_rate_limit)
@@ -327,6 +333,30 @@ def within(url: str | None, base_url: str, what: str = "Link header") -> str | N
 def next_link(response: httpx.Response, base_url: str) -> str | None:
     """The Link header's rel="next" URL, refused (ForeignHost) when it leaves `base_url`."""
     return within(links(response.headers).get("next"), base_url)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def server_url(value: Any, what: str, missing: str, example: str, path: bool = False) -> str:
+    """The base URL of a server a network names itself (a Mastodon instance, a self-hosted GitLab), checked:
+    https (http only on this host), no user info, query or fragment, no path unless `path`; a bare host means
+    https://host. PermanentError otherwise, `missing` when there is none: the network cannot work until its
+    document is fixed. `what` names the field in the messages, `example` shows a good value."""
+    if not isinstance(value, str) or not value.strip():
+        raise PermanentError(missing)
+    text = value.strip().rstrip("/")
+    if len(text) > 300:
+        raise PermanentError(f"{what} is longer than 300 characters")
+    try:
+        url = httpx.URL(text if "://" in text else "https://" + text)
+    except (httpx.InvalidURL, ValueError):
+        raise PermanentError(f"{what} {value!r} is not a URL") from None
+    if url.scheme != "https" and not (url.scheme == "http" and url.host in LOCAL_HOSTS):
+        raise PermanentError(f"{what} {value!r} must be https (http only for 127.0.0.1 or localhost)")
+    if not url.host or url.userinfo or url.query or url.fragment or (not path and url.path not in ("", "/")):
+        raise PermanentError(f"{what} {value!r} must be the server's address only, like {example}")
+    return f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/') if path else ''}"
 
 
 def json_body(response: httpx.Response, kind: type | tuple[type, ...] = dict) -> Any:

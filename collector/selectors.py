@@ -63,6 +63,12 @@ def assignment(count: int) -> tuple[int, ...]:
     return tuple(table)
 
 
+def slot_number(value: Any) -> bool:
+    """Whether a stored `slot` is a slot number: an integer in [0, SLOTS). Anything else (a double, as a
+    JavaScript client writes numbers, a string...) is removed by the repair and stamped again."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SLOTS
+
+
 @dataclass(frozen=True, order=True)
 class Partition:
     index: int
@@ -88,8 +94,7 @@ class Partition:
 
     def owns(self, slot: Any) -> bool:
         """Whether a network whose stored `slot` is this is in the partition (a missing or junk slot: no)."""
-        return isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < SLOTS and \
-            assignment(self.count)[slot] == self.index
+        return slot_number(slot) and assignment(self.count)[int(slot)] == self.index
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from collector.model import aware, utcnow
-from collector.selectors import SLOTS, Selectors, assignment
+from collector.selectors import Selectors, assignment, slot_number
 from collector.store import Store
 
 OVERDUE_AFTER = 60.0  # a network due for longer than this, still unclaimed, is overdue
@@ -58,11 +58,12 @@ def uncovered(due: list[dict[str, Any]], processes: list[dict[str, Any]]) -> lis
             why = f"no live {mode} process"
         elif not runs_service:
             why = f"no live {mode} process runs {service}"
-        elif not (isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < SLOTS):
+        elif not slot_number(slot):
             why = "no partition slot yet (a partitioned process stamps new networks within a tick)"
         else:
+            number = int(slot or 0)  # slot_number: an int
             counts = sorted({s.partition.count for s in runs_service if s.partition is not None})
-            why = "no live process of partition " + " or ".join(f"{assignment(c)[slot]}/{c}" for c in counts)
+            why = "no live process of partition " + " or ".join(f"{assignment(c)[number]}/{c}" for c in counts)
         row = rows.setdefault((mode, str(service)), {"mode": mode, "service": str(service), "due": 0, "why": Counter()})
         row["due"] += n
         row["why"][why] += n

@@ -47,36 +47,24 @@ from collector.sdk import (
     PermanentError,
     Request,
     Unauthorized,
+    count,
     json_body,
     next_link,
     parse_time,
 )
+from collector.sdk import server_url as sdk_server_url
 
 PER_PAGE = 100
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 REWALK_INTERVAL = 86_400.0
 WALK = ("walk_total", "walk_head", "walk_at")
 KNOWN = ("total", "head", "walked_at")
 
 
 def server_url(value: Any) -> str:
-    """The GitLab server's base URL (scheme, host, optional relative path), or PermanentError."""
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError("no GitLab server: set options.base_url on the network or the service's base_url")
-    text = value.strip().rstrip("/").removesuffix("/api/v4")
-    try:
-        url = httpx.URL(text if "://" in text else "https://" + text)
-    except (httpx.InvalidURL, ValueError):
-        raise PermanentError(f"GitLab base URL {value!r} is not a URL") from None
-    if url.scheme != "https" and not (url.scheme == "http" and url.host in LOCAL_HOSTS):
-        raise PermanentError(f"GitLab base URL {value!r} must be https (http only for 127.0.0.1 or localhost)")
-    if not url.host or url.userinfo or url.query or url.fragment or len(text) > 300:
-        raise PermanentError(f"GitLab base URL {value!r} must be the server's address, like https://gitlab.com")
-    return f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/')}"
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.strip().isdigit() else None
+    """The GitLab server's base URL (scheme, host, optional relative path; a trailing /api/v4 is dropped)."""
+    return sdk_server_url(value.strip().rstrip("/").removesuffix("/api/v4") if isinstance(value, str) else value,
+                          "GitLab base URL", "no GitLab server: set options.base_url on the network or the "
+                          "service's base_url", "https://gitlab.com", path=True)
 
 
 class GitLabStarred(Connector):
@@ -127,13 +115,13 @@ class GitLabStarred(Connector):
         projects = json_body(response, list)
         items = [self.item(p) for p in projects]
         nxt = next_link(response, api)
-        page = _int(response.headers.get("x-next-page"))
+        page = count(response.headers.get("x-next-page"))
         if nxt is None and page:  # no Link header: the next page number
             nxt = str(response.request.url.copy_merge_params({"page": page}))
         keep = {"user_id": ctx.cursor["user_id"]} if "user_id" in ctx.cursor else {}
         known = {k: ctx.cursor[k] for k in KNOWN if k in ctx.cursor}
         if ctx.cursor.get("next") is None:  # page 1: start a walk, or find nothing changed
-            total = _int(response.headers.get("x-total"))
+            total = count(response.headers.get("x-total"))
             head = hashlib.sha1(",".join(i.id for i in items).encode()).hexdigest()[:16]
             walked = known.get("walked_at")
             due = not isinstance(walked, int | float) or ctx.now.timestamp() - walked >= self.rewalk_interval()

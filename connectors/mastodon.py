@@ -47,41 +47,26 @@ from collector.sdk import (
     Context,
     Item,
     Page,
-    PermanentError,
     Request,
     Unauthorized,
     json_body,
     links,
     next_link,
     parse_time,
+    server_url,
     within,
 )
 
 LIMIT = 40  # the documented maximum per page
 TITLE_MAX = 120
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _BREAK = re.compile(r"<\s*(?:br|/p)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
 
 
 def instance_url(value: Any) -> str:
     """The instance's base URL ("https://host[:port]"), or PermanentError saying what is wrong."""
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError('no Mastodon instance: set options.instance on the network (e.g. "https://mastodon.social")')
-    text = value.strip().rstrip("/")
-    if len(text) > 300:
-        raise PermanentError("options.instance is longer than 300 characters")
-    if "://" not in text:
-        text = "https://" + text  # "mastodon.social"
-    try:
-        url = httpx.URL(text)
-    except (httpx.InvalidURL, ValueError):
-        raise PermanentError(f"instance {value!r} is not a URL") from None
-    if url.scheme != "https" and not (url.scheme == "http" and url.host in LOCAL_HOSTS):
-        raise PermanentError(f"instance {value!r} must be an https URL (http only for 127.0.0.1 or localhost)")
-    if not url.host or url.userinfo or url.query or url.fragment or url.path not in ("", "/"):
-        raise PermanentError(f"instance {value!r} must be the instance's address only, like https://mastodon.social")
-    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+    return server_url(value, "instance", 'no Mastodon instance: set options.instance on the network (e.g. '
+                      '"https://mastodon.social")', "https://mastodon.social")
 
 
 def _param(url: str | None, name: str) -> str | None:

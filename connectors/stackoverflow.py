@@ -20,7 +20,6 @@ from __future__ import annotations
 import html
 import re
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 
@@ -33,22 +32,13 @@ from collector.sdk import (
     RateLimited,
     Request,
     Unauthorized,
+    count,
     parse_time,
     sweep,
 )
 
 TOKEN_ERRORS = {401, 402, 403, 406}  # access_token_required, invalid, access_denied, compromised
 THROTTLE = 502
-
-
-def _number(value: Any) -> int | None:
-    """A count from the body (quota_remaining, backoff...); None unless it is a finite number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 def _midnight_after(now: datetime) -> datetime:
@@ -59,6 +49,7 @@ class StackOverflowFavorites(Connector):
     service = "stackoverflow"
     api = "Stack Exchange API 2.3: favorites (GET /me/favorites)"
     default_base_url = "https://api.stackexchange.com/2.3"
+    auth_header, auth_scheme = "X-API-Access-Token", ""  # the bare access token, in Stack Exchange's own header
 
     def request(self, ctx: Context) -> Request:
         params = {
@@ -71,9 +62,6 @@ class StackOverflowFavorites(Connector):
         if self.options.get("key"):
             params["key"] = self.options["key"]
         return Request(f"{self.base_url}/me/favorites", params=params)
-
-    def auth_headers(self, ctx: Context) -> dict[str, str]:
-        return {"X-API-Access-Token": ctx.network.token}  # Stack Exchange's header for the access token
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         if response.status_code < 400 or not response.content.lstrip().startswith(b"{"):
@@ -112,12 +100,12 @@ class StackOverflowFavorites(Connector):
         nxt = page + 1 if body.get("has_more") else None
         fresh, cursor, more = sweep(ctx.cursor, items, nxt, ctx.mode)
         # numbers from the body are checked: a str here would break the engine's comparisons
-        backoff = _number(body.get("backoff"))
-        remaining = _number(body.get("quota_remaining"))
+        backoff = count(body.get("backoff"))
+        remaining = count(body.get("quota_remaining"))
         limit = None
         if backoff:  # the method, for the whole app
             limit = RateLimit(retry_after=float(backoff), scope="service")
         elif remaining is not None:  # this user/app pair's daily quota (a token is always sent)
-            limit = RateLimit(remaining=remaining, limit=_number(body.get("quota_max")),
+            limit = RateLimit(remaining=remaining, limit=count(body.get("quota_max")),
                               reset_at=_midnight_after(ctx.now), scope="user")
         return Page(items=fresh, cursor=cursor, more=more, rate_limit=limit)

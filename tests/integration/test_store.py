@@ -186,3 +186,24 @@ async def test_list_networks_filters_by_state_and_redacts(store, clock):
     assert [d["accessToken"] for d in listed] == ["[redacted]"]
     with pytest.raises(ValueError, match="state must be one of"):
         await store.list_networks(state="asleep")
+
+
+async def test_slots_stamped_junk_ones_repaired_and_partitioned_claims_on_both_engines(store, clock):
+    """The slot queries on each engine: missing ones stamped, a junk one (a string, a double, out of range) found
+    by the repair's `$type`/range filter and stamped again; then the partitions together claim every network."""
+    from collector.selectors import SLOTS, Selectors, user_slot
+
+    await store.ensure_indexes(Selectors.build(partition="0/3"))
+    junk = ["7", -1, SLOTS, 3.5, 3.0, True]
+    docs = [{"user": f"j{i}", "service": "github", "mode": "normal", "scheduledTo": clock.now, "slot": v}
+            for i, v in enumerate(junk)]
+    docs += [{"user": f"n{i}", "service": "github", "mode": "normal", "scheduledTo": clock.now} for i in range(20)]
+    await store.networks.insert_many(docs)
+    repaired = await store.repair(clock.now, ("initial", "normal"))
+    assert sorted(what for _id, what in repaired) == ["slot"] * len(junk)
+    assert await store.stamp_slots("normal") == len(docs)
+    async for doc in store.networks.find({}):
+        assert doc["slot"] == user_slot(doc["user"])
+    claimed = [len(await store.claim_many("normal", "p", clock.now, 60, 100,
+                                          selectors=Selectors.build(partition=f"{k}/3"))) for k in range(3)]
+    assert sum(claimed) == len(docs)

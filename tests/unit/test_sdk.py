@@ -334,3 +334,49 @@ def test_origin_shows_no_path_nor_query():
     assert sdk.origin("https://a.example:8443/secret/path?token=x") == "https://a.example:8443"
     assert sdk.origin("https://a.example/p") == "https://a.example"
     assert sdk.origin("/relative") == "a URL without a host"
+
+
+@pytest.mark.parametrize("value, path, expected", [
+    ("example.org", False, "https://example.org"),
+    (" https://Example.org:8443/ ", False, "https://example.org:8443"),
+    ("http://127.0.0.1:9000", False, "http://127.0.0.1:9000"),
+    ("https://code.example.org/gitlab/", True, "https://code.example.org/gitlab"),
+])
+def test_server_url_accepts_a_server_address(value, path, expected):
+    assert sdk.server_url(value, "instance", "none given", "https://example.org", path=path) == expected
+
+
+@pytest.mark.parametrize("value, words", [
+    (None, "none given"), ("  ", "none given"), ("http://example.org", "must be https"),
+    ("https://user:pw@example.org", "address only"), ("https://example.org/path", "address only"),
+    ("https://example.org/?q=1", "address only"), ("https://" + "a" * 300 + ".org", "longer than 300"),
+    ("https://[::1", "is not a URL"), ("https://:443", "address only"),
+])
+def test_server_url_refuses_anything_else_as_a_permanent_error(value, words):
+    with pytest.raises(sdk.PermanentError, match=words):
+        sdk.server_url(value, "instance", "none given", "https://example.org")
+
+
+@pytest.mark.parametrize("value, expected", [("42", 42), (7, 7), (3.9, 3), ("1e3", 1000), (True, None),
+                                              ("1e999", None), ("inf", None), ("x", None), (None, None), ([], None)])
+def test_count_reads_a_finite_number_or_nothing(value, expected):
+    assert sdk.count(value) == expected
+
+
+def test_auth_header_and_scheme_say_how_the_token_is_sent():
+    from collector.config import Schedule, ServiceSettings
+    from collector.model import Network
+
+    class Bare(sdk.Connector):
+        service = "bare"
+        auth_header, auth_scheme = "X-Token", ""
+
+    network = Network(id=1, user="u", service="bare", mode="initial", cursor={}, errors=0,
+                      credentials={"accessToken": "secret-1"})
+    ctx = sdk.Context(network=network, mode="initial", cursor={}, now=None)
+    settings = ServiceSettings(name="bare", schedule=Schedule())
+    assert Bare(settings).auth_headers(ctx) == {"X-Token": "secret-1"}
+    assert GitHubStarred(settings).auth_headers(ctx) == {"Authorization": "Bearer secret-1"}
+    no_token = sdk.Context(network=Network(id=1, user="u", service="bare", mode="initial", cursor={}, errors=0,
+                                           credentials={}), mode="initial", cursor={}, now=None)
+    assert Bare(settings).auth_headers(no_token) == {}

@@ -212,3 +212,21 @@ async def test_the_status_report_shows_the_selectors_and_the_uncovered_from_the_
     assert {w["reason"] for g in report["uncovered"] for w in g["why"]} == {"no live process of partition 2/3"}
     text = render(report)
     assert f"UNCOVERED  {third} due network(s)" in text and "no live process of partition 2/3" in text
+
+
+async def test_a_junk_slot_is_removed_by_the_repair_and_stamped_again(mock_db, clock):
+    store = Store(mock_db)
+    await store.ensure_indexes(Selectors.build(partition="0/2"))
+    junk = ["7", -1, SLOTS, 3.5, 3.0, [3], {"s": 1}, True]  # 3.0: a double, as a JavaScript client writes 3
+    await store.networks.insert_many([{"user": f"j{i}", "service": "github", "mode": "normal", "accessToken": "t",
+                                       "scheduledTo": clock.now, "slot": value} for i, value in enumerate(junk)])
+    await store.networks.insert_one({"user": "fine", "service": "github", "mode": "normal", "accessToken": "t",
+                                     "scheduledTo": clock.now, "slot": user_slot("fine")})
+    done = await store.repair(clock.now, ("initial", "normal"))
+    assert sorted(what for _id, what in done) == ["slot"] * len(junk)
+    assert await store.stamp_slots("normal") == len(junk)
+    for doc in await store.networks.find({}).to_list(None):
+        assert doc["slot"] == user_slot(doc["user"])
+    sel = [Selectors.build(partition=f"{k}/2") for k in range(2)]
+    claimed = [len(await store.claim_many("normal", "p", clock.now, 60, 100, selectors=s)) for s in sel]
+    assert sum(claimed) == len(junk) + 1
