@@ -35,22 +35,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.selectors import SLOTS, assignment
 
-# Measured on the benchmark machine (bench/RESULTS.md, FerretDB v2.5.0 + DocumentDB, 2 cores), per run unless said:
+# Measured on the benchmark machine (bench/RESULTS.md of 2026-12-02 19:42, FerretDB v2.5.0 + DocumentDB, 2 cores),
+# per run unless said:
 CALIBRATION = {
-    # fleet, 1 process, 1,000 runs of 100 compact items: daemon CPU 3.46 s, database CPU 4.61 s, sandbox 0.62 s
-    "daemon_cpu_per_run": 3.46e-3,
-    "db_cpu_per_run_100_items": 4.61e-3,
-    "sandbox_cpu_per_request": 0.62e-3,
+    # fleet, 1 process, 1,000 runs of 100 compact items: daemon CPU 4.58 s, database CPU 5.38 s, sandbox 0.87 s
+    "daemon_cpu_per_run": 4.58e-3,
+    "db_cpu_per_run_100_items": 5.38e-3,
+    "sandbox_cpu_per_request": 0.87e-3,
     # a claim batch (3 commands: candidates, update_many, read-back) that finds nothing or one network, 100k
-    # networks stored: 12.5 ms of engine time (measured for issue 14: 300 batches in a row); a full batch of 256
-    # costs 69 ms (due selection at scale: 3,000 claims, database CPU 0.82 s), so 0.22 ms a network claimed
-    "db_cpu_per_claim": 0.22e-3,
+    # networks stored: 12.5 ms of engine time (measured on the same machine for issue 14: 300 batches in a row);
+    # a full batch of 256 costs 90 ms (due selection at scale: 3,000 claims in 12 batches, database CPU 1.08 s),
+    # so 0.30 ms a network claimed
+    "db_cpu_per_claim": 0.30e-3,
     "db_cpu_per_batch": 12.5e-3,
-    # the engine's CPU for one document update (lease or state): issue 13's profile, ~0.45 ms
+    # the engine's CPU for one document update (lease or state): issue 13's profile, ~0.45 ms (on the machine of
+    # the run before, about a third faster: an estimate here)
     "db_cpu_per_update": 0.45e-3,
     "api_latency": 0.100,  # the sandbox's latency in every benchmark
 }
-MEASURED_FLEET = {1: 163.8, 2: 220.2, 4: 199.4}  # runs/s, bench/RESULTS.md section 4 (2026-12-02)
+MEASURED_FLEET = {1: 123.8, 2: 177.5, 4: 148.2}  # runs/s, bench/RESULTS.md section 4 (2026-12-02 19:42)
 
 
 class Pool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +37,17 @@ if TYPE_CHECKING:
     from collector.config import ServiceSettings
     from collector.model import Network
 
-# the SDK's rate-limit names live in collector/limits.py; connectors import them from here, as always
+# the SDK's errors, rate limits and URL helpers live in collector/errors.py, limits.py and urls.py; connectors
+# import them from here, as always
+from collector.errors import (
+    BadResponse,
+    ConnectorError,
+    Forbidden,
+    ForeignHost,
+    PermanentError,
+    RateLimited,
+    Unauthorized,
+)
 from collector.limits import (
     MAX_WAIT,
     SCOPES,
@@ -50,10 +59,11 @@ from collector.limits import (
     reset_time,
     retry_after,
 )
+from collector.urls import inside, links, next_link, origin, server_url, within
 
 ENTRY_POINT_GROUP = "collector.connectors"
 
-# what a connector may import from here (the rate-limit names are defined in collector.limits)
+# what a connector may import from here
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MAX_WAIT",
@@ -147,42 +157,6 @@ class Context:
     mode: str
     cursor: dict[str, Any]
     now: datetime
-
-
-# -- errors a connector may raise; the executor turns each into an outcome ----------------------
-
-
-class ConnectorError(Exception):
-    """Base class; the message is recorded on the network (never put a token in it)."""
-
-
-class BadResponse(ConnectorError):
-    """The API answered something we cannot use (unexpected shape): a transient failure."""
-
-
-class Unauthorized(ConnectorError):
-    """The token is revoked or invalid: the network becomes unauthorized."""
-
-
-class Forbidden(ConnectorError):
-    """Access refused for another reason than limits: transient, disables after max_errors."""
-
-
-class PermanentError(ConnectorError):
-    """The network document cannot work (e.g. a missing option): the network is disabled."""
-
-
-class ForeignHost(BadResponse):
-    """A request (or a link to follow) points outside the network's base URL: the engine does not send the
-    network's credentials there. Transient, as a bad reply is: the link came from the API."""
-
-
-class RateLimited(ConnectorError):
-    """The API asked us to wait; `rate_limit` says until when."""
-
-    def __init__(self, message: str, rate_limit: RateLimit):
-        super().__init__(message)
-        self.rate_limit = rate_limit
 
 
 class Connector:
@@ -279,84 +253,7 @@ class Connector:
                       float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None)
 
 
-# -- helpers ------------------------------------------------------------------------------------
-
-_LINK_RE = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
-_REL_RE = re.compile(r'rel\s*=\s*"?([^";]+)"?')
-
-
-def links(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
-    """Parse an RFC 8288 Link header into {rel: url}."""
-    value = headers.get("link") or headers.get("Link") or ""
-    out = {}
-    for url, params in _LINK_RE.findall(value):
-        rel = _REL_RE.search(params)
-        if rel:
-            for name in rel.group(1).split():
-                out[name] = url
-    return out
-
-
-def inside(url: str, base_url: str) -> bool:
-    """True when `url` is `base_url` or below it: same scheme, host and port, and a path under the base's."""
-    try:
-        target, base = httpx.URL(url), httpx.URL(base_url.rstrip("/"))
-    except (httpx.InvalidURL, TypeError):
-        return False
-    if not base.host or (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
-        return False
-    if target.userinfo:
-        return False
-    root = base.raw_path.split(b"?")[0].rstrip(b"/")
-    path = target.raw_path.split(b"?")[0]
-    return path == root or path.startswith(root + b"/") or (not root and path in (b"", b"/"))
-
-
-def origin(url: str) -> str:
-    """scheme://host[:port] of `url` (what a message may show of a URL: never its path or query)."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return "an invalid URL"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}" if parsed.host else "a URL without a host"
-
-
-def within(url: str | None, base_url: str, what: str = "Link header") -> str | None:
-    """`url` (None stays None), refused with ForeignHost when it leaves `base_url`: the network's credentials
-    go with a request, so a link from an API reply is checked before it is stored in the cursor."""
-    if url and not inside(url, base_url):
-        raise ForeignHost(f"{what} points outside the configured base URL")
-    return url or None
-
-
-def next_link(response: httpx.Response, base_url: str) -> str | None:
-    """The Link header's rel="next" URL, refused (ForeignHost) when it leaves `base_url`."""
-    return within(links(response.headers).get("next"), base_url)
-
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def server_url(value: Any, what: str, missing: str, example: str, path: bool = False) -> str:
-    """The base URL of a server a network names itself (a Mastodon instance, a self-hosted GitLab), checked:
-    https (http only on this host), no user info, query or fragment, no path unless `path`; a bare host means
-    https://host. PermanentError otherwise, `missing` when there is none: the network cannot work until its
-    document is fixed. `what` names the field in the messages, `example` shows a good value."""
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError(missing)
-    text = value.strip().rstrip("/")
-    if len(text) > 300:
-        raise PermanentError(f"{what} is longer than 300 characters")
-    try:
-        url = httpx.URL(text if "://" in text else "https://" + text)
-    except (httpx.InvalidURL, ValueError):
-        raise PermanentError(f"{what} {value!r} is not a URL") from None
-    if url.scheme != "https" and not (url.scheme == "http" and url.host in LOCAL_HOSTS):
-        raise PermanentError(f"{what} {value!r} must be https (http only for 127.0.0.1 or localhost)")
-    if not url.host or url.userinfo or url.query or url.fragment or (not path and url.path not in ("", "/")):
-        raise PermanentError(f"{what} {value!r} must be the server's address only, like {example}")
-    return f"{url.scheme}://{url.netloc.decode('ascii')}{url.path.rstrip('/') if path else ''}"
+# -- helpers (the URL ones are in collector/urls.py) -----------------------------------------
 
 
 def json_body(response: httpx.Response, kind: type | tuple[type, ...] = dict) -> Any:

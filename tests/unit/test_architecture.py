@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("executor", {"executor"}),
     ("store, http, states", {"store", "documents", "operations", "pauses", "registry", "batch", "clock", "http",
                              "states"}),
-    ("sdk", {"sdk", "limits", "logs"}),
+    ("sdk", {"sdk", "limits", "logs", "errors", "urls"}),
     ("model", {"model"}),
     ("config", {"config", "selectors"}),
 ]

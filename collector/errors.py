@@ -1,0 +1,39 @@
+"""The errors a connector may raise; the executor turns each into an outcome (collector/states.py). Connectors
+import them from collector.sdk."""
+
+from __future__ import annotations
+
+from collector.limits import RateLimit
+
+
+class ConnectorError(Exception):
+    """Base class; the message is recorded on the network (never put a token in it)."""
+
+
+class BadResponse(ConnectorError):
+    """The API answered something we cannot use (unexpected shape): a transient failure."""
+
+
+class Unauthorized(ConnectorError):
+    """The token is revoked or invalid: the network becomes unauthorized."""
+
+
+class Forbidden(ConnectorError):
+    """Access refused for another reason than limits: transient, disables after max_errors."""
+
+
+class PermanentError(ConnectorError):
+    """The network document cannot work (e.g. a missing option): the network is disabled."""
+
+
+class ForeignHost(BadResponse):
+    """A request (or a link to follow) points outside the network's base URL: the engine does not send the
+    network's credentials there. Transient, as a bad reply is: the link came from the API."""
+
+
+class RateLimited(ConnectorError):
+    """The API asked us to wait; `rate_limit` says until when."""
+
+    def __init__(self, message: str, rate_limit: RateLimit):
+        super().__init__(message)
+        self.rate_limit = rate_limit
