@@ -33,7 +33,7 @@ from pymongo.errors import PyMongoError
 from collector.config import Settings
 from collector.model import utcnow
 from collector.scheduler import Scheduler
-from collector.status import OVERDUE_AFTER, lag
+from collector.status import OVERDUE_AFTER, lag, process_view, uncovered
 from collector.store import Store
 
 log = structlog.get_logger("collector.fleet")
@@ -125,6 +125,9 @@ class Fleet:
             self._last_backlog = mono
             rows = await self.store.backlog(now, OVERDUE_AFTER)
             self.metrics.set_backlog([(r["mode"], r["service"], r["due"], lag(r, now)) for r in rows])
+            fleet = [process_view(doc, now) for doc in await self.store.fleet()]
+            gaps = uncovered(await self.store.due_by_slot(now), fleet)
+            self.metrics.set_uncovered([(g["mode"], g["service"], g["due"]) for g in gaps])
 
     async def run(self) -> None:
         """Heartbeat until cancelled."""

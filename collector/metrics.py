@@ -17,6 +17,8 @@ collector_runs_in_flight{service}                   runs executing right now in 
 collector_due_backlog{mode,service}                 networks due now and not leased (a fleet-wide view read
                                                     from the database: every process reports the same value)
 collector_overdue_seconds{mode,service}             how late the oldest due, unleased network is (fleet-wide)
+collector_uncovered_due{mode,service}               due networks that no live process's selectors cover (fleet-
+                                                    wide; alert on > 0: they wait until a process covers them)
 collector_rate_limit_pauses_total{service,scope}    rate-limit pauses: scope="network" (one account waits) or
                                                     scope="service" (the whole service waits, app-wide quota)
 collector_service_paused{service}                   1 while the whole service is paused by an app-wide limit
@@ -149,6 +151,7 @@ class Metrics:
         self._services: set[str] = set()
         self._in_flight_seen: set[str] = set()
         self._backlog_seen: set[tuple[str, str]] = set()
+        self._uncovered_seen: set[tuple[str, str]] = set()
         self._paused_seen: set[str] = set()
         r = self.registry
 
@@ -166,6 +169,9 @@ class Metrics:
                                  ["mode", "service"], registry=r)
         self.overdue = Gauge("collector_overdue_seconds", "Lag of the oldest due, unleased network (fleet-wide).",
                              ["mode", "service"], registry=r)
+        self.uncovered = Gauge("collector_uncovered_due",
+                               "Due networks no live process's selectors cover (fleet-wide).", ["mode", "service"],
+                               registry=r)
         self.rate_limit_pauses = Counter("collector_rate_limit_pauses_total",
                                          "Rate-limit pauses, per network or for the whole service.",
                                          ["service", "scope"], registry=r)
@@ -254,6 +260,20 @@ class Metrics:
         for (mode, service), (count, lag) in current.items():
             self.due_backlog.labels(mode=mode, service=service).set(count)
             self.overdue.labels(mode=mode, service=service).set(lag)
+
+    def set_uncovered(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Rows of (mode, service, due networks no live process covers): collector.status.uncovered."""
+        current: dict[tuple[str, str], int] = {}
+        for mode, service, count in rows:
+            key = (self._mode(mode), self._service(service))
+            current[key] = current.get(key, 0) + max(int(count), 0)
+        with self._lock:
+            stale = self._uncovered_seen - current.keys()
+            self._uncovered_seen = stale | current.keys()
+        for mode, service in stale:
+            self.uncovered.labels(mode=mode, service=service).set(0)
+        for (mode, service), count in current.items():
+            self.uncovered.labels(mode=mode, service=service).set(count)
 
     def set_paused(self, paused: Mapping[str, datetime]) -> None:
         """Services paused by an app-wide rate limit, with when the pause ends."""

@@ -19,7 +19,7 @@ def lag(row: dict[str, Any], now: datetime) -> float:
     return max(0.0, (now - aware(oldest)).total_seconds()) if isinstance(oldest, datetime) else 0.0
 
 
-def _process_view(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+def process_view(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     beat = doc.get("heartbeatAt")
     dead_at = doc.get("deadAt")
     state = str(doc.get("state") or "running")
@@ -74,7 +74,7 @@ def uncovered(due: list[dict[str, Any]], processes: list[dict[str, Any]]) -> lis
 async def status(store: Store, now: datetime | None = None, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
     """Everything `collector status` shows, as one JSON-able document."""
     now = now or utcnow()
-    processes = [_process_view(doc, now) for doc in await store.fleet()]
+    processes = [process_view(doc, now) for doc in await store.fleet()]
     hosts: dict[str, dict[str, Any]] = {}
     for p in processes:
         h = hosts.setdefault(str(p["host"]), {"host": str(p["host"]), "modes": {}, "alive": 0, "dead": 0,

@@ -518,3 +518,25 @@ async def test_the_heartbeat_survives_an_error_that_is_not_the_database_s(env, c
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(calls) >= 2 and fl.beats >= 1 and await registry_doc(store)
+
+
+async def test_a_partitioned_process_reports_the_networks_no_live_process_covers(mock_db, clock):
+    """collector_uncovered_due: the alert an operator sets on a fleet split by selectors."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collector.metrics import Metrics
+    from collector.selectors import Partition, user_slot
+
+    settings = make_settings(daemon={"partition": "0/2"}, fleet={"backlog_interval": 0.0})
+    store = Store(mock_db)
+    users = [f"u{i}" for i in range(40)]
+    for user in users:
+        await store.insert_network({"user": user, "service": "github", "mode": "initial", "scheduledTo": clock.now})
+    metrics = Metrics("initial", OWNER, "1")
+    async with httpx.AsyncClient() as client:
+        scheduler = Scheduler(store, Executor(store, client, settings, REGISTRY, clock=clock), settings, "initial",
+                              owner=OWNER, clock=clock)
+        assert await Fleet(store, scheduler, settings, clock=clock, metrics=metrics).beat()
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    got = {s.labels["service"]: s.value for s in families["collector_uncovered_due"].samples}
+    assert got == {"github": sum(1 for u in users if Partition(1, 2).owns(user_slot(u)))} and got["github"] > 0

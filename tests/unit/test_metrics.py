@@ -234,7 +234,7 @@ def test_render_is_the_served_exposition():
     for name in ("collector_info", "collector_runs", "collector_items_stored", "collector_run_duration_seconds",
                  "collector_runs_in_flight", "collector_due_backlog", "collector_overdue_seconds",
                  "collector_rate_limit_pauses", "collector_service_paused", "collector_service_paused_until_seconds",
-                 "collector_database_up", "collector_lease_lost"):
+                 "collector_database_up", "collector_lease_lost", "collector_uncovered_due"):
         assert name in families, name
 
 
@@ -301,3 +301,16 @@ def test_close_frees_the_port_and_stops_the_thread():
         assert value(scrape(again), "collector_database_up") == 0
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         assert probe.connect_ex((HOST, port)) != 0
+
+
+def test_uncovered_is_zeroed_when_a_gap_closes(servers):
+    m = metrics()
+    server = servers(m)
+    m.set_uncovered([("normal", "github", 7), ("initial", "youtube", 2)])
+    s = scrape(server)
+    assert value(s, "collector_uncovered_due", mode="normal", service="github") == 7
+    assert value(s, "collector_uncovered_due", mode="initial", service="youtube") == 2
+    m.set_uncovered([("normal", "github", 1)])
+    s = scrape(server)
+    assert value(s, "collector_uncovered_due", mode="normal", service="github") == 1
+    assert value(s, "collector_uncovered_due", mode="initial", service="youtube") == 0
