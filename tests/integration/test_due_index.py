@@ -62,3 +62,19 @@ async def test_claims_of_a_partition_or_a_few_services_scan_their_own_due_index(
     due = await wire_db.networks.count_documents({"scheduledTo": {"$lte": clock.now}, "slot": {"$in": list(
         partition.partition.slots)}})
     assert len(got) == due > 0 and all(partition.covers(doc["service"], doc["slot"]) for doc, _lease in got)
+
+
+async def test_the_slot_stamping_reads_the_due_slot_index(wire_db, clock):
+    """Every partitioned process looks for networks without a slot at every tick: an index scan, or the whole
+    collection would be read a few times a second."""
+    from collector.selectors import Selectors, user_slot
+    from collector.store import DUE_SLOT_INDEX
+
+    store = Store(wire_db)
+    await store.ensure_indexes(Selectors.build(partition="0/2"))
+    await wire_db.networks.insert_many([
+        {"user": f"u{i}", "service": "github", "mode": "normal", "scheduledTo": clock.now,
+         **({"slot": user_slot(f"u{i}")} if i % 50 else {})} for i in range(3000)])
+    cursor = wire_db.networks.find({"mode": "normal", "slot": None}, projection={"user": 1}).limit(1000)
+    assert_index_scan(await cursor.explain(), DUE_SLOT_INDEX)
+    assert await store.stamp_slots("normal") == 60
