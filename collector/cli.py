@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -13,6 +14,7 @@ import click
 from collector import config as config_mod
 from collector import logs, sdk
 from collector.config import MODES, ConfigError
+from collector.selectors import SLOTS
 
 if TYPE_CHECKING:
     from collector.store import Store
@@ -166,9 +168,27 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+@main.command()
+@click.argument("count", type=click.IntRange(1, SLOTS))
+@click.option("--from", "before", type=click.IntRange(1, SLOTS), help="Show what changing from this count moves.")
+@click.option("--zones", metavar="DB.COLLECTION", help="Print the mongosh zone ranges of each partition.")
+def partitions(count: int, before: int | None, zones: str | None) -> None:
+    """How COUNT partitions share the users' slots (for --partition K/COUNT)."""
+    from collector.selectors import Partition, moves, ranges
+    for k in range(count):
+        slots = Partition(k, count).slots
+        click.echo(f"partition {k}/{count}: {len(slots)} of {SLOTS} slots ({len(slots) / SLOTS:.1%} of the users)")
+        for start, end in ranges(slots) if zones else ():
+            click.echo(f'  sh.updateZoneKeyRange("{zones}", {{slot: {start}, _id: MinKey}}, '
+                       f'{{slot: {end}, _id: MinKey}}, "partition-{k}-of-{count}")')
+    if before is not None:
+        moved = moves(before, count)
+        click.echo(f"from {before} to {count}: {len(moved)} of {SLOTS} slots move ({len(moved) / SLOTS:.1%} of the "
+                   f"users); " + ", ".join(f"{a}/{before} -> {b}/{count}: {n}" for (a, b), n in
+                                         sorted(Counter((a, b) for _s, a, b in moved).items())))
 
 
 @main.group()

@@ -7,11 +7,11 @@
 Partitions are consistent and balanced. Every user is hashed once into one of SLOTS slots (`user_slot`, stored
 on the network as `slot`, so that an index serves the partitioned claim), and a table gives each slot to a
 partition (`assignment`). The table for N+1 partitions is the table for N with the new partition taking
-SLOTS // (N+1) slots, one at a time from the largest partition: going from N to N+1 moves only those slots
-(about 1/(N+1) of the users, none between the old partitions), and every partition owns SLOTS // N or one
-more. This is jump consistent hashing's guarantee (Lamping and Veach, 2014) without its variance: jump
-hashing of 256 slots gives 10 partitions between 18 and 38 slots each. A user's networks are all in
-one partition.
+SLOTS // (N+1) slots, one at a time from the largest partition (its highest slot): going from N to N+1 moves
+only those slots (about 1/(N+1) of the users, none between the old partitions), every partition owns
+SLOTS // N or one more, and a partition is a few contiguous ranges of slots. This is jump consistent
+hashing's guarantee (Lamping and Veach, 2014) without its variance: jump hashing of 256 slots gives 10
+partitions between 18 and 38 slots each. A user's networks are all in one partition.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from functools import cache
 from typing import Any
 
 SLOTS = 256  # users hash into this many slots; N is at most SLOTS (a partition owns one slot or more)
-MASK = (1 << 64) - 1
 
 
 class SelectorError(ValueError):
@@ -34,14 +33,6 @@ def user_slot(user: Any) -> int:
     """The slot of a user id (any type: its text is hashed, so the user "42" and the user 42 are one)."""
     digest = hashlib.blake2b(str(user).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % SLOTS
-
-
-def _mix(value: int) -> int:
-    """splitmix64's finalizer: a fixed pseudo-random order of the slots (which ones a new partition takes)."""
-    value = (value + 0x9E3779B97F4A7C15) & MASK
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK
-    return value ^ (value >> 31)
 
 
 @cache
@@ -55,8 +46,8 @@ def assignment(count: int) -> tuple[int, ...]:
     owned: list[list[int]] = [[] for _ in range(count - 1)]
     for slot, part in enumerate(table):
         owned[part].append(slot)
-    for members in owned:  # each gives up its slots in a fixed pseudo-random order, new for every count
-        members.sort(key=lambda slot: _mix(slot ^ (count << 16)))
+    # each gives up its highest slots first: a partition stays a few contiguous ranges of slots (a cluster sharded
+    # by {slot, _id} gets few zone ranges: docs/scaling.md)
     for _ in range(SLOTS // count):
         largest = max(range(count - 1), key=lambda k: (len(owned[k]), -k))
         table[owned[largest].pop()] = count - 1
@@ -104,6 +95,24 @@ class Partition:
 def _slots(index: int, count: int) -> tuple[int, ...]:
     table = assignment(count)
     return tuple(s for s in range(SLOTS) if table[s] == index)
+
+
+def ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
+    """Slots as half-open ranges [start, end), adjacent ones merged: a partition's zone ranges on a cluster
+    sharded by {slot, _id} (docs/scaling.md)."""
+    out: list[tuple[int, int]] = []
+    for slot in sorted(slots):
+        if out and out[-1][1] == slot:
+            out[-1] = (out[-1][0], slot + 1)
+        else:
+            out.append((slot, slot + 1))
+    return out
+
+
+def moves(before: int, after: int) -> list[tuple[int, int, int]]:
+    """(slot, partition under `before`, partition under `after`) of every slot a change of count moves."""
+    old, new = assignment(before), assignment(after)
+    return [(slot, old[slot], new[slot]) for slot in range(SLOTS) if old[slot] != new[slot]]
 
 
 def _names(value: Iterable[str] | str | None) -> frozenset[str]:
