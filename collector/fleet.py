@@ -123,11 +123,19 @@ class Fleet:
                 log.info("forgot processes dead for longer than the retention", count=pruned)
         if self.metrics and mono - self._last_backlog >= self.settings.backlog_interval:
             self._last_backlog = mono
-            rows = await self.store.backlog(now, OVERDUE_AFTER)
-            self.metrics.set_backlog([(r["mode"], r["service"], r["due"], lag(r, now)) for r in rows])
-            fleet = [process_view(doc, now) for doc in await self.store.fleet()]
-            gaps = uncovered(await self.store.due_by_slot(now), fleet)
-            self.metrics.set_uncovered([(g["mode"], g["service"], g["due"]) for g in gaps])
+            figures = await self.store.shared_figures("metrics", now, self.settings.backlog_interval,
+                                                      lambda: self._fleet_figures(now))
+            if figures is not None:
+                self.metrics.set_backlog([tuple(row) for row in figures.get("backlog", [])])
+                self.metrics.set_uncovered([tuple(row) for row in figures.get("uncovered", [])])
+
+    async def _fleet_figures(self, now: datetime) -> dict[str, Any]:
+        """The fleet-wide gauges: the due backlog with its lag, and the due networks no live process covers."""
+        rows = await self.store.backlog(now, OVERDUE_AFTER)
+        fleet = [process_view(doc, now) for doc in await self.store.fleet()]
+        gaps = uncovered(await self.store.due_by_slot(now), fleet)
+        return {"backlog": [[r["mode"], r["service"], r["due"], lag(r, now)] for r in rows],
+                "uncovered": [[g["mode"], g["service"], g["due"]] for g in gaps]}
 
     async def run(self) -> None:
         """Heartbeat until cancelled."""

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from collector.model import aware
 
 
 class Registry:
     networks: Any
     collectors: Any
+    figures: Any
 
     async def heartbeat(self, owner: str, fields: dict[str, Any], first: dict[str, Any] | None = None) -> None:
         """Write one process's registry document (`first`: the fields set only when it registers)."""
@@ -29,6 +33,29 @@ class Registry:
     async def prune_fleet(self, now: datetime) -> int:
         """Delete registry documents past their `expireAt` (portable: not every server has TTL indexes)."""
         return int((await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count)
+
+    async def shared_figures(self, name: str, now: datetime, fresh_for: float,
+                             compute: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+        """Fleet-wide figures (the due backlog, the uncovered networks) computed by one process per `fresh_for`
+        seconds and read by the others: a thousand processes with metrics would otherwise each aggregate the
+        due set. The first process past the deadline takes the turn (an atomic conditional update) and computes;
+        the others keep what is stored (None before anything is). A process that dies in its turn holds it for
+        `fresh_for` seconds at most."""
+        doc = await self.figures.find_one({"_id": name})
+        stored = doc.get("figures") if doc else None
+        if doc and isinstance(doc.get("at"), datetime) and aware(doc["at"]) > now - timedelta(seconds=fresh_for):
+            return stored if isinstance(stored, dict) else None
+        turn_open = {"_id": name, "$or": [{"turnUntil": None}, {"turnUntil": {"$lte": now}}]}
+        try:
+            taken = await self.figures.update_one(
+                turn_open, {"$set": {"turnUntil": now + timedelta(seconds=fresh_for)}}, upsert=True)
+        except DuplicateKeyError:  # another process holds the turn (the upsert met its document)
+            return stored if isinstance(stored, dict) else None
+        if not taken.matched_count and taken.upserted_id is None:
+            return stored if isinstance(stored, dict) else None
+        figures = await compute()
+        await self.figures.update_one({"_id": name}, {"$set": {"at": now, "figures": figures}})
+        return figures
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from collector.registry import Registry
 from collector.sdk import Item
 from collector.selectors import Selectors, user_slot
 
-NETWORKS, ITEMS, SERVICES, COLLECTORS = "networks", "items", "services", "collectors"
+NETWORKS, ITEMS, SERVICES, COLLECTORS, FIGURES = "networks", "items", "services", "collectors", "figures"
 DUE_INDEX = "due"
 # the due indexes of processes with selectors, created by the first such process (every other process pays
 # nothing for them): a partitioned claim reads (mode, slot, scheduledTo), a claim of a few services
@@ -92,6 +92,7 @@ class Store(Pauses, Operations, Registry):
         self.items = db.get_collection(ITEMS, **durable)
         self.services = db.get_collection(SERVICES, **durable)
         self.collectors = db[COLLECTORS]
+        self.figures = db[FIGURES]  # fleet-wide figures one process computes for all (Registry.shared_figures)
         self.store_raw = store_raw
         self.state_writes = GroupCommit(self.networks)
         self._background: set[asyncio.Future[None]] = set()

@@ -207,3 +207,27 @@ async def test_slots_stamped_junk_ones_repaired_and_partitioned_claims_on_both_e
     claimed = [len(await store.claim_many("normal", "p", clock.now, 60, 100,
                                           selectors=Selectors.build(partition=f"{k}/3"))) for k in range(3)]
     assert sum(claimed) == len(docs)
+
+
+async def test_fleet_figures_are_computed_by_one_process_per_interval_and_read_by_the_others(store, clock):
+    """With metrics on, a thousand processes each aggregated the due set every backlog_interval: now the first
+    one past the deadline computes, the others read what it stored."""
+    computed = []
+
+    def compute(who):
+        async def figures():
+            computed.append(who)
+            await asyncio.sleep(0.05)  # a turn in progress: the others must not compute meanwhile
+            return {"backlog": [["normal", "github", len(computed), 1.5]], "uncovered": []}
+        return figures
+
+    assert await store.shared_figures("metrics", clock.now, 15.0, compute("a")) is not None
+    many = await asyncio.gather(*(store.shared_figures("metrics", clock.now, 15.0, compute(f"p{i}"))
+                                  for i in range(10)))
+    assert computed == ["a"] and all(f == {"backlog": [["normal", "github", 1, 1.5]], "uncovered": []}
+                                     for f in many)
+    later = clock.now + timedelta(seconds=16)  # stale: one of the racing processes takes the turn
+    racing = await asyncio.gather(*(store.shared_figures("metrics", later, 15.0, compute(f"q{i}")) for i in range(10)))
+    assert len(computed) == 2 and computed[1].startswith("q")
+    assert sum(1 for f in racing if f and f["backlog"][0][2] == 2) >= 1  # the winner's own figures
+    assert all(f is not None for f in racing)  # the others keep the last stored ones
