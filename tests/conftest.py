@@ -156,18 +156,25 @@ ALLOWED_ROOTS = tuple(str(p) for p in {
     Path.home() / ".cache" / "collector", Path("/usr"), Path("/lib"), Path("/lib64"), Path("/etc"), Path("/proc"),
     Path("/sys"), Path("/dev"), Path("/run"), Path("/var"),
 } | {Path(p).resolve() for p in sys.path if p and Path(p).is_absolute()})
+# the workplace's directory beside the clone (where the recorded replies once were): outside even when the clone
+# itself lies in an allowed root such as the temporary directory (a clone in /tmp has /tmp/shared beside it)
+NEVER = (str(ROOT.parent / "shared"),)
 OUTSIDE: set[str] = set()
 
 
+def _under(name: str, roots: tuple[str, ...]) -> bool:
+    return any(name == root or name.startswith(root.rstrip("/") + "/") for root in roots)
+
+
 def outside_the_clone(path: Any) -> bool:
-    """True when opening `path` reads or writes beside the clone (not in ALLOWED_ROOTS)."""
+    """True when opening `path` reads or writes beside the clone (not in ALLOWED_ROOTS, or in NEVER)."""
     if isinstance(path, int):  # a file descriptor
         return False
     try:
         name = os.path.abspath(os.fsdecode(path))
     except (TypeError, ValueError):
         return False
-    return not any(name == root or name.startswith(root.rstrip("/") + "/") for root in ALLOWED_ROOTS)
+    return _under(name, NEVER) or not _under(name, ALLOWED_ROOTS)
 
 
 def _audit(event: str, args: tuple) -> None:
