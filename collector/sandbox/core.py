@@ -374,6 +374,11 @@ Emulator = Callable[[Sandbox, str, dict[str, str], dict[str, str], "re.Match[str
 ROUTES: list[tuple[re.Pattern[str], Emulator]] = []
 
 
+def riding(resp: Response) -> bool:
+    """A "headers" fault with status 200 (Sandbox.fault): its headers ride on a normally served page."""
+    return resp.status == 200 and getattr(resp, "fault", "") == "headers"
+
+
 def route(pattern: str) -> Callable[[Emulator], Emulator]:
     """Register an API emulator for request paths matching `pattern` (a full match). Emulators live
     in collector/sandbox/apis/, one module per API, imported by the package (collector/sandbox/__init__.py)."""

@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any
 
-from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, riding, route
 
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"  # base32-sortable, as record keys (TIDs) are written
 
@@ -86,11 +86,6 @@ def _bluesky_fault(sandbox: Sandbox, resp: Response) -> Response:
     return out
 
 
-def _riding(resp: Response) -> bool:
-    """A "headers" fault with status 200: its headers ride on a normally served page."""
-    return resp.status == 200 and getattr(resp, "fault", "") == "headers"
-
-
 @route(r"/xrpc/app\.bsky\.feed\.getActorLikes")
 def get_actor_likes(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
                     body: bytes) -> Response:
@@ -101,7 +96,7 @@ def get_actor_likes(sandbox: Sandbox, method: str, headers: dict[str, str], quer
         return json_reply(400, {"error": "InvalidToken", "message": "Token could not be verified"})
     ride: dict[str, str] = {}
     if (fault := sandbox.fault(user)) is not None:
-        if not _riding(fault):
+        if not riding(fault):
             return _bluesky_fault(sandbox, fault)
         ride = {k: v for k, v in fault.headers.items() if k != "content-type"}
     allowed, remaining, reset_at = sandbox.quota(user)

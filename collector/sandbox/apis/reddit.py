@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any
 
-from collector.sandbox.core import Response, Sandbox, json_reply, route
+from collector.sandbox.core import Response, Sandbox, json_reply, riding, route
 
 SERVICES = {"saved": "reddit_saved", "upvoted": "reddit_upvoted"}
 SUBREDDITS = ("python", "programming", "aww", "askscience", "dataisbeautiful")
@@ -79,11 +79,6 @@ def _reddit_fault(resp: Response) -> Response:
     return out
 
 
-def _riding(resp: Response) -> bool:
-    """A "headers" fault with status 200: its headers ride on a normally served page."""
-    return resp.status == 200 and getattr(resp, "fault", "") == "headers"
-
-
 @route(r"/user/(?P<name>[A-Za-z0-9_-]+)/(?P<listing>saved|upvoted)(?:\.json)?")
 def listing(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str], match: re.Match[str],
             body: bytes) -> Response:
@@ -94,7 +89,7 @@ def listing(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[
         return json_reply(401, {"message": "Unauthorized", "error": 401})
     ride: dict[str, str] = {}
     if (fault := sandbox.fault(user)) is not None:
-        if not _riding(fault):
+        if not riding(fault):
             return _reddit_fault(fault)
         ride = {k: v for k, v in fault.headers.items() if k != "content-type"}
     allowed, remaining, reset_at = sandbox.quota(user)

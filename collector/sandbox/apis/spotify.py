@@ -53,14 +53,6 @@ def _int(value: str | None, default: int) -> int | None:
         return None
 
 
-def _window(sandbox: Any, user: Any) -> tuple[bool, int, float]:
-    """sandbox.quota(user). Reached through the class while the instance attribute `quota` (Stack Exchange's
-    app-wide counter, set in Sandbox.__init__) shadows the method of the same name."""
-    quota = sandbox.quota
-    window: tuple[bool, int, float] = quota(user) if callable(quota) else type(sandbox).quota(sandbox, user)
-    return window
-
-
 @route(r"/v1/me/tracks")
 def saved_tracks(sandbox: Any, method: str, headers: dict[str, str], query: dict[str, str], match: Any,
                  body: bytes) -> Response:
@@ -69,7 +61,7 @@ def saved_tracks(sandbox: Any, method: str, headers: dict[str, str], query: dict
         return _error(401, "Invalid access token")
     if (fault := sandbox.fault(user)) is not None:
         return _translate(fault)
-    allowed, _remaining, reset = _window(sandbox, user)
+    allowed, _remaining, reset = sandbox.quota(user)
     if not allowed:
         return _error(429, "API rate limit exceeded", {"retry-after": str(max(int(reset - time.time()) + 1, 1))})
     limit, offset = _int(query.get("limit"), 20), _int(query.get("offset"), 0)

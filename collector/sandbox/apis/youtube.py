@@ -95,14 +95,6 @@ def _translate(fault: Response) -> Response:
     return fault
 
 
-def _window(sandbox: Any, user: Any) -> tuple[bool, int, float]:
-    """sandbox.quota(user). Reached through the class while the instance attribute `quota` (Stack Exchange's
-    app-wide counter, set in Sandbox.__init__) shadows the method of the same name."""
-    quota = sandbox.quota
-    window: tuple[bool, int, float] = quota(user) if callable(quota) else type(sandbox).quota(sandbox, user)
-    return window
-
-
 @route(r"/youtube/v3/videos")
 def liked_videos(sandbox: Any, method: str, headers: dict[str, str], query: dict[str, str], match: Any,
                  body: bytes) -> Response:
@@ -116,7 +108,7 @@ def liked_videos(sandbox: Any, method: str, headers: dict[str, str], query: dict
     if not _spend(sandbox):
         return _error(403, "quotaExceeded", "The request cannot be completed because you have exceeded your "
                       '<a href="/youtube/v3/getting-started#quota">quota</a>.')
-    allowed, _remaining, reset = _window(sandbox, user)
+    allowed, _remaining, reset = sandbox.quota(user)
     if not allowed:
         return _error(403, "userRateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits",
                       headers={"retry-after": str(max(int(reset - time.time()) + 1, 1))})
