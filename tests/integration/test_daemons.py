@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,8 @@ from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 
 
-def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str) -> subprocess.Popen:
+def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str, stdout: Any = subprocess.PIPE,
+           ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "collector", "--mode", mode, "--env", "test", "--mongodb-uri", uri,
            "--set", f"database.name={dbname}",
            "--set", f"services.github.base_url={sandbox_url}",
@@ -24,7 +26,7 @@ def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str) -> s
            "--set", "services.github.initial_pace=0.05", "--set", "services.stackoverflow.initial_pace=0.05",
            "--set", "log.level=warning", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -6,9 +6,6 @@ process as uncovered; and going from 3 partitions to 4 while running moves only 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,12 +16,10 @@ import pytest
 from collector.sandbox import Sandbox, Server
 from collector.selectors import assignment, user_slot
 from collector.store import with_slot
-from tests.conftest import ROOT
-from tests.integration.test_daemons import wait_for
+from tests.integration.test_daemons import daemon, wait_for
 from tests.integration.test_fleet import status_json
 
-FAST = ["--set", "fleet.heartbeat_interval=0.5", "--set", "fleet.ttl=2.0", "--set", "daemon.poll_interval=0.5",
-        "--set", "services.github.initial_pace=0.05", "--set", "services.stackoverflow.initial_pace=0.05"]
+FAST = ["--set", "fleet.heartbeat_interval=0.5", "--set", "fleet.ttl=2.0", "--set", "daemon.poll_interval=0.5"]
 
 
 class Daemon:
@@ -34,13 +29,9 @@ class Daemon:
     def __init__(self, tmp: Path, mode: str, uri: str, dbname: str, sandbox_url: str, *selectors: str):
         self.selectors = selectors
         self.log = tmp / f"{mode}-{'-'.join(selectors).replace('/', '_')}-{uuid.uuid4().hex[:6]}.log"
-        cmd = [sys.executable, "-m", "collector", "--mode", mode, "--env", "test", "--mongodb-uri", uri,
-               "--set", f"database.name={dbname}", "--set", f"services.github.base_url={sandbox_url}",
-               "--set", f"services.stackoverflow.base_url={sandbox_url}/2.3", "--concurrency", "16",
-               "--log-format", "json", "--set", "log.level=info", *FAST, *selectors]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
         self.file = self.log.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.file, stderr=subprocess.STDOUT)
+        self.proc = daemon(mode, uri, dbname, sandbox_url, "--concurrency", "16", "--log-format", "json",
+                           "--set", "log.level=info", *FAST, *selectors, stdout=self.file)
 
     def stop(self) -> int:
         self.proc.terminate()

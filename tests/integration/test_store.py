@@ -189,12 +189,13 @@ async def test_list_networks_filters_by_state_and_redacts(store, clock):
 
 
 async def test_slots_stamped_junk_ones_repaired_and_partitioned_claims_on_both_engines(store, clock):
-    """The slot queries on each engine: missing ones stamped, a junk one (a string, a double, out of range) found
-    by the repair's `$type`/range filter and stamped again; then the partitions together claim every network."""
+    """The slot queries on each engine (mongomock and the wire server): missing ones stamped, a junk one (a string,
+    a double, out of range, an array, an object) found by the repair's filter and stamped again; then the
+    partitions together claim every network."""
     from collector.selectors import SLOTS, Selectors, user_slot
 
     await store.ensure_indexes(Selectors.build(partition="0/3"))
-    junk = ["7", -1, SLOTS, 3.5, 3.0, True]
+    junk = ["7", -1, SLOTS, 3.5, 3.0, True, [3], {"s": 1}]  # 3.0: a double, as a JavaScript client writes 3
     docs = [{"user": f"j{i}", "service": "github", "mode": "normal", "scheduledTo": clock.now, "slot": v}
             for i, v in enumerate(junk)]
     docs += [{"user": f"n{i}", "service": "github", "mode": "normal", "scheduledTo": clock.now} for i in range(20)]

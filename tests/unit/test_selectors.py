@@ -214,19 +214,23 @@ async def test_the_status_report_shows_the_selectors_and_the_uncovered_from_the_
     assert f"UNCOVERED  {third} due network(s)" in text and "no live process of partition 2/3" in text
 
 
-async def test_a_junk_slot_is_removed_by_the_repair_and_stamped_again(mock_db, clock):
-    store = Store(mock_db)
-    await store.ensure_indexes(Selectors.build(partition="0/2"))
-    junk = ["7", -1, SLOTS, 3.5, 3.0, [3], {"s": 1}, True]  # 3.0: a double, as a JavaScript client writes 3
-    await store.networks.insert_many([{"user": f"j{i}", "service": "github", "mode": "normal", "accessToken": "t",
-                                       "scheduledTo": clock.now, "slot": value} for i, value in enumerate(junk)])
-    await store.networks.insert_one({"user": "fine", "service": "github", "mode": "normal", "accessToken": "t",
-                                     "scheduledTo": clock.now, "slot": user_slot("fine")})
-    done = await store.repair(clock.now, ("initial", "normal"))
-    assert sorted(what for _id, what in done) == ["slot"] * len(junk)
-    assert await store.stamp_slots("normal") == len(junk)
-    for doc in await store.networks.find({}).to_list(None):
-        assert doc["slot"] == user_slot(doc["user"])
-    sel = [Selectors.build(partition=f"{k}/2") for k in range(2)]
-    claimed = [len(await store.claim_many("normal", "p", clock.now, 60, 100, selectors=s)) for s in sel]
-    assert sum(claimed) == len(junk) + 1
+def test_partitions_are_few_contiguous_ranges_for_zone_sharding():
+    from collector.selectors import ranges
+
+    assert ranges([5, 1, 2, 3, 7]) == [(1, 4), (5, 6), (7, 8)] and ranges([]) == []
+    for count in (2, 3, 4):
+        for k in range(count):
+            got = ranges(Partition(k, count).slots)
+            assert sum(end - start for start, end in got) == len(Partition(k, count).slots)
+            assert len(got) <= count  # a new partition takes the top of each old one
+    assert ranges(Partition(0, 2).slots) == [(0, 128)] and ranges(Partition(1, 2).slots) == [(128, 256)]
+
+
+def test_the_partitions_command_shows_shares_moves_and_zone_ranges():
+    out = CliRunner().invoke(main, ["partitions", "4", "--from", "3", "--zones", "collector.networks"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count(": 64 of 256 slots (25.0% of the users)") == 4  # four equal partitions
+    assert "from 3 to 4: 64 of 256 slots move (25.0% of the users)" in out.output
+    assert "0/3 -> 3/4: 21" in out.output and "2/3 -> 1/4" not in out.output
+    assert 'sh.updateZoneKeyRange("collector.networks", {slot: 0, _id: MinKey}' in out.output
+    assert CliRunner().invoke(main, ["partitions", "0"]).exit_code == 2
