@@ -6,7 +6,8 @@ host whose clock runs minutes ahead takes leases that are still held and runs ne
 due (and one that runs behind leaves them waiting). So every process reads time as the database server
 sees it: its own clock plus an offset measured against the server (`hello`'s `localTime`, half the round
 trip allowed for), taken at start and again every `refresh` seconds. The server is the one clock every
-process already shares.
+process already shares. A server with no `hello` (MongoDB before 4.4.2, which PyMongo still supports from
+4.4.0) is asked the legacy `isMaster`, which carries the same `localTime`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from collector.model import aware, utcnow
 
 log = structlog.get_logger("collector.clock")
+COMMAND_NOT_FOUND = 59
 
 
 class ServerClock:
@@ -35,6 +37,7 @@ class ServerClock:
         self.offset = timedelta(0)  # server time minus this host's time
         self.synced = False
         self._warned = False
+        self._command = "hello"  # "isMaster" once a server said it has no `hello`
 
     def __call__(self) -> datetime:
         return self.base() + self.offset
@@ -43,7 +46,7 @@ class ServerClock:
         """Measure the offset once; False (and the last offset kept) when the server does not say its time."""
         sent, started = self.base(), time.monotonic()
         try:
-            hello = await db.command("hello")
+            hello = await self._ask(db)
         except PyMongoError as exc:
             log.warning("could not read the database server's time: keeping the last offset",
                         error=f"{type(exc).__name__}: {exc}"[:300])
@@ -63,6 +66,15 @@ class ServerClock:
             log.warning("this host's clock differs from the database server's: due times and leases are read "
                         "on the server's", skew_seconds=round(self.offset.total_seconds(), 3))
         return True
+
+    async def _ask(self, db: Any) -> Any:
+        try:
+            return await db.command(self._command)
+        except OperationFailure as exc:
+            if exc.code != COMMAND_NOT_FOUND or self._command != "hello":
+                raise
+        self._command = "isMaster"
+        return await db.command(self._command)
 
     async def run(self, db: Any) -> None:
         """Keep the offset fresh (a background task of the daemon)."""

@@ -294,7 +294,9 @@ class Store(Pauses, Operations, Registry):
             errors = exc.details.get("writeErrors", [])
             if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
-            inserted = int(exc.details.get("nInserted", len(docs) - len(errors)))
+            # unordered: every document without a write error went in. Read off the errors, not `nInserted`,
+            # which a server may count as attempts (mongo-java-server does)
+            inserted = len(docs) - len({e["index"] for e in errors})
             return inserted + await self._upsert([refresh_update(docs[e["index"]]) for e in errors])
 
     async def _upsert(self, ops: list[UpdateOne]) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install, start a local database (FerretDB via scripts/devdb.py, or $MONGODB_URI) and run both
+# Install, start a local database (mongo-java-server via scripts/devdb.py, or $MONGODB_URI) and run both
 # daemons (initial + normal) in the foreground with readable logs. Ctrl-C stops everything cleanly.
 # Add a network from another terminal with the `collector networks add` line this prints.
 set -euo pipefail

@@ -15,8 +15,8 @@ Scenarios (tests/faults/scenarios.py, tests/faults/hostile.py):
             in every payload, an API outage of many 503s in a row (nothing disabled), a daemon on a clock ten
             minutes fast (no lease stolen, nothing run early): tests/faults/fleet.py
 
-Uses $MONGODB_URI when set, else starts its own FerretDB (scripts/devdb.py). The outage scenario always
-needs a FerretDB of its own (one it can stop and start again): without Go/FerretDB it is skipped.
+Uses $MONGODB_URI when set, else starts its own mongo-java-server (scripts/devdb.py). The outage scenario always
+needs a server of its own (one it can stop and start again): where scripts/devdb.py cannot start one it is skipped.
 Prints one table row per scenario and exits 1 if any row has lost, duplicated, crashes or stuck > 0
 (or a note saying FAIL).
 """
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if {"kill9", "hostile", "secrets", *FLEET} & set(wanted):
             shared = devdb.start_server()  # $MONGODB_URI when set
-            where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"FerretDB at {shared.uri}"
+            where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"{shared.engine} at {shared.uri}"
             print(f"database: {where}", flush=True)
         if "kill9" in wanted:
             began = time.monotonic()
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 own = devdb.start_server(use_env=False)  # one we can stop and start again
             except devdb.DevDBError as exc:
-                skipped.append(f"outage: needs a FerretDB of its own ({exc})")
-                print(f"outage: SKIPPED: needs a FerretDB of its own ({exc})", flush=True)
+                skipped.append(f"outage: needs a server of its own ({exc})")
+                print(f"outage: SKIPPED: needs a server of its own ({exc})", flush=True)
             else:
                 try:
                     report(scenarios.outage(own, args.size))

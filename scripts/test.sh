@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests (mongomock-motor + respx) and integration tests on a real MongoDB
-# wire-protocol server ($MONGODB_URI if set, else FerretDB built once and started by scripts/devdb.py).
+# wire-protocol server ($MONGODB_URI if set, else mongo-java-server: installed once from Maven Central,
+# then started and stopped by scripts/devdb.py).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k leases -x, or -m 'not slow' for the quick loop
 set -euo pipefail
 cd "$(dirname "$0")/.."

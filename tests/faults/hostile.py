@@ -42,7 +42,7 @@ KEYS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", 
         "notes")
 
 # the settings the daemons run with (and the checks below rely on)
-ITEMS = 2  # items per user upstream: one page of PAGE_CAP (a healthy back-fill is one run: FerretDB is slow)
+ITEMS = 2  # items per user upstream: one page of PAGE_CAP (a healthy back-fill is one run: the test engine scans)
 PAGE_CAP = 2
 TOTAL_TIMEOUT = 2.0  # http.total_timeout: below read_timeout (5 s in config/test.toml), so it is what bounds
 MAX_BODY = 1_000_000  # http.max_body_bytes
@@ -427,7 +427,7 @@ def _execute(size: str, nets: list[Net], uri: str, db, tmp: Path, started: float
                 return True  # a daemon died: stop waiting, it is counted
             soon = datetime.now(UTC) + timedelta(seconds=10)  # cheap first: nothing leased or due soon
             busy = {"disabled": {"$ne": True}, "$or": [{"lease": {"$ne": None}}, {"scheduledTo": {"$lt": soon}}]}
-            if group is not nets:  # (FerretDB scans the whole collection for every query: one, not two)
+            if group is not nets:  # (the test engine scans the whole collection for every query: one, not two)
                 busy["_id"] = {"$in": [n.id for n in group]}
             if db.networks.count_documents(busy):
                 return False
@@ -436,7 +436,7 @@ def _execute(size: str, nets: list[Net], uri: str, db, tmp: Path, started: float
 
         # 1. back-fill under faults
         mark = time.monotonic()
-        poll = 2.0 if size == "small" else 5.0  # every look costs the wire server (FerretDB: full scans)
+        poll = 2.0 if size == "small" else 5.0  # every look costs the wire server (the test engine: full scans)
         wait_until(lambda: settled(nets), 100.0 if size == "small" else 1800.0, poll)
         timings["backfill"] = time.monotonic() - mark
 

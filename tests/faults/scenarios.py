@@ -387,7 +387,7 @@ def log_bound(outage: float, poll: float = POLL, retry_cap: float = RETRY_CAP) -
 
 def outage(server: Any, size: str = "small", *, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Two initial-mode daemons back-fill; once a third of the items is served the wire server is killed
-    for `seconds` (server.pause(kill=True)) and started again on the same port with the same data
+    for `seconds` (server.pause()) and started again on the same port with the same data
     (server.resume()). A third daemon is SIGTERMed a third of the way into the outage: it must exit 0
     within STOP_LIMIT. `server` is a scripts/devdb.py Server of our own. Also runs unreachable_at_start.
 
@@ -407,9 +407,9 @@ def outage(server: Any, size: str = "small", *, details: dict[str, Any] | None =
         if not _wait(lambda: world.served() >= world.total_items // 3, cfg["limit"] / 2):
             fails.append("the back-fill never got a third of the way before the outage")
         stored_before = world.stored()
-        # SIGKILL: the database is gone at once, operations on the wire are cut off mid-way (a SIGTERM'd
-        # FerretDB serves on for ~3 s while it drains its connections)
-        server.pause(kill=True)
+        # the database is gone at once: every connection closed, operations on the wire cut off mid-way,
+        # new connections refused
+        server.pause()
         paused, down_at = True, time.monotonic()
         term_at = None
         # the outage lasts `seconds`, and longer if need be until the quitter is gone (or STOP_LIMIT passed):

@@ -28,11 +28,11 @@ def test_kill_9_at_random_moments_loses_nothing(wire_uri):
 
 @pytest.fixture
 def own_server():
-    """A FerretDB of this test's own: the outage stops it and starts it again on the same port."""
+    """A wire server of this test's own (scripts/devdb.py): the outage stops it and starts it again on the same port."""
     try:
         server = scenarios.load_devdb().start_server(use_env=False)
     except Exception as exc:
-        reason = f"NO FERRETDB: the outage scenario needs a FerretDB build of its own ({exc})"
+        reason = f"NO OWN SERVER: the outage scenario needs a server of its own from scripts/devdb.py ({exc})"
         if os.environ.get("COLLECTOR_REQUIRE_WIRE") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

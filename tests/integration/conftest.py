@@ -1,4 +1,4 @@
-"""The wire server: $MONGODB_URI when set, else FerretDB started by scripts/devdb.py for the session.
+"""The wire server: $MONGODB_URI when set, else mongo-java-server started by scripts/devdb.py for the session.
 
 When no server can be had the tests skip with one loud reason, unless COLLECTOR_REQUIRE_WIRE=1
 (set by .ci/run), where that is a failure: CI never counts a skipped storage test as passing.
@@ -33,7 +33,7 @@ def wire_uri():
     try:
         server = _devdb().start_server()
     except Exception as exc:
-        reason = f"NO WIRE SERVER: integration tests need MONGODB_URI or a FerretDB build ({exc})"
+        reason = f"NO WIRE SERVER: integration tests need MONGODB_URI or the test database of scripts/devdb.py ({exc})"
         if os.environ.get("COLLECTOR_REQUIRE_WIRE") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

@@ -1,10 +1,28 @@
-"""Reading explain() output of the engines the suite runs on: MongoDB's (queryPlanner.winningPlan, stage
+"""Reading explain() output of the servers the suite may run on: MongoDB's (queryPlanner.winningPlan, stage
 names such as IXSCAN and COLLSCAN) and FerretDB v2 + DocumentDB's (queryPlanner.Plan, PostgreSQL's plan
-nodes: "Index Scan" / "Bitmap Index Scan" with an "Index Name", or "Seq Scan")."""
+nodes: "Index Scan" / "Bitmap Index Scan" with an "Index Name", or "Seq Scan"). A server with no `explain`
+command (mongo-java-server, the suite's own engine) cannot show a plan: the test is skipped with that reason,
+and runs wherever a server has it (MONGODB_URI to a real MongoDB)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
+from pymongo.errors import OperationFailure
+
+COMMAND_NOT_FOUND = 59
+
+
+async def explain(cursor: Any) -> dict[str, Any]:
+    """cursor.explain(), or the test skipped when the server has no `explain` command."""
+    try:
+        return dict(await cursor.explain())
+    except OperationFailure as exc:
+        if exc.code != COMMAND_NOT_FOUND:
+            raise
+        pytest.skip(f"NO EXPLAIN: the wire server has no `explain` command ({exc.details.get('errmsg', exc)}), so "
+                    "it cannot show which index a query reads; run with MONGODB_URI set to a MongoDB to check it")
 
 
 def _walk(plan: Any):
