@@ -46,6 +46,7 @@ import httpx  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from collector.http import CONNECTIONS_PER_CLIENT  # noqa: E402
+from collector.sandbox.payloads import github_repository  # noqa: E402
 from tests.integration.conftest import _devdb  # noqa: E402  (scripts/devdb.py, imported by path)
 
 PY = sys.executable
@@ -95,10 +96,11 @@ class Env:
     size: dict[str, Any]
     db_pids: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    payload: str = "both"  # the cycle's GitHub payloads: compact, recorded or both
+    payload: str = "both"  # the cycle's GitHub payloads: compact, recorded (full-size) or both
+    recorded: Path | None = None  # --recorded: full-size repositories from this JSON list, not generated ones
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far of the sandbox and of the database processes (FerretDB and its PostgreSQL)."""
+        """CPU seconds so far of the sandbox and of the database processes (and their children)."""
         db = 0.0
         for pid in self.db_pids:
             db += proc_cpu(pid) + sum(proc_cpu(c) for c in children(pid))
@@ -181,7 +183,13 @@ def per_s(n: float, wall: float) -> float:
     return round(n / wall, 1) if wall else 0.0
 
 
-RECORDED = ROOT / "tests" / "fixtures" / "likeastore" / "github.connector.init.json"
+def full_label(cycle: dict[str, Any]) -> str:
+    """The cycle's full-size payloads, as the report names them: generated, or recorded (--recorded FILE)."""
+    return "recorded payloads" if cycle.get("full_source") else "full-size payloads"
+
+
+# Likeastore's recorded GitHub repositories (read-only, beside the clone, never in it): `--recorded` compares with them
+RECORDING = "../shared/fixtures/likeastore/github.connector.init.json"
 
 
 def scenario_cycle(env: Env) -> dict[str, Any]:
@@ -204,13 +212,19 @@ def scenario_cycle(env: Env) -> dict[str, Any]:
         res["old"] = old
         env.drop("bench_old")
     if env.payload in ("recorded", "both"):
-        # real GitHub repositories (tests/fixtures/likeastore, ~4.8 KB of JSON an item) instead of compact ones
+        # full-size GitHub repositories (~5.5 KB of JSON an item) instead of compact ones: generated from GitHub's
+        # documented schema (collector/sandbox/payloads.py), or those of --recorded FILE (nothing beside the clone
+        # is read unless it names it)
         env.reset()
-        env.control("repos", {"repos": json.loads(RECORDED.read_text())})
+        given = json.loads(env.recorded.read_text()) if env.recorded else None
+        env.control("repos", {"repos": given or "full"})
+        served = given or [github_repository(i) for i in range(1, 101)]  # what the seeded users' 100 items get
+        res["full_bytes"] = round(sum(len(json.dumps(repo)) for repo in served) / len(served))
         env.seed("bench_cycle", "r", n)
-        res["recorded_ceiling_b_pool"] = env.work("ceiling_b", "bench_ceiling", "r", networks=n, concurrency=c,
-                                                  clients=pooled)
-        res["recorded_collector"] = daemon_cycle(env, "bench_cycle", n, c, prefix="r")
+        res["full_ceiling_b_pool"] = env.work("ceiling_b", "bench_ceiling", "r", networks=n, concurrency=c,
+                                              clients=pooled)
+        res["full_collector"] = daemon_cycle(env, "bench_cycle", n, c, prefix="r")
+        res["full_source"] = str(env.recorded) if env.recorded else ""
         env.control("repos", {"repos": None})
         env.drop("bench_ceiling")
     return res
@@ -360,9 +374,9 @@ def machine(env: Env) -> dict[str, Any]:
     server = f"FerretDB {info['ferretdbVersion']}" if "ferretdbVersion" in info else f"MongoDB {info.get('version')}"
     if env.engine != "external":
         server = env.engine
-        with contextlib.suppress(Exception):
-            out = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout
-            server += " (" + out.split("(PostgreSQL)")[1].split()[0] + ")"
+        with contextlib.suppress(Exception):  # the JVM it runs on: `openjdk version "17.0.15" 2025-04-15`
+            out = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+            server += ", on Java " + out.split('version "', 1)[1].split('"', 1)[0]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
@@ -370,6 +384,7 @@ def machine(env: Env) -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 1024 / 1024, 1),
             "python": platform.python_version(), "kernel": platform.release(), "database": server,
             "versions": versions, "commit": commit + ("+changes" if dirty else ""),
+            "engine_bounds": getattr(_devdb(), "ENGINE_BOUNDS", "") if env.engine != "external" else "",
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -379,7 +394,7 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
     if "cycle" in results:
         r = results["cycle"]
         n = size["networks"]
-        for prefix, label in (("", ""), ("recorded_", ", recorded payloads")):
+        for prefix, label in (("", ""), ("full_", f", {full_label(r)}")):
             col = r.get(f"{prefix}collector")
             if col is None:
                 continue
@@ -416,7 +431,7 @@ def problems(results: dict[str, Any], size: dict[str, Any]) -> list[str]:
     """What must hold whatever the speed: every run persisted, nothing lost, nothing run twice, no
     crash. The suite exits 1 on any of these (CI runs --quick to keep the suite and the daemon honest)."""
     out = []
-    for key in ("collector", "recorded_collector"):
+    for key in ("collector", "full_collector"):
         col = results.get("cycle", {}).get(key)
         n = size["networks"]
         if col is not None and (col["persisted"] != n or col["stored"] != n * 100 or col["crashes"]):
@@ -454,6 +469,8 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
              f"PyMongo {info['versions']['pymongo']}; database {info['database']}; the sandbox API in its own "
              f"process, {LATENCY * 1000:.0f} ms latency per request, pages of 100 compact GitHub-shaped items "
              "(about 250 bytes of JSON each, the raw payload stored) unless said otherwise.", ""]
+    if info.get("engine_bounds"):
+        lines += [f"What the engine bounds: {info['engine_bounds']}", ""]
     lines += [f"- {note}" for note in notes]
     lines += ["", "## Targets", ""]
     lines += md_table(["figure", "measured", "target", ""], [list(r) for r in summarize(results, size)])
@@ -467,8 +484,8 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
         for key, label in (("ceiling_a_pool", "ceiling A, pooled: httpx clients of 8 connections, no database"),
                            ("ceiling_b_pool", "ceiling B, pooled: httpx clients of 8 connections + insert_many"),
                            ("collector", "collector (the daemon)"),
-                           ("recorded_ceiling_b_pool", "recorded payloads: ceiling B, pooled"),
-                           ("recorded_collector", "recorded payloads: collector (the daemon)")):
+                           ("full_ceiling_b_pool", f"{full_label(r)}: ceiling B, pooled"),
+                           ("full_collector", f"{full_label(r)}: collector (the daemon)")):
             f = r.get(key)
             if f is not None:
                 rows.append([label, f"{f['wall']:.2f}", per_s(f["runs"], f["wall"]), per_s(f["items"], f["wall"]),
@@ -481,20 +498,25 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                          old["sandbox_cpu"], old["db_cpu"]])
         lines += md_table(["variant", "wall s", "runs/s", "items/s", "peak RSS MiB", "CPU s", "sandbox CPU s",
                            "database CPU s"], rows)
-        for key, label in (("collector", "compact"), ("recorded_collector", "recorded")):
+        for key, label in (("collector", "compact payloads"), ("full_collector", full_label(r))):
             col = r.get(key)
             if col is not None:
-                lines += [f"The daemon's runs ({label} payloads): {col['outcomes']}; items stored {col['stored']}, "
+                lines += [f"The daemon's runs ({label}): {col['outcomes']}; items stored {col['stored']}, "
                           f"networks persisted {col['persisted']} of {n}.", ""]
                 if col.get("commands"):
                     total = sum(col["commands"].values())
-                    lines += [f"Database commands the daemon sent ({label} payloads): {total} for {col['runs']} runs, "
+                    lines += [f"Database commands the daemon sent ({label}): {total} for {col['runs']} runs, "
                               f"{total / max(1, col['runs']):.2f} a run (heartbeats and start-up included): "
                               + ", ".join(f"{k} {v}" for k, v in col["commands"].items()) + ".", ""]
-        if "recorded_collector" in r:
-            lines += ["Recorded payloads: the sandbox serves the 30 GitHub repositories recorded in "
-                      "`tests/fixtures/likeastore/github.connector.init.json` (about 4.8 KB of JSON each, every "
-                      "field GitHub sends) under each item's own id and names (`--payload recorded`).", ""]
+        if "full_collector" in r and r.get("full_source"):
+            lines += [f"Recorded payloads: the sandbox serves the GitHub repositories of `{r['full_source']}` "
+                      f"(`--recorded`), {r['full_bytes'] / 1000:.1f} KB of JSON each on average, under each item's "
+                      "own id and names (`--payload recorded`).", ""]
+        elif "full_collector" in r:
+            lines += ["Full-size payloads: the sandbox serves GitHub repositories generated from GitHub's documented "
+                      "repository schema (collector/sandbox/payloads.py: every field a starred repository carries, "
+                      f"realistic deterministic values, {r['full_bytes'] / 1000:.1f} KB of JSON each on average) "
+                      "under each item's own id (`--payload recorded`).", ""]
     if "scale" in results:
         lines += ["## 2. Due selection at scale", "", f"{size['due']} networks due, the rest scheduled tomorrow; "
                   "claims through the daemon's own claim path, time-boxed "
@@ -552,8 +574,13 @@ def main(argv: list[str] | None = None) -> int:
                         "full size, bench/RESULTS-quick.md for --quick)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON here")
     parser.add_argument("--payload", choices=("compact", "recorded", "both"), default="both",
-                        help="the cycle's GitHub payloads: compact (~250 bytes an item), recorded (the real "
-                             "repositories of tests/fixtures/likeastore, ~4.8 KB an item) or both (default)")
+                        help="the cycle's GitHub payloads: compact (~250 bytes an item), recorded (full-size GitHub "
+                             "payloads generated from GitHub's documented repository schema, ~5.5 KB an item; see "
+                             "--recorded) or both (default)")
+    parser.add_argument("--recorded", type=Path, default=None, metavar="FILE",
+                        help="the full-size payloads are the repositories of this JSON list instead, for a comparison: "
+                             f"e.g. Likeastore's recording, {RECORDING} beside the clone "
+                             "(by default nothing beside the clone is needed)")
     args = parser.parse_args(argv)
     size_name = "quick" if args.quick else "full"
     size = SIZES[size_name]
@@ -564,9 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "bench/run.py" + (" --quick" if args.quick else "") + ("" if args.only == parser.get_default("only")
                                                                     else f" --only {args.only}")
     command += "" if args.payload == "both" else f" --payload {args.payload}"
+    command += f" --recorded {args.recorded}" if args.recorded else ""
     began = time.monotonic()
     env = start_env(size)
-    env.payload = args.payload
+    env.payload, env.recorded = args.payload, args.recorded
     results: dict[str, Any] = {}
     try:
         info = machine(env)

@@ -5,7 +5,7 @@ the most overdue unleased candidates of the process's selection, the lease updat
 operation later, and candidates another process took in between are lost (the claim re-checks its filter per
 document) and replaced by another round, at most 8. Runs wait on the API, spend CPU in their process, write
 their items and state, and are due again one normal interval later. Every cost is a measured figure of
-bench/RESULTS.md (see CALIBRATION).
+bench/RESULTS-documentdb.md (see CALIBRATION).
 
 Deterministic (a seeded RNG), pure Python, no database: `python bench/simulate.py` prints
 
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.selectors import SLOTS, assignment
 
-# Measured on the benchmark machine (bench/RESULTS.md of 2026-12-02 19:42, FerretDB v2.5.0 + DocumentDB, 2 cores),
-# per run unless said:
+# Measured on the benchmark machine (bench/RESULTS-documentdb.md of 2026-12-02 19:42, FerretDB v2.5.0 + DocumentDB,
+# 2 cores), per run unless said:
 CALIBRATION = {
     # fleet, 1 process, 1,000 runs of 100 compact items: daemon CPU 4.58 s, database CPU 5.38 s, sandbox 0.87 s
     "daemon_cpu_per_run": 4.58e-3,
@@ -53,7 +53,7 @@ CALIBRATION = {
     "db_cpu_per_update": 0.45e-3,
     "api_latency": 0.100,  # the sandbox's latency in every benchmark
 }
-MEASURED_FLEET = {1: 123.8, 2: 177.5, 4: 148.2}  # runs/s, bench/RESULTS.md section 4 (2026-12-02 19:42)
+MEASURED_FLEET = {1: 123.8, 2: 177.5, 4: 148.2}  # runs/s, bench/RESULTS-documentdb.md section 4 (2026-12-02 19:42)
 
 
 class Pool:

@@ -68,7 +68,7 @@ def check_server(info: dict[str, Any]) -> None:
             if not major.isdigit() or int(major) in majors:
                 name = key.removesuffix("Version")
                 raise UnsafeDatabase(f"refusing to run on {name} {info[key]}: {why}. Use MongoDB (or FerretDB >= 2 "
-                                     "over PostgreSQL with DocumentDB, as the test suite does)")
+                                     "over PostgreSQL with DocumentDB)")
 
 
 async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Store:

@@ -1,5 +1,5 @@
 """Shared fixtures: settings, a controllable clock, databases (mongomock-motor and the wire server),
-the recorded API replies of tests/fixtures/likeastore."""
+the API replies Likeastore recorded (read-only, from ../shared/fixtures/likeastore beside the clone)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import pytest
 from collector import config
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", ROOT / "tests" / "fixtures" / "likeastore"))
+# Replies recorded by another project (Likeastore) are not the project's: they stay out of the repository and are
+# read, never written, where the workplace keeps them beside the clone (COLLECTOR_FIXTURES: another copy).
+RECORDED_HOME = ROOT.parent / "shared" / "fixtures" / "likeastore"
+FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", RECORDED_HOME))
 
 
 from hypothesis import settings as hypothesis_settings  # noqa: E402
@@ -85,10 +88,33 @@ def mock_db():
 
 
 # -- recorded API replies ----------------------------------------------------------------------
+# A test that reads them carries the `recorded` marker: where they are absent it is skipped before its fixtures are
+# set up, with the reason; with COLLECTOR_REQUIRE_FIXTURES=1 (.ci/run) their absence fails it instead.
+
+
+def require_recorded() -> Path:
+    """FIXTURES when the recorded replies are there; else skip the test (or module) saying why, or fail it."""
+    if FIXTURES.is_dir():
+        return FIXTURES
+    reason = f"recorded replies not found at {FIXTURES}: ../shared/fixtures/likeastore beside the clone"
+    if os.environ.get("COLLECTOR_REQUIRE_FIXTURES") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("recorded"):
+        require_recorded()
 
 
 def fixture_json(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_bytes())
+    return json.loads((require_recorded() / name).read_bytes())
+
+
+def stackexchange_recording(name: str) -> dict[str, Any]:
+    """A recorded Stack Overflow reply as it was recorded (gzip'd, Latin-1, API 1.x: see stackexchange_page)."""
+    return json.loads(gzip.decompress((require_recorded() / name).read_bytes()).decode("latin-1"))
 
 
 def stackexchange_page(name: str, has_more: bool | None = None, quota_remaining: int = 9_990,
@@ -96,7 +122,7 @@ def stackexchange_page(name: str, has_more: bool | None = None, quota_remaining:
     """A recorded Stack Overflow reply, gzip'd as the API sends it. The recordings predate API 2.x
     (a `questions` list, `total`/`page`/`pagesize`, Latin-1 text); the questions are served in the
     2.3 wrapper (`items`, `has_more`, `quota_max`, `quota_remaining`, `backoff`), as UTF-8."""
-    old = json.loads(gzip.decompress((FIXTURES / name).read_bytes()).decode("latin-1"))
+    old = stackexchange_recording(name)
     more = has_more if has_more is not None else old["page"] * old["pagesize"] < old["total"]
     body: dict[str, Any] = {"items": old["questions"], "has_more": more, "quota_max": 10_000,
                             "quota_remaining": quota_remaining}
@@ -145,7 +171,8 @@ def _reset_logging():
 # -- nothing outside the clone -------------------------------------------------------------------
 # Every file this test process opens must be in the clone, the interpreter and its packages, the system, the
 # temporary directory or the test engine's cache: a test that read a directory beside the clone would pass
-# here and fail on a fresh machine. An audit hook sees every open(); the session fails
+# here and fail on a fresh machine. The one exception is RECORDED_HOME, for reading only (the tests that read it
+# are marked and skip without it). An audit hook sees every open(); the session fails
 # when one was outside (daemon processes the tests start run the same code).
 
 import sys  # noqa: E402
@@ -156,9 +183,11 @@ ALLOWED_ROOTS = tuple(str(p) for p in {
     Path.home() / ".cache" / "collector", Path("/usr"), Path("/lib"), Path("/lib64"), Path("/etc"), Path("/proc"),
     Path("/sys"), Path("/dev"), Path("/run"), Path("/var"),
 } | {Path(p).resolve() for p in sys.path if p and Path(p).is_absolute()})
-# the workplace's directory beside the clone (where the recorded replies once were): outside even when the clone
-# itself lies in an allowed root such as the temporary directory (a clone in /tmp has /tmp/shared beside it)
+# the workplace's directory beside the clone: outside even when the clone itself lies in an allowed root such as
+# the temporary directory (a clone in /tmp has /tmp/shared beside it), but for reading the recorded replies
 NEVER = (str(ROOT.parent / "shared"),)
+READ_ONLY = (str(RECORDED_HOME),)
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 OUTSIDE: set[str] = set()
 
 
@@ -166,19 +195,23 @@ def _under(name: str, roots: tuple[str, ...]) -> bool:
     return any(name == root or name.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def outside_the_clone(path: Any) -> bool:
-    """True when opening `path` reads or writes beside the clone (not in ALLOWED_ROOTS, or in NEVER)."""
+def outside_the_clone(path: Any, mode: str | None = None, flags: int = 0) -> bool:
+    """True when opening `path` reads or writes beside the clone (not in ALLOWED_ROOTS, or in NEVER and not a
+    read in READ_ONLY). `mode` and `flags` are the audit "open" event's: open()'s mode (None for os.open) and
+    the os.open flags."""
     if isinstance(path, int):  # a file descriptor
         return False
     try:
         name = os.path.abspath(os.fsdecode(path))
     except (TypeError, ValueError):
         return False
+    if _under(name, READ_ONLY):
+        return bool(isinstance(flags, int) and flags & WRITES) or any(c in "wax+" for c in str(mode or ""))
     return _under(name, NEVER) or not _under(name, ALLOWED_ROOTS)
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event == "open" and args and outside_the_clone(args[0]):
+    if event == "open" and args and outside_the_clone(*args[:3]):
         OUTSIDE.add(os.fsdecode(args[0]))
 
 

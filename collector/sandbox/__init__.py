@@ -13,7 +13,8 @@ bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-
 POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
 forgets everything. For benchmarks: POST /_sandbox/bulk {service, prefix, count, items} creates `count`
 users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items;
-POST /_sandbox/repos {repos} serves those recorded GitHub repositories (ids changed) instead of compact ones.
+POST /_sandbox/repos {repos} serves full-size GitHub repositories instead of compact ones: "full", generated from
+GitHub's documented repository schema (payloads.py), or a list of repositories served under each item's id and names.
 `Sandbox.transfers` records every API reply on the wire: when it arrived and ended, its body size
 and how many body bytes were handed to the kernel before the client went away (an oversize body cut
 off by the client shows sent << size).
@@ -24,7 +25,7 @@ Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
 """
 
 from collector.sandbox import apis  # noqa: F401  (registers the API emulators' routes)
-from collector.sandbox.core import FAULTS, Response, Sandbox, User, iso, json_reply, repo_list, route
+from collector.sandbox.core import FAULTS, FULL, Response, Sandbox, User, iso, json_reply, repo_list, route
 from collector.sandbox.server import Server, main
 
-__all__ = ["FAULTS", "Response", "Sandbox", "Server", "User", "iso", "json_reply", "main", "repo_list", "route"]
+__all__ = ["FAULTS", "FULL", "Response", "Sandbox", "Server", "User", "iso", "json_reply", "main", "repo_list", "route"]

@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+FULL = "full"  # Sandbox.repos: full-size GitHub repositories generated from GitHub's schema (payloads.py)
+Repos = list[dict[str, Any]] | str | None  # compact (None), FULL, or these repositories under each item's id
 
 
 @dataclass
@@ -70,10 +72,12 @@ class Sandbox:
     """The state and the counters; `handle` answers one request."""
 
     def __init__(self, latency: float = 0.0, rate_limit: int = 5000, window: float = 3600.0,
-                 page_cap: int = 100, quota: int = 10_000, repos: list[dict[str, Any]] | None = None):
+                 page_cap: int = 100, quota: int = 10_000, repos: Repos = None):
         self.latency = latency
-        # GitHub repositories as served: compact (5 fields, ~250 bytes of JSON) or, given recorded ones
-        # (tests/fixtures/likeastore/github.connector.init.json, ~4.8 KB each), those with the ids changed
+        # GitHub repositories as served: compact (5 fields, ~250 bytes of JSON); FULL: full-size ones generated
+        # from GitHub's documented repository schema (collector/sandbox/payloads.py, ~5.5 KB each); or, given a
+        # list of repositories (e.g. those Likeastore recorded, read from ../shared/fixtures/likeastore beside
+        # the clone), those with the ids and names changed
         self.repos = repos
         # Stack Exchange: with an access token (always, here) each user/app pair has a daily quota of its own
         # (api.stackexchange.com/docs/throttle); the IP-wide throttle is the "rate_limit" fault
@@ -239,12 +243,13 @@ class Sandbox:
             for i in range(count):
                 self.add_user(data["service"], f"{prefix}{i}", int(data.get("items", 0)), f"{prefix}{i}")
             return json_reply(200, {"users": count})
-        if path == "/_sandbox/repos" and method == "POST":  # {"repos": [recorded repositories] or null}
+        if path == "/_sandbox/repos" and method == "POST":  # {"repos": "full", [repositories] or null}
             repos = data.get("repos")
-            if repos is not None and not repo_list(repos):
-                return json_reply(400, {"message": "repos: a non-empty list of repository objects, or null"})
+            if not (repos is None or repos == FULL or repo_list(repos)):
+                return json_reply(400, {"message": f"repos: {FULL!r}, a non-empty list of repository objects, "
+                                                   "or null"})
             self.repos = repos
-            return json_reply(200, {"repos": len(repos or [])})
+            return json_reply(200, {"repos": repos if repos == FULL else len(repos or [])})
         if path == "/_sandbox/bulk/add" and method == "POST":  # new items arrive for every user
             with self.lock:
                 users = list(self.users)
@@ -355,7 +360,7 @@ def iso(ts: float) -> str:
 
 
 def repo_list(value: Any) -> bool:
-    """A usable list of recorded repositories: non-empty, objects only."""
+    """A usable list of repositories to serve: non-empty, objects only."""
     return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
 
 

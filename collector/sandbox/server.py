@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from collector.sandbox.core import REASONS, Response, Sandbox, repo_list
+from collector.sandbox.core import FULL, REASONS, Repos, Response, Sandbox, repo_list
 
 
 class Server:
@@ -132,13 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m collector.sandbox", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every API reply")
-    parser.add_argument("--github-repos", type=Path, default=None, metavar="JSON",
-                        help="serve these recorded GitHub repositories (a JSON list, e.g. tests/fixtures/likeastore/"
-                             "github.connector.init.json) instead of compact ones, ids and names changed")
+    parser.add_argument("--github-repos", default=None, metavar=f"{FULL}|JSON",
+                        help=f"serve full-size GitHub repositories instead of compact ones: {FULL!r}, generated from "
+                             "GitHub's documented repository schema, or those of a JSON list, ids and names changed "
+                             "(e.g. those Likeastore recorded, read from ../shared/fixtures/likeastore/"
+                             "github.connector.init.json beside the clone)")
     args = parser.parse_args(argv)
-    repos = json.loads(args.github_repos.read_text()) if args.github_repos else None
-    if repos is not None and not repo_list(repos):
-        parser.error(f"{args.github_repos}: expected a non-empty JSON list of repository objects")
+    repos: Repos = args.github_repos
+    if repos is not None and repos != FULL:
+        try:
+            repos = json.loads(Path(args.github_repos).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"{args.github_repos}: {exc}")
+        if not repo_list(repos):
+            parser.error(f"{args.github_repos}: expected a non-empty JSON list of repository objects")
     server = Server(Sandbox(latency=args.latency, repos=repos), args.port)
 
     async def run() -> None:

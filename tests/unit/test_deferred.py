@@ -32,6 +32,7 @@ def router():
         yield mock
 
 
+@pytest.mark.recorded
 async def test_a_paused_service_is_not_called_and_the_network_waits_for_the_pause(engine, router, clock):
     route = router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                                               has_more=True)))
@@ -59,6 +60,7 @@ async def test_a_paused_service_is_not_called_and_the_network_waits_for_the_paus
     assert await engine.item_ids() == set()
 
 
+@pytest.mark.recorded
 async def test_once_the_pause_is_over_the_next_run_calls_the_api(engine, router, clock):
     route = router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                                               has_more=True)))
@@ -81,6 +83,7 @@ async def test_once_the_pause_is_over_the_next_run_calls_the_api(engine, router,
     assert network["lastOutcome"]["kind"] == "page"
 
 
+@pytest.mark.recorded
 async def test_a_run_that_pauses_its_service_defers_the_next_network_without_a_request(engine, api, clock):
     # `backoff`: the method, for the whole app (a user's spent quota is that user's alone: test_stackoverflow)
     route = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
@@ -126,6 +129,7 @@ def spy_on_pause_reads(engine, monkeypatch, first: Exception | None = None) -> l
     return reads
 
 
+@pytest.mark.recorded
 async def test_runs_that_start_together_share_one_read_of_the_pause(engine, router, clock, monkeypatch):
     router.get(FAVORITES).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                                       has_more=True)))
@@ -146,6 +150,7 @@ async def test_runs_that_start_together_share_one_read_of_the_pause(engine, rout
     assert reads == ["stackoverflow"] * 2 and len(router.calls) == 5
 
 
+@pytest.mark.recorded
 async def test_a_failed_read_of_the_pause_is_not_a_crash_and_is_not_shared(engine, router, clock, monkeypatch):
     """The read is shared by the runs that start within KnownPauses.shared: a failed one used to reach every
     one of them as an exception (a run crash each), and the next runs too while it was cached."""

@@ -1,6 +1,7 @@
 """The GitHub connector driven through the engine: claim -> Executor.run -> network state and items in MongoDB.
 
-HTTP is mocked with respx against the recorded replies of tests/fixtures/likeastore:
+HTTP is mocked with respx against the replies Likeastore recorded, read from ../shared/fixtures/likeastore beside
+the clone (the tests that need them skip, saying why, where they are absent; tests/conftest.py):
 init.json (30 repos, newest first), normal.new.json (one new repo, 6522994, on top of the 30) and
 normal.nonew.json (the same 30).
 """
@@ -28,10 +29,14 @@ LAST = PAGE_2  # a two-page history
 ETAG = 'W/"5f1e8c2b0a7d"'
 NEW_ETAG = 'W/"9a0b1c2d3e4f"'
 
-INIT = fixture_json("github.connector.init.json")
-NEW = fixture_json("github.connector.normal.new.json")
-NONEW = fixture_json("github.connector.normal.nonew.json")
-INIT_IDS = [str(repo["id"]) for repo in INIT]
+
+def init() -> list[dict[str, Any]]:
+    """init.json, read when a test needs it: without the recordings that test skips, saying why."""
+    return fixture_json("github.connector.init.json")
+
+
+def init_ids() -> list[str]:
+    return [str(repo["id"]) for repo in init()]
 
 
 def link(next_url: str | None = None, last_url: str | None = None) -> dict[str, str]:
@@ -41,7 +46,7 @@ def link(next_url: str | None = None, last_url: str | None = None) -> dict[str, 
 
 def older_repo(repo_id: int) -> dict[str, Any]:
     """A repository starred before everything in init.json (what page 2 of the history holds)."""
-    repo = copy.deepcopy(INIT[-1])
+    repo = copy.deepcopy(init()[-1])
     repo.update(id=repo_id, name=f"old-{repo_id}", full_name=f"someone/old-{repo_id}",
                 html_url=f"https://github.com/someone/old-{repo_id}")
     return repo
@@ -67,7 +72,7 @@ def assert_sent_by_the_book(request: httpx.Request) -> None:
 
 async def finish_initial_sweep(engine: Engine, api: respx.MockRouter) -> None:
     """Back-fill a one-page history (init.json): the network ends in normal mode, stop at its top."""
-    api.get(STARRED, params__eq=FIRST_PAGE_PARAMS, name="backfill").respond(200, json=INIT, headers={"ETag": ETAG})
+    api.get(STARRED, params__eq=FIRST_PAGE_PARAMS, name="backfill").respond(200, json=init(), headers={"ETag": ETAG})
     await engine.add()
     await engine.run("initial")
     assert api.routes.pop("backfill").called  # from now on the test's own routes answer
@@ -79,14 +84,15 @@ async def finish_initial_sweep(engine: Engine, api: respx.MockRouter) -> None:
 # -- initial mode: the back-fill ---------------------------------------------------------------
 
 
+@pytest.mark.recorded
 async def test_initial_first_page_stores_items_and_follows_the_next_link(engine, api):
-    route = page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    route = page_one(api).respond(200, json=init(), headers={"ETag": ETAG, **link(PAGE_2, LAST)})
     await engine.add()
 
     result = await engine.run("initial")
 
     assert result.saved and result.new_items == 30
-    assert await engine.item_ids() == set(INIT_IDS)
+    assert await engine.item_ids() == set(init_ids())
     network = await engine.network()
     assert network["mode"] == "initial"
     assert network["cursor"] == {"etag": ETAG, "next": PAGE_2, "stop": None, "top": "6522993"}
@@ -102,13 +108,14 @@ async def test_initial_first_page_stores_items_and_follows_the_next_link(engine,
     assert "If-None-Match" not in request.headers
 
 
+@pytest.mark.recorded
 async def test_items_carry_the_repository_fields(engine, api):
-    page_one(api).respond(200, json=INIT)
+    page_one(api).respond(200, json=init())
     await engine.add()
     await engine.run("initial")
 
     item = await engine.store.items.find_one({"itemId": "6522993"})
-    repo = INIT[0]
+    repo = init()[0]
     assert item["title"] == repo["full_name"]
     assert item["url"] == repo["html_url"]
     assert item["author"] == repo["owner"]["login"]
@@ -117,9 +124,10 @@ async def test_items_carry_the_repository_fields(engine, api):
     assert item["network"] == (await engine.network())["_id"]
 
 
+@pytest.mark.recorded
 async def test_star_json_entries_take_created_from_starred_at(engine, api):
     # newest star first, one a minute
-    starred = [{"starred_at": f"2026-11-24T10:{59 - n:02d}:00Z", "repo": repo} for n, repo in enumerate(INIT)]
+    starred = [{"starred_at": f"2026-11-24T10:{59 - n:02d}:00Z", "repo": repo} for n, repo in enumerate(init())]
     page_one(api).respond(200, json=starred)
     await engine.add()
 
@@ -128,16 +136,17 @@ async def test_star_json_entries_take_created_from_starred_at(engine, api):
     assert result.new_items == 30
     item = await engine.store.items.find_one({"itemId": "6522993"})
     assert item["created"] == datetime(2026, 11, 24, 10, 59, tzinfo=UTC)
-    oldest = await engine.store.items.find_one({"itemId": INIT_IDS[-1]})
+    oldest = await engine.store.items.find_one({"itemId": init_ids()[-1]})
     assert oldest["created"] == datetime(2026, 11, 24, 10, 30, tzinfo=UTC)
-    assert item["title"] == INIT[0]["full_name"]
-    assert item["author"] == INIT[0]["owner"]["login"]
+    assert item["title"] == init()[0]["full_name"]
+    assert item["author"] == init()[0]["owner"]["login"]
     assert item["raw"] == starred[0]
     assert (await engine.network())["cursor"]["stop"] == "6522993"
 
 
+@pytest.mark.recorded
 async def test_last_page_switches_to_normal_and_keeps_the_first_page_etag(engine, api):
-    page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    page_one(api).respond(200, json=init(), headers={"ETag": ETAG, **link(PAGE_2, LAST)})
     page_two = api.get(PAGE_2).respond(200, json=[older_repo(1001), older_repo(1000)],
                                        headers={"ETag": 'W/"page-two"', **link(last_url=LAST)})
     await engine.add()
@@ -149,7 +158,7 @@ async def test_last_page_switches_to_normal_and_keeps_the_first_page_etag(engine
     network = await engine.network()
     assert network["mode"] == "normal"
     assert network["cursor"] == {"etag": ETAG, "stop": "6522993"}
-    assert await engine.item_ids() == {*INIT_IDS, "1001", "1000"}
+    assert await engine.item_ids() == {*init_ids(), "1001", "1000"}
     assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
     assert network["lastOutcome"]["reason"].endswith("history exhausted: switching to normal")
     request = page_two.calls.last.request
@@ -178,15 +187,17 @@ async def test_normal_sends_the_etag_and_a_304_stores_nothing(engine, api):
     assert_sent_by_the_book(route.calls.last.request)
 
 
+@pytest.mark.recorded
 async def test_normal_with_one_new_star_stores_exactly_that_one(engine, api):
     await finish_initial_sweep(engine, api)
-    route = api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=NEW, headers={"ETag": NEW_ETAG})
+    new = fixture_json("github.connector.normal.new.json")
+    route = api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=new, headers={"ETag": NEW_ETAG})
 
     result = await engine.run_when_due("normal")
 
     assert result.new_items == 1
     assert result.outcome.items == 1  # stopped at the known 6522993: the 30 below it are not even passed on
-    assert await engine.item_ids() == {"6522994", *INIT_IDS}
+    assert await engine.item_ids() == {"6522994", *init_ids()}
     network = await engine.network()
     assert network["mode"] == "normal"
     assert network["cursor"] == {"etag": NEW_ETAG, "stop": "6522994"}
@@ -195,9 +206,11 @@ async def test_normal_with_one_new_star_stores_exactly_that_one(engine, api):
     assert route.call_count == 1
 
 
+@pytest.mark.recorded
 async def test_normal_without_new_stars_stores_nothing_new(engine, api):
     await finish_initial_sweep(engine, api)
-    api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=NONEW, headers={"ETag": NEW_ETAG})
+    nonew = fixture_json("github.connector.normal.nonew.json")
+    api.get(STARRED, headers={"If-None-Match": ETAG}).respond(200, json=nonew, headers={"ETag": NEW_ETAG})
 
     result = await engine.run_when_due("normal")
 
@@ -208,9 +221,10 @@ async def test_normal_without_new_stars_stores_nothing_new(engine, api):
     assert network["lastOutcome"]["reason"] == "nothing new"
 
 
+@pytest.mark.recorded
 async def test_the_same_page_run_twice_stores_no_duplicates(engine, api, clock):
     """A run whose state write is lost (lease taken over) is run again: items are upserts."""
-    page_one(api).respond(200, json=INIT, headers={"ETag": ETAG, **link(PAGE_2, LAST)})
+    page_one(api).respond(200, json=init(), headers={"ETag": ETAG, **link(PAGE_2, LAST)})
     network_id = await engine.add()
     doc, lease = await claim_one(engine.store, "initial", "test-owner", clock.now, 60)
     await engine.store.networks.update_one({"_id": network_id}, {"$set": {"lease.id": "someone-else"}})
@@ -230,9 +244,10 @@ async def test_the_same_page_run_twice_stores_no_duplicates(engine, api, clock):
 # -- rate limits -------------------------------------------------------------------------------
 
 
+@pytest.mark.recorded
 async def test_last_request_of_the_quota_stores_the_page_and_waits_for_the_reset(engine, api, clock):
     reset = clock.now + timedelta(hours=1)
-    page_one(api).respond(200, json=INIT, headers={
+    page_one(api).respond(200, json=init(), headers={
         "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(reset.timestamp())),
         **link(PAGE_2, LAST)})
     await engine.add()
@@ -310,6 +325,7 @@ async def test_secondary_rate_limit_honours_a_longer_retry_after(engine, api):
     assert await engine.due_in() == pytest.approx(300 + engine.schedule.rate_limit_slack)
 
 
+@pytest.mark.recorded
 async def test_repeated_secondary_limits_wait_exponentially_longer_then_park_and_a_success_resets(engine, api):
     """GitHub's "Rate limits for the REST API": without retry-after, wait at least a minute; if the request keeps
     failing on a secondary limit, wait an exponentially increasing time, and give up after a number of retries.
@@ -423,10 +439,11 @@ async def test_an_unexpected_shape_is_bad_response(engine, api):
     assert await engine.items() == []
 
 
+@pytest.mark.recorded
 async def test_a_link_to_another_host_fails_and_the_token_never_goes_there(engine):
     elsewhere = "https://api.github.test.evil.example/user/starred?page=2"
     with respx.mock(assert_all_called=False) as api:  # the other host must stay uncalled
-        page_one(api).respond(200, json=INIT, headers=link(elsewhere))
+        page_one(api).respond(200, json=init(), headers=link(elsewhere))
         evil = api.get(host="api.github.test.evil.example").respond(200, json=[])
         await engine.add()
 
@@ -444,9 +461,10 @@ async def test_a_link_to_another_host_fails_and_the_token_never_goes_there(engin
     assert await engine.items() == []
 
 
+@pytest.mark.recorded
 async def test_a_stored_next_link_to_another_host_is_never_requested(engine):
     with respx.mock(assert_all_called=False) as api:
-        evil = api.get(host="evil.example").respond(200, json=INIT)
+        evil = api.get(host="evil.example").respond(200, json=init())
         await engine.add(cursor={"next": "https://evil.example/user/starred?page=2", "stop": None, "top": "1"})
 
         result = await engine.run("initial")

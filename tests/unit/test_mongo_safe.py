@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ def test_dollar_and_dot_keys_are_replaced_at_any_depth():
     assert raw["$type"] == "app.bsky.feed.like" and "a.b" in raw  # the payload itself is not modified
 
 
+@pytest.mark.recorded
 def test_a_clean_payload_is_returned_as_it_is_not_copied():
     repos = fixture_json("github.connector.init.json")
     assert all(mongo_safe(repo) is repo for repo in repos)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -19,7 +20,11 @@ STARRED = f"{API}/user/starred"
 TOKEN_URL = "https://auth.example.test/oauth/token"
 OLD, NEW, REFRESH, ROTATED = "gho_old_access_1111", "gho_new_access_2222", "ghr_refresh_3333", "ghr_rotated_4444"
 SECRET = "client-secret-5555"
-PAGE = fixture_json("github.connector.init.json")
+pytestmark = pytest.mark.recorded  # every test is served init.json, a page Likeastore recorded (tests/conftest.py)
+
+
+def recorded_page() -> list[dict[str, Any]]:
+    return fixture_json("github.connector.init.json")
 
 
 def oauth_settings(token_url: str | None = TOKEN_URL):
@@ -43,10 +48,11 @@ async def plain_engine(mock_db, clock):
 
 def starred(api, *, accept: str):
     """401 for any token but `accept`, the page for that one."""
+    page = recorded_page()
 
     def reply(request: httpx.Request) -> httpx.Response:
         if request.headers.get("Authorization") == f"Bearer {accept}":
-            return httpx.Response(200, json=PAGE)
+            return httpx.Response(200, json=page)
         return httpx.Response(401, json={"message": "Bad credentials"})
 
     return api.get(STARRED).mock(side_effect=reply)
@@ -60,7 +66,7 @@ async def test_a_401_refreshes_the_token_stores_it_and_retries(engine, api, capl
 
     result = await engine.run()
 
-    assert result.outcome.kind.value == "page" and result.new_items == len(PAGE)
+    assert result.outcome.kind.value == "page" and result.new_items == len(recorded_page())
     assert route.call_count == 2 and token.call_count == 1
     sent = token.calls[0].request
     assert parse_qs(sent.content.decode()) == {"grant_type": ["refresh_token"], "refresh_token": [REFRESH]}
@@ -71,7 +77,7 @@ async def test_a_401_refreshes_the_token_stores_it_and_retries(engine, api, capl
     assert doc["tokenRefreshedAt"] == engine.clock.now
     assert (doc["tokenExpiresAt"] - engine.clock.now).total_seconds() == 28800
     assert not doc.get("disabled") and doc["errors"] == 0
-    assert len(await engine.item_ids()) == len(PAGE)
+    assert len(await engine.item_ids()) == len(recorded_page())
 
 
 async def test_a_refresh_that_keeps_the_refresh_token_stores_only_the_access_token(engine, api):

@@ -8,7 +8,8 @@ import pytest
 
 from collector import sdk
 from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
+from collector.sandbox import FULL, Sandbox, Server
+from collector.sandbox.payloads import github_repository
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
@@ -127,6 +128,7 @@ def test_stackexchange_daily_quota_is_each_user_s_own(server):
     assert other.status_code == 200 and other.json()["quota_remaining"] == server.sandbox.quota_max - 1
 
 
+@pytest.mark.recorded
 def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():
     from tests.conftest import fixture_json
 
@@ -150,3 +152,39 @@ def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():
         assert set(compact[0]["repo"]) == {"id", "full_name", "html_url", "owner", "created_at"}
     finally:
         server.stop()
+
+
+def test_full_size_repositories_are_the_generated_ones_under_each_item_s_id():
+    server = Server(Sandbox()).start()
+    try:
+        server.sandbox.add_user("github", "full-token", 4)
+        assert httpx.post(f"{server.url}/_sandbox/repos", json={"repos": "fuller"}).status_code == 400
+        assert httpx.post(f"{server.url}/_sandbox/repos", json={"repos": FULL}).json() == {"repos": FULL}
+        reply = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer full-token",
+                                                                  "Accept": "application/vnd.github.star+json"})
+        page = reply.json()
+        assert [e["repo"]["id"] for e in page] == [4, 3, 2, 1] and all(e["starred_at"] for e in page)
+        assert [e["repo"] for e in page] == [github_repository(n) for n in (4, 3, 2, 1)]
+        assert len(reply.content) > 4 * 4_000  # full size on the wire: ~5.5 KB a repository
+        assert httpx.post(f"{server.url}/_sandbox/reset").json() == {"ok": True}
+        server.sandbox.add_user("github", "full-token", 1)
+        again = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer full-token"}).json()
+        assert again[0]["repo"] == github_repository(1)  # a reset keeps what kind of repositories are served
+    finally:
+        server.stop()
+
+
+async def test_the_github_connector_stores_full_size_repositories_as_served(run, server, mock_db):
+    server.sandbox.repos = FULL
+    try:
+        result, net, _token = await run("github", items=5)
+    finally:
+        server.sandbox.repos = None
+    assert result.outcome.kind is Kind.PAGE and result.new_items == 3 and net["cursor"]["next"]
+    items = {doc["itemId"]: doc async for doc in mock_db.items.find({})}
+    assert set(items) == {"5", "4", "3"}
+    for item_id, item in items.items():
+        repo = github_repository(int(item_id))
+        assert item["title"] == repo["full_name"] and item["url"] == repo["html_url"]
+        assert item["author"] == repo["owner"]["login"]
+        assert item["raw"]["repo"] == repo and item["raw"]["starred_at"]  # every field kept as GitHub sent it

@@ -1,7 +1,8 @@
 """The Stack Overflow connector driven through the engine: claim -> Executor.run -> network, items, services.
 
 Replies are served gzip'd with `content-encoding: gzip`, as the Stack Exchange API always sends them
-(tests/conftest.py `stackexchange_page` wraps the recordings in the API 2.3 envelope):
+(tests/conftest.py `stackexchange_page` wraps the recordings, read from ../shared/fixtures/likeastore beside the
+clone, in the API 2.3 envelope; the tests that need them are marked `recorded`: without them they skip, saying why):
 init.json.gz (34 favorites, newest first, top 9785903), new.json.gz (9785903 alone), normal.json.gz (none).
 """
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 import respx
 
-from tests.conftest import FIXTURES, stackexchange_page
+from tests.conftest import stackexchange_page, stackexchange_recording
 from tests.harness import engine_for
 
 TOKEN = "se_token_secret123456"
@@ -24,10 +25,16 @@ API = "https://api.stackexchange.test/2.3"
 FAVORITES = f"{API}/me/favorites"
 GZIP = {"content-encoding": "gzip", "content-type": "application/json; charset=utf-8"}
 
-RECORDED = json.loads(gzip.decompress((FIXTURES / "stackoverflow.connector.init.json.gz").read_bytes())
-                      .decode("latin-1"))["questions"]
-INIT_IDS = {str(q["question_id"]) for q in RECORDED}
 TOP = "9785903"
+
+
+def recorded_questions() -> list[dict[str, Any]]:
+    """The 34 favorites of init.json.gz, newest first."""
+    return stackexchange_recording("stackoverflow.connector.init.json.gz")["questions"]
+
+
+def init_ids() -> set[str]:
+    return {str(q["question_id"]) for q in recorded_questions()}
 
 
 def gz(body: dict[str, Any]) -> bytes:
@@ -65,6 +72,7 @@ def next_midnight(now: datetime) -> datetime:
 # -- initial mode: the back-fill ---------------------------------------------------------------
 
 
+@pytest.mark.recorded
 async def test_initial_first_page_stores_items_and_asks_for_page_two(engine, api):
     route = page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                                      has_more=True)))
@@ -73,7 +81,7 @@ async def test_initial_first_page_stores_items_and_asks_for_page_two(engine, api
     result = await engine.run("initial")
 
     assert result.saved and result.new_items == 34
-    assert await engine.item_ids() == INIT_IDS
+    assert await engine.item_ids() == init_ids()
     network = await engine.network()
     assert network["mode"] == "initial"
     assert network["cursor"] == {"next": 2, "stop": None, "top": TOP}
@@ -92,6 +100,7 @@ async def test_initial_first_page_stores_items_and_asks_for_page_two(engine, api
     assert TOKEN not in str(request.url)
 
 
+@pytest.mark.recorded
 async def test_items_carry_the_question_fields(engine, api):
     page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz")))
     await engine.add()
@@ -105,6 +114,7 @@ async def test_items_carry_the_question_fields(engine, api):
     assert item["raw"]["question_id"] == 9785903
 
 
+@pytest.mark.recorded
 async def test_a_single_page_history_switches_to_normal(engine, api):
     page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz", has_more=False)))
     await engine.add()
@@ -118,6 +128,7 @@ async def test_a_single_page_history_switches_to_normal(engine, api):
     assert await engine.due_in() == pytest.approx(engine.schedule.normal_interval)
 
 
+@pytest.mark.recorded
 async def test_backfill_then_normal_stops_at_the_known_question(engine, api):
     page(api, 1, name="backfill").mock(return_value=reply(stackexchange_page(
         "stackoverflow.connector.init.json.gz", has_more=True)))
@@ -147,10 +158,11 @@ async def test_backfill_then_normal_stops_at_the_known_question(engine, api):
     assert normal.calls.last.request.headers["X-API-Access-Token"] == TOKEN
 
 
+@pytest.mark.recorded
 async def test_normal_stores_only_what_is_above_the_known_question(engine, api):
     await engine.add(mode="normal", cursor={"stop": TOP})
     fresh = question(79000001, "A brand new favorite")
-    page(api, 1).mock(return_value=reply(envelope([fresh, *RECORDED], has_more=True)))
+    page(api, 1).mock(return_value=reply(envelope([fresh, *recorded_questions()], has_more=True)))
 
     result = await engine.run("normal")
 
@@ -175,6 +187,7 @@ async def test_html_entities_in_titles_and_names_are_unescaped(engine, api):
 # -- limits --------------------------------------------------------------------------------------
 
 
+@pytest.mark.recorded
 async def test_an_exhausted_quota_waits_until_midnight_utc_for_this_user_only(engine, api, clock):
     """With an access_token the quota is the user/app pair's (api.stackexchange.com/docs/throttle): one user's
     spent quota must not stop the others; that user's other networks (another site) wait with it."""
@@ -198,6 +211,7 @@ async def test_an_exhausted_quota_waits_until_midnight_utc_for_this_user_only(en
     assert (await engine.store.get_network(other_user))["scheduledTo"] == clock.now  # another user's: untouched
 
 
+@pytest.mark.recorded
 async def test_a_backoff_is_obeyed(engine, api):
     page(api, 1).mock(return_value=reply(stackexchange_page("stackoverflow.connector.init.json.gz",
                                                             has_more=True, backoff=30)))
@@ -210,8 +224,9 @@ async def test_a_backoff_is_obeyed(engine, api):
     assert (await engine.network())["cursor"]["next"] == 2
 
 
+@pytest.mark.recorded
 async def test_limits_sent_as_strings_still_end_in_a_saved_state(engine, api, clock):
-    page(api, 1).mock(return_value=reply(gz({"items": RECORDED[:2], "has_more": True, "quota_max": "10000",
+    page(api, 1).mock(return_value=reply(gz({"items": recorded_questions()[:2], "has_more": True, "quota_max": "10000",
                                              "quota_remaining": "0", "backoff": "soon"})))
     await engine.add()
 

@@ -1,21 +1,29 @@
 """GitHub: GET /user/starred (star+json), Link pagination, ETag / If-None-Match (a 304 costs no quota),
-x-ratelimit-* per user; compact repositories or, given recorded ones, those (Sandbox.repos)."""
+x-ratelimit-* per user; compact repositories, full-size ones generated from GitHub's documented schema
+(collector/sandbox/payloads.py) or given ones (Sandbox.repos)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
 from typing import Any
 
-from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, number, route
+from collector.sandbox.core import FULL, Repos, Response, Sandbox, iso, json_reply, number, route
+from collector.sandbox.payloads import github_repository
+
+# item n's full-size repository (~100 us to build; a benchmark's users share their ids 1..100); never modified
+full_size = functools.lru_cache(maxsize=1024)(github_repository)
 
 
-def _repo(user: User, item: dict[str, Any], recorded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _repo(item: dict[str, Any], repos: Repos = None) -> dict[str, Any]:
     n = item["id"]
+    if repos == FULL:
+        return full_size(n)
     names = {"id": n, "full_name": f"owner{n % 97}/repo-{n}", "html_url": f"https://github.com/owner{n % 97}/repo-{n}"}
-    if recorded:  # a real repository's payload (every field GitHub sends), under this item's id and names
-        template = recorded[n % len(recorded)]
+    if isinstance(repos, list) and repos:  # a given repository's payload, under this item's id and names
+        template = repos[n % len(repos)]
         return {**template, **names, "owner": {**(template.get("owner") or {}), "login": f"owner{n % 97}"},
                 "created_at": iso(item["at"])}
     return {**names, "owner": {"login": f"owner{n % 97}"}, "created_at": iso(item["at"])}
@@ -51,7 +59,7 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
             sandbox.requests[user.token] += 1
         return Response(304, headers={**limits, "etag": etag})
     chunk = sandbox._page(user, page, size)
-    body = [{"starred_at": iso(i["at"]), "repo": _repo(user, i, sandbox.repos)} for i in chunk]
+    body = [{"starred_at": iso(i["at"]), "repo": _repo(i, sandbox.repos)} for i in chunk]
     base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
     link = []
     if page < last:
