@@ -5,8 +5,8 @@
     .venv/bin/python bench/run.py --quick    # small size, run by .ci/run to keep it working
 
 Everything is local: the sandbox API (a real HTTP server on 127.0.0.1, its own process, 100 ms of
-latency per request) and a MongoDB wire-protocol server ($MONGODB_URI when set; else FerretDB v2 over a
-throwaway PostgreSQL with DocumentDB: scripts/devdb.py).
+latency per request) and a MongoDB wire-protocol server ($MONGODB_URI when set; else mongo-java-server,
+empty, in memory: scripts/devdb.py).
 Each measured workload runs in a process of its own (bench/workload.py), so its peak RSS and CPU
 seconds are its own; the CPU seconds of the sandbox and of the database are read from /proc.
 Nothing here asserts a time: the figures are printed, and compared with the targets in the table.

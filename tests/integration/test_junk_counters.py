@@ -1,8 +1,8 @@
 """A junk `stats` counter (a field the daemon owns) is started again, on a real server.
 
-mongomock ignores an `$inc` into a string or an object that is not one; MongoDB and FerretDB refuse
-the whole update, so the state save would fail on every run and the network would repeat forever
-with no reason recorded. The executor writes a fresh counter object instead.
+mongomock ignores an `$inc` into a string or an object that is not one; MongoDB (and every wire server
+the suite has run on) refuses the whole update, so the state save would fail on every run and the network
+would repeat forever with no reason recorded. The executor writes a fresh counter object instead.
 """
 
 from __future__ import annotations
