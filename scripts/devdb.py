@@ -50,7 +50,9 @@ SERVER_VERSION = "1.47.0"  # de.bwaldvogel:mongo-java-server-memory-backend, as 
 MAIN_CLASS = "CollectorDevDB"
 JAVA_MAJOR = 17
 DEB_PACKAGES = {"java": "openjdk-17-jdk-headless", "javac": "openjdk-17-jdk-headless", "mvn": "maven"}
-JVM_OPTIONS = ("-XX:+UseParallelGC", "-XX:-UsePerfData")  # throughput; no hsperfdata files in /tmp
+# throughput; up to half the machine's memory (the data lives in the heap: about 35 KB of it for a 5.5 KB
+# document); no hsperfdata files in /tmp
+JVM_OPTIONS = ("-XX:+UseParallelGC", "-XX:MaxRAMPercentage=50", "-XX:-UsePerfData")
 RECIPE = "1"  # bump when the install steps below change: the cache key includes it
 TMP_PREFIX = "collector-devdb-"
 ENGINE = f"mongo-java-server {SERVER_VERSION} (in-memory backend, reporting MongoDB 5.0)"

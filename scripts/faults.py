@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.faults import fleet, scenarios  # noqa: E402
+from tests.harness import load_devdb  # noqa: E402
 
 FLEET = ("backlog", "poison", "api_outage", "clock_skew")
 NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="seed of the kill -9 driver (default: random, printed)")
     args = parser.parse_args(argv)
     wanted = [args.only] if args.only else list(NAMES)
-    devdb = scenarios.load_devdb()
+    devdb = load_devdb()
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     started = time.monotonic()

@@ -3,6 +3,10 @@ harness the connector tests drive (claim -> executor.run -> read back)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -10,6 +14,20 @@ import httpx
 from collector import sdk
 from collector.executor import Executor, RunResult
 from collector.store import Store
+
+
+def load_devdb() -> ModuleType:
+    """scripts/devdb.py (the test database) as a module, loaded once: it is a script, not a package."""
+    module = sys.modules.get("devdb")
+    if module is not None and hasattr(module, "start_server"):
+        return module
+    spec = importlib.util.spec_from_file_location("devdb", Path(__file__).resolve().parent.parent / "scripts" /
+                                                  "devdb.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["devdb"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 class Engine:

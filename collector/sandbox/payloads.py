@@ -10,7 +10,7 @@ connector asks for), where the sandbox puts it.
 
 Values are realistic and deterministic: names, descriptions, topics, counts and timestamps are drawn from a
 generator seeded with the index (and an optional seed); URLs are built from owner/name the way api.github.com
-builds them; node ids the way GitHub's legacy global ids are (base64 of "010:Repository<id>"). About 5 KB of
+builds them; node ids the way GitHub's legacy global ids are (base64 of "010:Repository<id>"). About 5.5 KB of
 JSON each, as a real starred repository.
 """
 

@@ -17,7 +17,6 @@ Daemon output goes to files (a pipe nobody reads would block a chatty daemon), r
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import random
@@ -33,7 +32,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pymongo import MongoClient
@@ -55,19 +53,6 @@ FAST = ["--set", f"daemon.lease_ttl={LEASE_TTL:g}", "--set", "http.total_timeout
 TRACEBACK = "Traceback (most recent call last)"
 UNAVAILABLE = "database unavailable"
 KEPT_LOGS = Path(tempfile.gettempdir()) / "collector-faults-logs"  # the logs of daemons that crashed
-
-
-def load_devdb() -> ModuleType:
-    """scripts/devdb.py as a module (it is a script, not a package)."""
-    module = sys.modules.get("devdb")
-    if module is not None and hasattr(module, "start_server"):
-        return module
-    spec = importlib.util.spec_from_file_location("devdb", ROOT / "scripts" / "devdb.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["devdb"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def row(scenario: str, **figures: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.faults import scenarios
+from tests.harness import load_devdb
 
 
 def assert_clean(row: dict) -> None:
@@ -30,7 +31,7 @@ def test_kill_9_at_random_moments_loses_nothing(wire_uri):
 def own_server():
     """A wire server of this test's own (scripts/devdb.py): the outage stops it and starts it again on the same port."""
     try:
-        server = scenarios.load_devdb().start_server(use_env=False)
+        server = load_devdb().start_server(use_env=False)
     except Exception as exc:
         reason = f"NO OWN SERVER: the outage scenario needs a server of its own from scripts/devdb.py ({exc})"
         if os.environ.get("COLLECTOR_REQUIRE_WIRE") == "1":

@@ -7,22 +7,12 @@ When no server can be had the tests skip with one loud reason, unless COLLECTOR_
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def _devdb():
-    spec = importlib.util.spec_from_file_location("devdb", ROOT / "scripts" / "devdb.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["devdb"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.harness import load_devdb
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +21,7 @@ def wire_uri():
         yield os.environ["MONGODB_URI"]
         return
     try:
-        server = _devdb().start_server()
+        server = load_devdb().start_server()
     except Exception as exc:
         reason = f"NO WIRE SERVER: integration tests need MONGODB_URI or the test database of scripts/devdb.py ({exc})"
         if os.environ.get("COLLECTOR_REQUIRE_WIRE") == "1":
