@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: every scenario in one run, a table of figures, and bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py            # full size (about 8 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # full size (about 5 minutes on 2 cores, mongo-java-server)
     .venv/bin/python bench/run.py --quick    # small size, run by .ci/run to keep it working
 
 Everything is local: the sandbox API (a real HTTP server on 127.0.0.1, its own process, 100 ms of
@@ -51,8 +51,8 @@ from tests.harness import load_devdb  # noqa: E402  (scripts/devdb.py, imported 
 
 PY = sys.executable
 LATENCY = 0.1
-# full: the issue's sizes where the test engine lets the whole suite fit in about 10 minutes (its CPU caps the
-# daemon at ~50 runs/s here: a 3,000-network cycle takes ~1 minute), smaller samples where not (see RESULTS.md)
+# full: the issue's sizes where the test engine lets the whole suite fit in about 10 minutes and in the machine's
+# memory (an in-memory engine holds every document: see full_networks, memory_networks), smaller samples where not
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"networks": 3000, "full_networks": 1000, "concurrency": 256, "old_sample": 30,
              "scale": (10_000, 100_000, 1_000_000), "due": 3000, "claim_seconds": 10.0, "cycles": 10,
