@@ -306,7 +306,7 @@ def scenario_fleet(env: Env) -> dict[str, Any]:
         cmd = [str(Path(PY).parent / "collector"), "--mode", "initial", "--env", "production",
                "--concurrency", str(c), "--log-format", "json", "--log-level", "warning",
                "--set", f"services.github.base_url={env.sandbox}", "--set", f"services.github.concurrency={c}",
-               "--set", f"http.max_connections={max(c, 16)}"]
+               "--set", f"http.max_connections={max(c, 16)}", "--set", "http.allow=127.0.0.1"]
         run_env = {**os.environ, "MONGODB_URI": env.uri, "COLLECTOR_DATABASE__NAME": db}
         daemons = [subprocess.Popen(cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                    for _ in range(procs)]

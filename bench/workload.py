@@ -63,7 +63,8 @@ def settings_for(args: argparse.Namespace) -> config.Settings:
     over = {
         "database": {"uri": args.uri, "name": args.db},
         "daemon": {"concurrency": args.concurrency},
-        "http": {"max_connections": max(args.concurrency, 16)},
+        # the sandbox listens on loopback, which the egress policy refuses unless it is allowed
+        "http": {"max_connections": max(args.concurrency, 16), "allow": ["127.0.0.1"]},
         "log": {"format": "json", "level": "info"},
         "services": {"github": {"base_url": args.sandbox, "concurrency": args.concurrency}},
     }

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from pymongo.errors import OperationFailure, PyMongoError
 
+from collector import logs
 from collector.model import aware, utcnow
 
 log = structlog.get_logger("collector.clock")
@@ -49,7 +50,7 @@ class ServerClock:
             hello = await self._ask(db)
         except PyMongoError as exc:
             log.warning("could not read the database server's time: keeping the last offset",
-                        error=f"{type(exc).__name__}: {exc}"[:300])
+                        error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
             return False
         except NotImplementedError:  # an in-process stand-in (mongomock): one host, one clock
             return False

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from collector.egress import parse_allow
 from collector.selectors import SelectorError, Selectors
 
 ENV_PREFIX = "COLLECTOR_"
@@ -48,6 +49,7 @@ class ServiceSettings:
     concurrency: int = 16
     schedule: Schedule = field(default_factory=Schedule)
     options: dict[str, Any] = field(default_factory=dict)
+    max_body_bytes: int | None = None  # None: [http] max_body_bytes
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,18 @@ class Settings:
     claim_interval: float = 0.25
     # which networks this process claims ([daemon] services, exclude_services, partition): collector/selectors.py
     selectors: Selectors = field(default_factory=Selectors)
+    # the egress policy (collector/egress.py): private networks allowed, and the CIDRs or host names always allowed
+    allow_private: bool = False
+    allow: tuple[str, ...] = ()
 
     def service(self, name: str) -> ServiceSettings:
         """Settings of one service; a service without a section gets the global schedule."""
         return self.services.get(name) or ServiceSettings(name=name, schedule=self.schedule)
+
+    def body_cap(self, service: str) -> int:
+        """The largest response body a run of `service` reads: its own cap, else [http] max_body_bytes."""
+        cap = self.service(service).max_body_bytes
+        return self.max_body_bytes if cap is None else cap
 
 
 def config_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
@@ -195,6 +205,19 @@ def _selectors(daemon: dict[str, Any]) -> Selectors:
         raise ConfigError(f"[daemon] {exc}") from exc
 
 
+def _allow(value: Any) -> tuple[str, ...]:
+    """[http] allow: a list of CIDRs, addresses or host names (or one comma-separated string), checked here."""
+    values = value.split(",") if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f'[http] allow must be a list of CIDRs or host names, e.g. ["10.0.0.0/8"], got {value!r}')
+    values = [v.strip() for v in values if v.strip()]
+    try:
+        parse_allow(values)
+    except ValueError as exc:
+        raise ConfigError(f"[http] allow: {exc}") from None
+    return tuple(values)
+
+
 def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
     """Validate a merged settings tree into Settings."""
 
@@ -211,18 +234,23 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         base_url = raw.get("base_url")
         if base_url is not None and not isinstance(base_url, str):
             raise ConfigError(f"[services.{name}] base_url must be a string")
+        cap = raw.get("max_body_bytes")
         services[name] = ServiceSettings(
             name=name,
             base_url=base_url.rstrip("/") if base_url else None,
             concurrency=_typed(f"services.{name}", "concurrency", raw.get("concurrency", 16), int),
             schedule=_schedule(f"services.{name}", raw, schedule),
-            options={k: v for k, v in raw.items() if k not in schedule_keys | {"base_url", "concurrency"}},
+            options={k: v for k, v in raw.items()
+                     if k not in schedule_keys | {"base_url", "concurrency", "max_body_bytes"}},
+            max_body_bytes=None if cap is None else _typed(f"services.{name}", "max_body_bytes", cap, int),
         )
     write_concern = _write_concern(tree.get("database", {}).get("write_concern", "majority"))
     selectors = _selectors(tree.get("daemon", {}))
     settings = Settings(
         write_concern=write_concern,
         selectors=selectors,
+        allow_private=get("http", "allow_private", bool, False),
+        allow=_allow(tree.get("http", {}).get("allow", [])),
         environment=str(tree.get("environment", "development")),
         database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
         database_name=get("database", "name", str, "collector"),

@@ -33,7 +33,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "daemon": {"poll_interval": 0.2, "lease_ttl": 30.0, "shutdown_grace": 5.0, "concurrency": 32},
     "schedule": {"initial_pace": 0.1, "normal_interval": 2.0, "backoff_base": 0.5, "backoff_cap": 5.0,
                  "rate_limit_slack": 0.5},
-    "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0},
+    # the sandbox API listens on loopback, which the egress policy refuses unless it is allowed
+    "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0, "allow": ["127.0.0.1"]},
     "log": {"format": "console", "level": "error"},
 }
 TROUBLE = {0: "rate_limit", 3: "unauthorized", 4: "flapping", 7: "rate_limit", 9: "flapping"}  # by user % 12

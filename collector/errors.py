@@ -7,7 +7,8 @@ from collector.limits import RateLimit
 
 
 class ConnectorError(Exception):
-    """Base class; the message is recorded on the network (never put a token in it)."""
+    """Base class; the message is recorded on the network and logged. Never put a token in it, and shorten
+    an API's text only with collector.sdk.excerpt (which scrubs the run's secrets before it cuts)."""
 
 
 class BadResponse(ConnectorError):

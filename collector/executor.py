@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ import structlog
 from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
-from collector import http, logs
+from collector import http, logs, offload
 from collector.config import Settings
 from collector.model import (
     MAX_ERRORS_COUNT,
@@ -28,6 +29,7 @@ from collector.model import (
     error_count,
     failing_since,
     limit_streak,
+    run_secrets,
     utcnow,
 )
 from collector.pauses import KnownPauses
@@ -38,6 +40,7 @@ from collector.sdk import (
     Forbidden,
     ForeignHost,
     Item,
+    Page,
     PermanentError,
     RateLimit,
     RateLimited,
@@ -51,6 +54,11 @@ from collector.store import Lease, Store, service_of
 
 log = structlog.get_logger("collector.run")
 
+# a reply larger than this is parsed in a thread of its own (a smaller one inline: cheaper than a thread), at
+# most PARSE_SLOTS of them at once per process (see collector/offload.py)
+PARSE_INLINE_BYTES = 256 * 1024
+PARSE_SLOTS = 4
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -62,10 +70,13 @@ class RunResult:
     saved: bool  # False: the lease was lost, the state write was dropped
 
 
+# the longest message of an outcome (lastError, the reasons of a run, a disabled network, a paused service)
+MAX_MESSAGE = 1000
+
+
 def _snippet(response: httpx.Response, limit: int = 200) -> str:
     # scrubbed before the cut: a token the API echoes across the cut would survive as half a token
-    text = logs.scrub(response.content[:limit + 4096].decode("utf-8", "replace"))[:limit]
-    text = text.strip().replace("\n", " ")
+    text = logs.clip(response.content, limit).strip().replace("\n", " ")
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
 
@@ -94,6 +105,7 @@ class Executor:
         # service pauses this process knows of (the scheduler refreshes it every tick; a run that pauses its
         # service adds to it at once); the database is asked again before every request
         self.pauses = KnownPauses(store)
+        self.parses = offload.Offload(PARSE_SLOTS)
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -123,9 +135,12 @@ class Executor:
         mode = doc.get("mode", "initial")
         structlog.contextvars.bind_contextvars(network=str(doc.get("_id")), user=str(doc.get("user")),
                                                service=service, mode=mode)
-        secrets = logs.set_run_secrets(str(doc.get(k)) for k in ("accessToken", "refreshToken") if doc.get(k))
+        secrets = logs.set_run_secrets(run_secrets(doc, self.settings.service(service)))
         try:
             outcome, items = await self._attempt(doc, now)
+            # bounded here, once, whatever made it (a connector's exception, an API's error text): scrubbed
+            # before the cut, as every cut of a message must be
+            outcome = replace(outcome, message=logs.clip(outcome.message, MAX_MESSAGE))
             # the next run is scheduled from when the API answered, not from when this run began: a
             # backoff or a pace is the least time between an answer and the next request, and a
             # Retry-After counts from its response (a slow request must not eat into the wait)
@@ -133,9 +148,10 @@ class Executor:
             try:
                 new_items = await self.store.save_items(doc, items, now) if items else 0
             except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
-                log.error("items refused by the database", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                log.error("items refused by the database", error=f"{type(exc).__name__}: {logs.clip(str(exc), 300)}")
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
-                                  message=f"the database refused the items: {type(exc).__name__}: {str(exc)[:300]}")
+                                  message=f"the database refused the items: {type(exc).__name__}: "
+                                          f"{logs.clip(str(exc), 300)}")
                 items, new_items = [], 0
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
                           await self._service_streak(service, outcome, answered))
@@ -158,9 +174,10 @@ class Executor:
             except (OverflowError, InvalidDocument) as exc:
                 # the new state holds a value BSON cannot (a connector's cursor with an integer past 64 bits):
                 # saved as a failed run without it, so the network is not re-run forever by lease expiry
-                log.error("state refused by the database", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                log.error("state refused by the database", error=f"{type(exc).__name__}: {logs.clip(str(exc), 300)}")
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
-                                  message=f"the new state cannot be stored: {type(exc).__name__}: {str(exc)[:300]}")
+                                  message=f"the new state cannot be stored: {type(exc).__name__}: "
+                                          f"{logs.clip(str(exc), 300)}")
                 step = transition(state, outcome, answered, schedule, self.rng)
                 saved = await self._save(doc, lease, outcome, step, new_items, now)
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
@@ -281,6 +298,8 @@ class Executor:
             return Outcome(Kind.TRANSIENT, error="timeout", message=str(exc) or type(exc).__name__), []
         except http.TooLarge as exc:
             return Outcome(Kind.TRANSIENT, error="too_large", message=str(exc)), []
+        except http.EgressRefused as exc:  # not a connection failure: retrying cannot help
+            return Outcome(Kind.PERMANENT, error="egress_refused", message=str(exc)), []
         except httpx.TransportError as exc:
             return Outcome(Kind.TRANSIENT, error="connection", message=f"{type(exc).__name__}: {exc}"), []
         except Exception as exc:  # a bug in a connector must not stop the daemon
@@ -298,7 +317,7 @@ class Executor:
             request = connector.refresh_request(ctx, old_refresh)
             if request is None:
                 return None
-            response = await http.fetch(self.client, request, max_bytes=self.settings.max_body_bytes,
+            response = await http.fetch(self.client, request, max_bytes=self.settings.body_cap(network.service),
                                         total_timeout=self.settings.total_timeout)
             tokens = connector.parse_refresh(response)
         except Unauthorized as exc:
@@ -309,6 +328,8 @@ class Executor:
             return Outcome(Kind.TRANSIENT, error="timeout", message=f"token refresh: {exc or type(exc).__name__}")
         except http.TooLarge as exc:
             return Outcome(Kind.TRANSIENT, error="too_large", message=f"token refresh: {exc}")
+        except http.EgressRefused as exc:
+            return Outcome(Kind.PERMANENT, error="egress_refused", message=f"token refresh: {exc}")
         except httpx.TransportError as exc:
             return Outcome(Kind.TRANSIENT, error="connection", message=f"token refresh: {type(exc).__name__}: {exc}")
         except Exception as exc:  # a connector's refresh hook with a bug
@@ -318,7 +339,7 @@ class Executor:
         credentials = {**network.credentials, "accessToken": tokens.access_token}
         if tokens.refresh_token:
             credentials["refreshToken"] = tokens.refresh_token
-        logs.set_run_secrets((*credentials.values(), *network.credentials.values()))
+        logs.add_run_secrets(credentials.values())
         fields: dict[str, Any] = {"accessToken": tokens.access_token, "tokenRefreshedAt": now}
         if tokens.refresh_token:
             fields["refreshToken"] = tokens.refresh_token
@@ -331,6 +352,7 @@ class Executor:
         return replace(ctx, network=replace(network, credentials=credentials))
 
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
+        started = time.monotonic()  # the run's total_timeout bounds the request and the parse together
         request = connector.request(ctx)
         # one check for every connector: the network's credentials go only to its own API, whatever built the URL
         # (a stored cursor, a Link header); then its credentials, as the connector carries them (a header the
@@ -339,7 +361,7 @@ class Executor:
             raise ForeignHost(f"refused to send the network's credentials to {origin(request.url)}: "
                               "outside the configured base URL")
         request = replace(request, headers={**connector.auth_headers(ctx), **request.headers})
-        response = await http.fetch(self.client, request, max_bytes=self.settings.max_body_bytes,
+        response = await http.fetch(self.client, request, max_bytes=self.settings.body_cap(ctx.network.service),
                                     total_timeout=self.settings.total_timeout)
         connector.check(ctx, response)
         status = response.status_code
@@ -363,9 +385,14 @@ class Executor:
         if not 200 <= status < 300:
             return Outcome(Kind.TRANSIENT, error="client_error", status=status, message=_snippet(response)), []
         try:
-            page = connector.parse(ctx, response)
+            page = await self._parse(connector, ctx, response, started)
+        except offload.Overdue as exc:
+            return Outcome(Kind.TRANSIENT, error="timeout", status=status, message=str(exc)), []
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return Outcome(Kind.TRANSIENT, error="bad_json", status=status, message=f"invalid JSON: {exc}"), []
+        except RecursionError:  # a connector's own response.json() of a body nested past the parser's limit
+            return Outcome(Kind.TRANSIENT, error="bad_response", status=status,
+                           message="unexpected response shape: nested too deeply to parse"), []
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             return Outcome(Kind.TRANSIENT, error="bad_response", status=status,
                            message=f"unexpected response shape: {type(exc).__name__}: {exc}"), []
@@ -373,3 +400,11 @@ class Executor:
         kind = Kind.NOT_MODIFIED if page.not_modified else Kind.PAGE
         return Outcome(kind, items=len(page.items), cursor=page.cursor, more=page.more, rate_limit=limit,
                        status=status), list(page.items)
+
+    async def _parse(self, connector: Connector, ctx: Context, response: httpx.Response, started: float) -> Page:
+        """`connector.parse()`: a reply over PARSE_INLINE_BYTES in a thread, within what is left of the run's
+        total_timeout (offload.Overdue past it), so that no reply an API sends blocks the event loop."""
+        if len(response.content) <= PARSE_INLINE_BYTES:
+            return connector.parse(ctx, response)
+        left = self.settings.total_timeout - (time.monotonic() - started)
+        return await self.parses.run(lambda: connector.parse(ctx, response), left, "parsing the reply")

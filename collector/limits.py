@@ -65,10 +65,13 @@ class RateLimit:
         )
 
 
+MAX_FIELD = 64  # characters of a number or a date read from a header or a body: no real one is longer
+
+
 def count(value: object) -> int | None:
     """A count from a header or a JSON body (a quota, a backoff): an int, or None unless it is a finite number
-    (a bool, "1e999", "inf", junk)."""
-    if isinstance(value, bool):
+    (a bool, "1e999", "inf", junk, a string over MAX_FIELD characters)."""
+    if isinstance(value, bool) or (isinstance(value, str) and len(value) > MAX_FIELD):
         return None
     try:
         return int(float(value)) if isinstance(value, str | int | float) else None
@@ -78,7 +81,7 @@ def count(value: object) -> int | None:
 
 def retry_after(value: str | None, now: datetime) -> float | None:
     """Retry-After in delta-seconds or as an HTTP date, as seconds from now (None if absent/invalid)."""
-    if value is None:
+    if value is None or len(value) > MAX_FIELD:
         return None
     value = value.strip()
     seconds = count(value)
@@ -153,7 +156,7 @@ def header_rate_limit(headers: httpx.Headers | Mapping[str, str], now: datetime)
             limit = count(get(prefix + "limit"))
             reset = get(prefix + "reset")
             break
-    structured = get("ratelimit")
+    structured = (get("ratelimit") or "")[:1024]  # a few short fields; scanned up to here only
     if remaining is None and structured:
         fields = dict(_STRUCTURED_RE.findall(structured.lower()))
         remaining = count(fields.get("remaining") or fields.get("r"))
@@ -176,7 +179,7 @@ def parse_time(value: Any) -> datetime | None:
             return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= MAX_FIELD:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:

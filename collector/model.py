@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.config import MODES
+from collector.config import MODES, ServiceSettings
 
 MAX_FIELD = 4096  # longest string accepted in an identifying or credential field
 MAX_CURSOR = 64 * 1024
 MAX_ERRORS_COUNT = 2**31  # a consecutive-failure count at or above this is junk
-# fields that hold secrets: never logged, never shown, scrubbed from messages
+# fields that hold secrets: never logged, never shown, scrubbed from messages (run_secrets)
 SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "clientSecret", "password")
+# the service settings that hold secrets ([services.<name>]): the OAuth app's, sent on every token refresh
+SECRET_OPTIONS = ("client_secret",)
 
 
 class Malformed(ValueError):
@@ -29,8 +31,19 @@ class Malformed(ValueError):
 
 
 def _short(value: Any) -> str:
+    """A junk value for a message: whole when short, else only its type and size. Never a cut of it: the engine
+    scrubs messages after they are made, and a cut through a secret leaves a fragment no scrub recognizes."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 60 else f"a {type(value).__name__} of {len(text)} characters"
+
+
+def run_secrets(doc: dict[str, Any], service: ServiceSettings) -> list[str]:
+    """What a run of `doc` scrubs from every message, log line and stored reason (logs.set_run_secrets): each
+    credential field of the document, whatever its type (a malformed one is still the user's secret), and the
+    service's configured client secret."""
+    fields = [doc.get(name) for name in SECRET_FIELDS]
+    options = [service.options.get(name) for name in SECRET_OPTIONS]
+    return [str(value) for value in (*fields, *options) if value]
 
 
 def _bson_size(value: Any) -> int:

@@ -15,9 +15,15 @@ package registers its own.
             return Request(f"{self.base_url}/v1/stars", params={"page": ctx.cursor.get("page", 1)})
 
         def parse(self, ctx, response):
-            data = response.json()
+            data = json_body(response)  # response.json() with caps on elements and nesting
             ...
             return Page(items=[...], cursor={"page": n + 1}, more=bool(data["next"]))
+
+Messages (an exception's text, recorded on the network as `lastError`, in the reason of a disabled network or
+a paused service, and logged): the engine scrubs every secret of the run from them (the network's credentials
+and the service's client secret, raw, URL-encoded, JSON-escaped or in base64), then bounds their length. Put
+an API's error text in a message whole, or shortened with `excerpt(text, limit)`, which scrubs before it cuts;
+never with `text[:n]`: a cut through a token leaves a fragment that no scrub recognizes any more.
 """
 
 from __future__ import annotations
@@ -37,8 +43,11 @@ if TYPE_CHECKING:
     from collector.config import ServiceSettings
     from collector.model import Network
 
+from collector import logs
+
 # the SDK's errors, rate limits and URL helpers live in collector/errors.py, limits.py and urls.py; connectors
 # import them from here, as always
+from collector.bounded import MAX_DEPTH, MAX_ITEMS, html_text, json_body, json_value
 from collector.errors import (
     BadResponse,
     ConnectorError,
@@ -66,6 +75,8 @@ ENTRY_POINT_GROUP = "collector.connectors"
 # what a connector may import from here
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
     "MAX_WAIT",
     "SCOPES",
     "BadResponse",
@@ -86,9 +97,12 @@ __all__ = [
     "count",
     "discover",
     "epoch",
+    "excerpt",
     "header_rate_limit",
+    "html_text",
     "inside",
     "json_body",
+    "json_value",
     "links",
     "next_link",
     "origin",
@@ -237,8 +251,8 @@ class Connector:
     def parse_refresh(self, response: httpx.Response) -> Tokens:
         """The new tokens from the token endpoint's reply; raise Unauthorized when it refuses."""
         try:
-            body = response.json()
-        except ValueError:
+            body = json_value(response.content)
+        except (ValueError, BadResponse):
             body = None
         if response.status_code in (400, 401) and isinstance(body, dict) and body.get("error"):
             raise Unauthorized(f"token refresh refused: {body.get('error')}")
@@ -253,16 +267,14 @@ class Connector:
                       float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None)
 
 
-# -- helpers (the URL ones are in collector/urls.py) -----------------------------------------
+# -- helpers (the URL ones are in collector/urls.py, the bounded readers of a reply in collector/bounded.py) ---
 
 
-def json_body(response: httpx.Response, kind: type | tuple[type, ...] = dict) -> Any:
-    """The JSON body, checked to be of `kind` (BadResponse otherwise, naming what came instead)."""
-    data = response.json()
-    if not isinstance(data, kind):
-        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BadResponse(f"expected a JSON {want}, got {type(data).__name__}")
-    return data
+def excerpt(text: str | bytes, limit: int = 200) -> str:
+    """At most `limit` characters of `text` (bytes: a response body, decoded as UTF-8) for a message, with
+    the run's secrets scrubbed first. The only way a connector should shorten text from an API: a cut made
+    before the scrub can leave part of a token, which the scrub no longer recognizes."""
+    return logs.clip(text, limit)
 
 
 def sweep(cursor: dict[str, Any], items: list[Item], nxt: Any, mode: str,

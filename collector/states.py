@@ -15,13 +15,19 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | rate_limited  | park_after in a row| same      | max(above, now + park_for): parked    | same   | - (parked)        |
 | unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
-| permanent     | bad input          | same      | never                                 | same   | yes               |
+| permanent     | bad input, egress  | same      | never                                 | same   | yes               |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
 
 A streak of transient failures disables a network only when it has both `max_errors` failures and has
 lasted `disable_after` seconds (default a day) since its first failure (`failingSince`): an API outage of
 hours backs off to `backoff_cap` and keeps trying, it does not disable every network of the service.
 `disable_after = 0` disables on the count alone. Any success ends the streak.
+
+A response the engine will not read is a transient failure, nothing stored: `too_large` when its body passes
+the cap (on the wire or decoded; the message names the cap: [http] max_body_bytes or the service's own),
+`bad_response` when its Content-Encoding is more than one coding, an unknown one or a corrupt stream. A host
+that resolves to an address the egress policy refuses (collector/egress.py) is permanent, `egress_refused`:
+the message names the policy and the setting that would allow it, and retrying cannot help.
 
 Rate limits in a row are counted too (`rateLimitStreak`: only a success ends it). A limit that names
 its reset (`Retry-After`, a spent quota with its reset time) is obeyed exactly. One that names none (a
@@ -62,7 +68,7 @@ TRANSIENT_KINDS = (
     "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large", "forbidden",
     "client_error", "connector_error", "token_refresh", "store_error",
 )
-PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector")
+PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector", "egress_refused")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ from collector.sdk import (
     PermanentError,
     Request,
     Unauthorized,
+    excerpt,
     json_body,
+    json_value,
     parse_time,
     sweep,
 )
@@ -103,12 +105,12 @@ class BlueskyLikes(Connector):
         if status not in (400, 401) or not response.content.lstrip().startswith(b"{"):
             return
         try:
-            body = response.json()
-        except ValueError:
+            body = json_value(response.content)  # capped: an error body is API data like any other
+        except (ValueError, BadResponse):
             return
         error = body.get("error") if isinstance(body, dict) else None
         if error in TOKEN_ERRORS:
-            raise Unauthorized(f"HTTP {status} {error}: {str(body.get('message') or '')[:200]}")
+            raise Unauthorized(f"HTTP {status} {error}: {excerpt(str(body.get('message') or ''), 200)}")
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         body = json_body(response)

@@ -22,6 +22,7 @@ from collector.sdk import (
     RateLimit,
     RateLimited,
     Request,
+    json_value,
     next_link,
     parse_time,
     sweep,
@@ -52,7 +53,7 @@ class GitHubStarred(Connector):
             raise RateLimited("secondary rate limit", waits)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
-        data = response.json()
+        data = json_value(response.content)
         if not isinstance(data, list):
             raise BadResponse(f"expected a list of starred repositories, got {type(data).__name__}")
         items = []

@@ -48,6 +48,7 @@ from collector.sdk import (
     Request,
     Unauthorized,
     count,
+    excerpt,
     json_body,
     next_link,
     parse_time,
@@ -85,7 +86,8 @@ class GitLabStarred(Connector):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | str) or not 0 < len(str(value).strip()) <= 255:
-            raise PermanentError(f"options.user_id must be a GitLab user id or username, got {str(value)[:60]!r}")
+            raise PermanentError("options.user_id must be a GitLab user id or username, "
+                                 f"got {excerpt(str(value), 60)!r}")
         return str(value).strip()
 
     def request(self, ctx: Context) -> Request:
@@ -109,7 +111,7 @@ class GitLabStarred(Connector):
         if self.user_id(ctx) is None:  # the answer of GET /user
             uid = json_body(response, dict).get("id")
             if not isinstance(uid, int) or isinstance(uid, bool):
-                raise BadResponse(f"GET /user gave no numeric id: {str(uid)[:40]!r}")
+                raise BadResponse(f"GET /user gave no numeric id: {excerpt(str(uid), 40)!r}")
             return Page(items=[], cursor={**ctx.cursor, "user_id": uid}, more=True)
         api = self.base(ctx)
         projects = json_body(response, list)

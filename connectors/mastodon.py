@@ -34,8 +34,6 @@ sweep that stops at the first known status id: an unfavourited top status would 
 
 from __future__ import annotations
 
-import html
-import re
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,6 +47,8 @@ from collector.sdk import (
     Page,
     Request,
     Unauthorized,
+    excerpt,
+    html_text,
     json_body,
     links,
     next_link,
@@ -59,8 +59,6 @@ from collector.sdk import (
 
 LIMIT = 40  # the documented maximum per page
 TITLE_MAX = 120
-_BREAK = re.compile(r"<\s*(?:br|/p)\b[^>]*>", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]*>")
 
 
 def instance_url(value: Any) -> str:
@@ -76,15 +74,15 @@ def _param(url: str | None, name: str) -> str | None:
     values = parse_qs(urlsplit(url).query).get(name)
     value = values[-1] if values else None
     if value is not None and not (0 < len(value) <= 64 and value.isalnum()):
-        raise BadResponse(f"Link header carries an unusable {name}: {value[:70]!r}")
+        raise BadResponse(f"Link header carries an unusable {name}: {excerpt(value, 70)!r}")
     return value
 
 
 def title(status: dict[str, Any]) -> str | None:
-    """The content warning, else the text of the HTML content, on one line and shortened."""
+    """The content warning, else the text of the HTML content, on one line and shortened (html_text: time
+    linear in the content and its first 16 KB only, whatever an instance sends)."""
     text = status.get("spoiler_text") or status.get("content") or ""
-    text = html.unescape(_TAG.sub("", _BREAK.sub(" ", text if isinstance(text, str) else "")))
-    text = " ".join(text.split())
+    text = html_text(text if isinstance(text, str) else "")
     return (text[: TITLE_MAX - 1].rstrip() + "…" if len(text) > TITLE_MAX else text) or None
 
 

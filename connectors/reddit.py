@@ -36,6 +36,7 @@ from collector.sdk import (
     Page,
     PermanentError,
     Request,
+    excerpt,
     json_body,
     parse_time,
     sweep,
@@ -69,7 +70,7 @@ class RedditListing(Connector):
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         body = json_body(response)
         if body.get("kind") != "Listing" or not isinstance(body.get("data"), dict):
-            raise BadResponse(f"expected a Listing, got kind {str(body.get('kind'))[:40]!r}")
+            raise BadResponse(f"expected a Listing, got kind {excerpt(str(body.get('kind')), 40)!r}")
         data = body["data"]
         children = data.get("children")
         nxt = data.get("after")

@@ -32,6 +32,7 @@ from collector.sdk import (
     RateLimit,
     RateLimited,
     Request,
+    excerpt,
     json_body,
     parse_time,
     sweep,
@@ -56,7 +57,7 @@ class SpotifySavedTracks(Connector):
         if response.status_code == 429:
             # Retry-After when sent (Spotify documents it); else from a minute, doubling while the 429s repeat
             limit = RateLimit(minimum_wait=60.0, scope="service").merge(self.rate_limit(response, ctx.now))
-            reason = response.content[:300].decode("utf-8", "replace").strip().replace("\n", " ")
+            reason = excerpt(response.content, 300).strip().replace("\n", " ")  # scrubbed, then cut
             raise RateLimited(f"HTTP 429 (app-wide limit): {reason}", limit)
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import httpx
 
 from collector.sdk import (
+    BadResponse,
     Connector,
     Context,
     Item,
@@ -33,6 +34,8 @@ from collector.sdk import (
     Request,
     Unauthorized,
     count,
+    json_body,
+    json_value,
     parse_time,
     sweep,
 )
@@ -67,15 +70,15 @@ class StackOverflowFavorites(Connector):
         if response.status_code < 400 or not response.content.lstrip().startswith(b"{"):
             return
         try:
-            body = response.json()
-        except ValueError:
+            body = json_value(response.content)
+        except (ValueError, BadResponse):
             return
         error_id = body.get("error_id") if isinstance(body, dict) else None
         message = f"{body.get('error_name')}: {body.get('error_message')}" if error_id else ""
         if error_id in TOKEN_ERRORS:
             raise Unauthorized(message)
         if error_id == THROTTLE:
-            wait = re.search(r"available in (\d+) seconds", str(body.get("error_message")))
+            wait = re.search(r"available in (\d+) seconds", str(body.get("error_message"))[:500])
             if wait:
                 raise RateLimited(message, RateLimit(retry_after=float(wait.group(1)), scope="service"))
             raise RateLimited(message, RateLimit(minimum_wait=60.0, scope="service"))
@@ -84,7 +87,7 @@ class StackOverflowFavorites(Connector):
         return None  # Stack Exchange reports limits in the body: see parse
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
-        body = response.json()
+        body = json_body(response)
         items = [
             Item(
                 id=str(q["question_id"]),

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from collector.sdk import (
+    BadResponse,
     Connector,
     Context,
     Item,
@@ -41,7 +42,9 @@ from collector.sdk import (
     RateLimited,
     Request,
     Unauthorized,
+    excerpt,
     json_body,
+    json_value,
     parse_time,
     sweep,
 )
@@ -59,11 +62,12 @@ def quota_reset(now: datetime) -> datetime:
 
 
 def _reasons(response: httpx.Response) -> tuple[list[str], str]:
-    """The `reason`s and message of a Google API error body ([] when it is not one)."""
+    """The `reason`s and message of a Google API error body ([] when it is not one); the message is an excerpt
+    (scrubbed, then cut: Google echoes what it was sent, a token included)."""
     try:
-        error = response.json().get("error")
-        return [str(e.get("reason")) for e in error.get("errors") or []], str(error.get("message", ""))[:200]
-    except (ValueError, AttributeError, TypeError):
+        error = json_value(response.content).get("error")  # capped: an error body is API data like any other
+        return [str(e.get("reason")) for e in error.get("errors") or []], excerpt(str(error.get("message", "")), 200)
+    except (ValueError, AttributeError, TypeError, BadResponse):
         return [], ""
 
 

@@ -14,6 +14,10 @@ Scenarios (tests/faults/scenarios.py, tests/faults/hostile.py):
             a backlog far larger than one fill (the systemd watchdog keeps getting pings), integers past 64 bits
             in every payload, an API outage of many 503s in a row (nothing disabled), a daemon on a clock ten
             minutes fast (no lease stolen, nothing run early): tests/faults/fleet.py
+  hostile_server
+            one daemon, ordinary networks and hostile Mastodon instances (nested gzip bomb, 100 KB Link header,
+            `<`-flood content, redirect to loopback, slow drip, 10 MB array, refused addresses): the largest
+            event-loop gap, peak RSS over idle, nothing lost, no refused connection: tests/faults/hostile_server.py
 
 Uses $MONGODB_URI when set, else starts its own mongo-java-server (scripts/devdb.py). The outage scenario always
 needs a server of its own (one it can stop and start again): where scripts/devdb.py cannot start one it is skipped.
@@ -37,11 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.faults import fleet, scenarios  # noqa: E402
+from tests.faults import fleet, hostile_server, scenarios  # noqa: E402
 from tests.harness import load_devdb  # noqa: E402
 
 FLEET = ("backlog", "poison", "api_outage", "clock_skew")
-NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET)
+NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET, "hostile_server")
 COLUMNS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", "crashes", "stuck", "seconds")
 
 
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = None
     try:
-        if {"kill9", "hostile", "secrets", *FLEET} & set(wanted):
+        if {"kill9", "hostile", "secrets", "hostile_server", *FLEET} & set(wanted):
             shared = devdb.start_server()  # $MONGODB_URI when set
             where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"{shared.engine} at {shared.uri}"
             print(f"database: {where}", flush=True)
@@ -124,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                     report(getattr(fleet, name)(shared.uri, args.size))
                 except Exception as exc:
                     report(error_row(name, exc, began))
+        if "hostile_server" in wanted:
+            began = time.monotonic()
+            try:
+                report(hostile_server.run(shared.uri, args.size))
+            except Exception as exc:
+                report(error_row("hostile_server", exc, began))
         if "outage" in wanted:
             began = time.monotonic()
             try:

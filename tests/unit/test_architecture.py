@@ -25,10 +25,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("scheduler", {"scheduler"}),
     ("executor", {"executor"}),
     ("store, http, states", {"store", "documents", "operations", "pauses", "registry", "batch", "clock", "http",
-                             "states"}),
-    ("sdk", {"sdk", "limits", "logs", "errors", "urls"}),
+                             "states", "offload"}),
+    ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
-    ("config", {"config", "selectors"}),
+    ("config", {"config", "selectors", "egress"}),
 ]
 TOOLS = ("sandbox", "demo")  # beside the engine: only the entry points and the demo may import them
 
