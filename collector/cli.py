@@ -155,10 +155,12 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     from collector import status as fleet_status
     from collector.clock import ServerClock
 
+    lease_ttl = load_settings(ctx).lease_ttl
+
     async def read(store: Store) -> dict[str, Any]:
         clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
         await clock.sync(store.db)
-        return await fleet_status.status(store, clock(), overdue_after=overdue_after)
+        return await fleet_status.status(store, clock(), overdue_after=overdue_after, lease_ttl=lease_ttl)
 
     report = _run(ctx, read)
     if as_json:

@@ -4,10 +4,19 @@ Every due time and lease a process compares was written by some host: `scheduled
 ran the network last, `lease.until` by the one that holds it. Compared on each host's own wall clock, a
 host whose clock runs minutes ahead takes leases that are still held and runs networks before they are
 due (and one that runs behind leaves them waiting). So every process reads time as the database server
-sees it: its own clock plus an offset measured against the server (`hello`'s `localTime`, half the round
-trip allowed for), taken at start and again every `refresh` seconds. The server is the one clock every
-process already shares. A server with no `hello` (MongoDB before 4.4.2, which PyMongo still supports from
-4.4.0) is asked the legacy `isMaster`, which carries the same `localTime`.
+sees it, measured against the server (`hello`'s `localTime`, half the round trip allowed for) at start and
+again every `refresh` seconds. The server is the one clock every process already shares.
+
+Between two measurements time is carried forward on this host's MONOTONIC clock, never its wall clock: the
+reading is the server's time at the last measurement plus the monotonic time elapsed since. The wall clock
+can step (an NTP step, an operator's `date -s`, a VM resumed): were the reading the wall clock plus an
+offset, a step of ten minutes would move this process's notion of server time by ten minutes until the next
+measurement, and a step forward takes leases other processes still hold (the network runs twice at once).
+A monotonic clock never steps. Before the first measurement (and on a server that does not say its time:
+mongomock) the reading is the wall clock (`base`).
+
+A server with no `hello` (MongoDB before 4.4.2, which PyMongo still supports from 4.4.0) is asked
+the legacy `isMaster`, which carries the same `localTime`.
 """
 
 from __future__ import annotations
@@ -32,20 +41,26 @@ class ServerClock:
     # a difference worth telling the operator about (NTP keeps healthy hosts within milliseconds)
     WARN_SKEW = 1.0
 
-    def __init__(self, base: Callable[[], datetime] = utcnow, refresh: float = 60.0):
-        self.base = base
+    def __init__(self, base: Callable[[], datetime] = utcnow, refresh: float = 60.0,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.base = base  # this host's wall clock: read before the first measurement only
+        self.monotonic = monotonic
         self.refresh = refresh
-        self.offset = timedelta(0)  # server time minus this host's time
+        self.offset = timedelta(0)  # server time minus this host's wall clock, at the last measurement (for logs)
         self.synced = False
+        self._at_sync: tuple[datetime, float] | None = None  # (server time, monotonic time) at the last measurement
         self._warned = False
         self._command = "hello"  # "isMaster" once a server said it has no `hello`
 
     def __call__(self) -> datetime:
-        return self.base() + self.offset
+        if self._at_sync is None:
+            return self.base()
+        server, mono = self._at_sync
+        return server + timedelta(seconds=self.monotonic() - mono)
 
     async def sync(self, db: Any) -> bool:
-        """Measure the offset once; False (and the last offset kept) when the server does not say its time."""
-        sent, started = self.base(), time.monotonic()
+        """Measure the server's time once; False (and the last measurement kept) when the server does not say it."""
+        started = self.monotonic()
         try:
             hello = await self._ask(db)
         except PyMongoError as exc:
@@ -54,12 +69,15 @@ class ServerClock:
             return False
         except NotImplementedError:  # an in-process stand-in (mongomock): one host, one clock
             return False
-        rtt = time.monotonic() - started
+        received = self.monotonic()
         server = hello.get("localTime") if isinstance(hello, dict) else None
         if not isinstance(server, datetime):
             return False  # a server that does not say (mongomock): this host's clock
-        # the server stamped localTime about half a round trip after we sent (its precision: milliseconds)
-        self.offset = aware(server) - (sent + timedelta(seconds=rtt / 2))
+        # the server stamped localTime about half a round trip after we sent (its precision: milliseconds), so
+        # when the answer arrived the server's clock read localTime plus half the round trip
+        now = aware(server) + timedelta(seconds=(received - started) / 2)
+        self._at_sync = (now, received)
+        self.offset = now - self.base()
         self.synced = True
         skew = abs(self.offset.total_seconds())
         if skew > self.WARN_SKEW and not self._warned:

@@ -20,7 +20,15 @@ class Unauthorized(ConnectorError):
 
 
 class Forbidden(ConnectorError):
-    """Access refused for another reason than limits: transient, disables after max_errors."""
+    """Access refused for another reason than limits (a token without the scope, an app without the permission):
+    the network is disabled with the reason (error `forbidden`), as the engine does for any 403 that is no limit.
+    `transient=True` for a refusal that is the app's own setup and no user's (YouTube's accessNotConfigured):
+    retried with backoff like an outage. `status`: the HTTP status, recorded in lastError."""
+
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = 403):
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
 
 
 class PermanentError(ConnectorError):

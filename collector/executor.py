@@ -288,8 +288,9 @@ class Executor:
             return Outcome(Kind.RATE_LIMITED, rate_limit=exc.rate_limit, error="rate_limited", message=str(exc)), []
         except Unauthorized as exc:
             return Outcome(Kind.UNAUTHORIZED, error="unauthorized", message=str(exc) or "token refused"), []
-        except Forbidden as exc:
-            return Outcome(Kind.TRANSIENT, error="forbidden", message=str(exc)), []
+        except Forbidden as exc:  # permanent, unless the connector knows it for a fault of the app's own setup
+            return Outcome(Kind.TRANSIENT if exc.transient else Kind.PERMANENT, error="forbidden",
+                           status=exc.status, message=str(exc)), []
         except PermanentError as exc:
             return Outcome(Kind.PERMANENT, error="malformed", message=str(exc)), []
         except BadResponse as exc:
@@ -378,7 +379,10 @@ class Executor:
             if status == 429 or (limit is not None and limit.resume_at(answered, floor) is not None):
                 return Outcome(Kind.RATE_LIMITED, rate_limit=limit or RateLimit(), error="rate_limited",
                                status=status, message=_snippet(response)), []
-            return Outcome(Kind.TRANSIENT, error="forbidden", status=status, message=_snippet(response)), []
+            # refused, not throttled (no 429, no spent quota, no Retry-After, no limit the connector's check named):
+            # a token without the scope, an app without the permission. RFC 9110 15.5.4: "the client SHOULD NOT
+            # automatically repeat the request with the same credentials": disabled with the reason
+            return Outcome(Kind.PERMANENT, error="forbidden", status=status, message=_snippet(response)), []
         if status >= 500 or status == 408:
             return Outcome(Kind.TRANSIENT, error="http_5xx", status=status, message=_snippet(response),
                            rate_limit=limit), []

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from collector import leases
 from collector.documents import public_view
 from collector.selectors import SLOTS, slot_number
 
@@ -40,9 +41,11 @@ class Operations:
         return [public_view(d) async for d in self.networks.find(query).limit(limit)]
 
     async def repair(self, now: datetime, known_modes: Sequence[str]) -> list[tuple[Any, str]]:
-        """Give documents inserted without `mode`/`scheduledTo` (or with null) their defaults and
+        """Give documents inserted without `mode`/`scheduledTo` (or with null) their defaults,
         disable the ones whose mode or scheduledTo is junk (never due otherwise, and without a
-        reason); returns (id, what was done) for each document touched."""
+        reason), and remove a `lease` of a shape no process writes (collector/leases.py: nobody holds it;
+        claims already see through it, this cleans the document and logs it); returns (id, what was done)
+        for each document touched. A well-formed lease, live or expired, is never touched."""
         done = []
         query = {
             "disabled": {"$ne": True},
@@ -58,12 +61,15 @@ class Operations:
                 # removed, and a partitioned process stamps the right one (Store.stamp_slots)
                 {"$nor": [{"slot": None}, {"slot": {"$type": "int", "$gte": 0, "$lt": SLOTS}}]},
                 {"slot.0": {"$exists": True}},
+                leases.malformed(),
             ],
         }
-        async for doc in self.networks.find(query, projection={"mode": 1, "scheduledTo": 1, "slot": 1}).limit(1000):
+        projection = {"mode": 1, "scheduledTo": 1, "slot": 1, "lease": 1}
+        async for doc in self.networks.find(query, projection=projection).limit(1000):
             fields: dict[str, Any] = {}
             reason = None
             junk_slot = "slot" in doc and doc["slot"] is not None and not slot_number(doc["slot"])
+            junk_lease = leases.is_malformed(doc.get("lease"))
             if "mode" not in doc or doc["mode"] is None:
                 fields["mode"] = "initial"
             elif doc["mode"] not in known_modes:
@@ -76,12 +82,16 @@ class Operations:
                               lastError={"at": now, "kind": "malformed", "status": None, "message": reason})
             elif due is None:  # missing or null: the default
                 fields["scheduledTo"] = now
-            if fields or junk_slot:
+            if fields or junk_slot or junk_lease:
                 update: dict[str, Any] = {"$set": fields} if fields else {}
-                if junk_slot:
-                    update["$unset"] = {"slot": ""}
-                await self.networks.update_one({"_id": doc["_id"], "lease": None}, update)
-                done.append((doc["_id"], ", ".join(sorted([*fields, *(["slot"] if junk_slot else [])]))))
+                unset = [*(["slot"] if junk_slot else []), *(["lease"] if junk_lease else [])]
+                if unset:
+                    update["$unset"] = dict.fromkeys(unset, "")
+                # only a document nobody holds: no lease, or (re-checked by the server, atomically) still the junk
+                # one; a claim that won it meanwhile wrote a well-formed lease, which this no longer matches
+                guard = leases.malformed() if junk_lease else {"lease": None}
+                await self.networks.update_one({"_id": doc["_id"], **guard}, update)
+                done.append((doc["_id"], ", ".join(sorted([*fields, *unset]))))
         return done
 
     async def enable(self, network_id: Any, now: datetime) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from collector import leases
 from collector.model import aware
 
 
@@ -70,11 +71,11 @@ class Registry:
                                                      "running": 0, "oldestDue": None})
 
         enabled = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now}}
-        unleased = {"$or": [{"lease": None}, {"lease.until": {"$lt": now}}]}
+        unleased = leases.unheld(now)  # the claims' own test: a junk lease is counted due, as it is claimable
         groups = (
             ("due", {**enabled, **unleased}),
             ("overdue", {**enabled, **unleased, "scheduledTo": {"$lte": now - timedelta(seconds=overdue_after)}}),
-            ("running", {"lease.until": {"$gte": now}}),
+            ("running", leases.held(now)),
         )
         for name, match in groups:
             pipeline: list[dict[str, Any]] = [{"$match": match},
@@ -91,12 +92,25 @@ class Registry:
     async def due_by_slot(self, now: datetime) -> list[dict[str, Any]]:
         """Due, unclaimed networks counted per (mode, service, slot): what `collector status` checks against the
         live processes' selectors (a slot no live process of its mode covers is "uncovered")."""
-        match = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now},
-                 "$or": [{"lease": None}, {"lease.until": {"$lt": now}}]}
+        match = {"disabled": {"$ne": True}, "scheduledTo": {"$lte": now}, **leases.unheld(now)}
         pipeline: list[dict[str, Any]] = [
             {"$match": match},
             {"$group": {"_id": {"mode": "$mode", "service": "$service", "slot": "$slot"}, "n": {"$sum": 1}}}]
         return [{**(doc["_id"] or {}), "n": doc["n"]} async for doc in _aggregate(self.networks, pipeline)]
+
+    async def held_beyond(self, now: datetime, horizon: float) -> list[dict[str, Any]]:
+        """Enabled networks whose (well-formed) lease runs out more than `horizon` seconds from now, per (mode,
+        service), with the latest `until`: later than any process writes one (a claim or a renewal: lease_ttl
+        ahead), so no process holds it, and yet no claim may take it before it expires (a claim never takes a
+        well-formed live lease: collector/leases.py). Written by someone else; `collector status` shows them."""
+        match = {"disabled": {"$ne": True}, **leases.held(now + timedelta(seconds=horizon))}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": match},
+            {"$group": {"_id": {"mode": "$mode", "service": "$service"}, "n": {"$sum": 1},
+                        "until": {"$max": "$lease.until"}}}]
+        rows = [{"mode": str((doc["_id"] or {}).get("mode")), "service": str((doc["_id"] or {}).get("service")),
+                 "count": doc["n"], "until": doc.get("until")} async for doc in _aggregate(self.networks, pipeline)]
+        return sorted(rows, key=lambda r: (r["mode"], r["service"]))
 
     async def disabled_summary(self, top: int = 5) -> dict[str, Any]:
         """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""

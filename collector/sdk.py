@@ -284,12 +284,23 @@ def sweep(cursor: dict[str, Any], items: list[Item], nxt: Any, mode: str,
     cursor to store, more). Initial mode pages through the whole history; normal mode stops at the
     first item already seen, so a normal run usually costs one request.
 
+    The API's next-page pointer alone decides whether the sweep goes on: a page with no items that
+    still names a next page is followed (APIs filter after paging: YouTube's videos.list documents
+    `nextPageToken` apart from `items`, Bluesky's AppView drops blocked or deleted posts from a page,
+    Reddit drops removed things), never taken for the end. Two things end it: no pointer (None), or a
+    pointer equal to the one this page was fetched with (`cursor["next"]`): an API that keeps answering
+    with the same token would otherwise be asked the same page forever; the sweep ends there as at
+    its last page (initial mode switches to normal).
+
     Cursor fields: `next` (where the sweep in progress continues), `stop` (the newest id known
     before this sweep: normal mode stops there), `top` (the newest id of this sweep, which becomes
-    `stop` when it ends); `keep` adds fields of your own (an ETag...)."""
+    `stop` when it ends; None while the sweep has met only empty pages); `keep` adds fields of your
+    own (an ETag...)."""
     keep = keep or {}
-    first_page = cursor.get("next") is None
-    top = (items[0].id if items else cursor.get("stop")) if first_page else cursor.get("top")
+    sent = cursor.get("next")
+    top = cursor.get("top") if sent is not None else None
+    if top is None and items:  # the first item this sweep meets is its newest
+        top = items[0].id
     fresh = items
     stop = cursor.get("stop")
     if mode == "normal" and stop is not None:
@@ -297,9 +308,11 @@ def sweep(cursor: dict[str, Any], items: list[Item], nxt: Any, mode: str,
         if stop in ids:
             fresh = items[: ids.index(stop)]
             nxt = None  # everything after the known item is known too
-    if nxt is not None and items:
+    if nxt is not None and sent is not None and (nxt == sent or str(nxt) == str(sent)):
+        nxt = None  # the same page again: following it would never end
+    if nxt is not None:
         return fresh, {**keep, "next": nxt, "stop": stop, "top": top}, True
-    return fresh, {**keep, "stop": top}, False
+    return fresh, {**keep, "stop": top if top is not None else stop}, False
 
 
 # -- registry -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
 | permanent     | bad input, egress  | same      | never                                 | same   | yes               |
+| permanent     | 403, not a limit   | same      | never                                 | same   | yes, forbidden    |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
 
 A streak of transient failures disables a network only when it has both `max_errors` failures and has
@@ -28,6 +29,18 @@ the cap (on the wire or decoded; the message names the cap: [http] max_body_byte
 `bad_response` when its Content-Encoding is more than one coding, an unknown one or a corrupt stream. A host
 that resolves to an address the egress policy refuses (collector/egress.py) is permanent, `egress_refused`:
 the message names the policy and the setting that would allow it, and retrying cannot help.
+
+A 403 that is no rate limit is permanent, `forbidden`: a token without the scope, an app without the permission
+(GitHub "Resource not accessible by integration" with `x-ratelimit-remaining` well above 0, YouTube `forbidden` /
+`insufficientPermissions`, GitLab `insufficient_scope`, Mastodon "outside the authorized scopes", any Spotify
+403). RFC 9110 (15.5.4): "the client SHOULD NOT automatically repeat the request with the same credentials".
+The network is disabled with the reason (`disabledReason` "forbidden: HTTP 403: ...", not `unauthorized`: the
+token works, it may not do this), shown by `collector status` and `networks list` as every disabled network;
+`collector networks enable --service S --reason-kind forbidden` enables them again once the grant is fixed. A
+403 that is a limit stays one: a spent quota (`x-ratelimit-remaining: 0`), a `Retry-After`, or what the
+connector's `check` names (GitHub's secondary limits, YouTube's `quotaExceeded` / `rateLimitExceeded`). Only
+the app's own setup (YouTube `accessNotConfigured`: the API not enabled for the project) is transient
+(`Forbidden(transient=True)`): fixed once by the operator, it heals every network without a bulk enable.
 
 Rate limits in a row are counted too (`rateLimitStreak`: only a success ends it). A limit that names
 its reset (`Retry-After`, a spent quota with its reset time) is obeyed exactly. One that names none (a
@@ -65,10 +78,12 @@ class Kind(StrEnum):
 
 # error kinds recorded in lastError.kind
 TRANSIENT_KINDS = (
-    "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large", "forbidden",
+    "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large",
     "client_error", "connector_error", "token_refresh", "store_error",
 )
-PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector", "egress_refused")
+# "forbidden": permanent (a 403 that is no limit), transient only when the connector says it is the app's setup
+PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector", "egress_refused",
+                   "forbidden")
 
 
 @dataclass(frozen=True)

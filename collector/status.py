@@ -12,6 +12,11 @@ from collector.selectors import Selectors, assignment, slot_number
 from collector.store import Store
 
 OVERDUE_AFTER = 60.0  # a network due for longer than this, still unclaimed, is overdue
+LEASE_TTL = 300.0  # [daemon] lease_ttl's default
+# a lease running out later than this many lease_ttl from now was not written by a process (a claim or a renewal
+# writes one lease_ttl ahead; the margin covers processes configured with a longer one): nobody holds it, but no
+# claim takes it before it runs out (a claim never takes a live lease), so the network waits unseen
+HELD_BEYOND_TTLS = 4.0
 
 
 def lag(row: dict[str, Any], now: datetime) -> float:
@@ -71,8 +76,14 @@ def uncovered(due: list[dict[str, Any]], processes: list[dict[str, Any]]) -> lis
             for _key, row in sorted(rows.items())]
 
 
-async def status(store: Store, now: datetime | None = None, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
-    """Everything `collector status` shows, as one JSON-able document."""
+async def status(store: Store, now: datetime | None = None, overdue_after: float = OVERDUE_AFTER,
+                 lease_ttl: float = LEASE_TTL) -> dict[str, Any]:
+    """Everything `collector status` shows, as one JSON-able document.
+
+    Networks no claim can take are shown, never hidden: a junk `lease` (of a shape no process writes) is no lease
+    to a claim, so those networks are in the backlog (due) and claimed; what remains is a well-formed lease
+    running out far beyond any a process writes (`stuck`), which is kept until it runs out (to take a lease that
+    looks held would break "one process at a time")."""
     now = now or utcnow()
     processes = [process_view(doc, now) for doc in await store.fleet()]
     hosts: dict[str, dict[str, Any]] = {}
@@ -96,9 +107,11 @@ async def status(store: Store, now: datetime | None = None, overdue_after: float
     gaps = uncovered(await store.due_by_slot(now), processes)
     pauses = [{"service": d["_id"], "until": d.get("pausedUntil"), "since": d.get("pausedAt"),
                "reason": d.get("pauseReason")} for d in await store.pauses(now)]
+    horizon = HELD_BEYOND_TTLS * lease_ttl
+    stuck = await store.held_beyond(now, horizon)
     return {"at": now, "processes": processes, "hosts": sorted(hosts.values(), key=lambda h: h["host"]),
-            "backlog": backlog, "uncovered": gaps, "paused": pauses, "networks": await store.disabled_summary(),
-            "overdueAfter": overdue_after}
+            "backlog": backlog, "uncovered": gaps, "stuck": stuck, "stuckAfter": horizon, "paused": pauses,
+            "networks": await store.disabled_summary(), "overdueAfter": overdue_after}
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -161,6 +174,15 @@ def render(report: dict[str, Any]) -> str:
         out += _table(["MODE", "SERVICE", "DUE", "WHY"],
                       [[g["mode"], g["service"], g["due"], "; ".join(f"{w['reason']} ({w['count']})" for w in g["why"])]
                        for g in gaps])
+    stuck = report.get("stuck") or []
+    out += ["", f"STUCK  {sum(r['count'] for r in stuck)} network(s) leased for more than "
+                f"{_ago(report.get('stuckAfter'))} ahead: no process writes such a lease, and none is claimed before "
+                "it runs out (unset its `lease` once you know no process runs it)"]
+    if stuck:
+        out += _table(["MODE", "SERVICE", "COUNT", "LATEST UNTIL"],
+                      [[r["mode"], r["service"], r["count"],
+                        aware(r["until"]).isoformat(timespec="seconds") if isinstance(r["until"], datetime) else "?"]
+                       for r in stuck])
     out += ["", "PAUSED SERVICES"]
     if report["paused"]:
         out += _table(["SERVICE", "UNTIL", "FOR", "REASON"],

@@ -26,6 +26,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from collector import leases
 from collector.batch import GroupCommit, Guarded, transient
 from collector.documents import bson_safe, item_key, key_prefix, mongo_safe, refresh_update
 from collector.operations import Operations
@@ -59,14 +60,18 @@ def service_of(doc: dict[str, Any]) -> str:
 
 def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = (),
                selectors: Selectors | None = None) -> dict[str, Any]:
-    """Due, enabled, not leased (or lease expired), of `selectors` (the process's services and partition), but
-    not of `exclude_services` (paused or full right now). No `$not`: not every wire server has it."""
+    """Due, enabled, not leased (or lease expired, or a lease of a shape no process writes: collector/leases.py),
+    of `selectors` (the process's services and partition), but not of `exclude_services` (paused or full right
+    now). No `$not`: not every wire server has it."""
     query: dict[str, Any] = {
         "mode": mode,
         "scheduledTo": {"$lte": now},
         "mode.0": {"$exists": False},  # an array holding `mode` would match it (and every other mode it holds)
         "disabled": {"$ne": True},
-        "$or": [{"lease": None}, {"lease.until": {"$lt": now}}],
+        # a junk lease (`false`, `{}`, `{until: null}`, a string...) is no lease: nobody holds it and, read as
+        # held, it would never expire. Claiming over it keeps one process at a time: a held lease is always
+        # well-formed and live, so this never matches it (collector/leases.py says why in full)
+        **leases.unheld(now),
     }
     clauses = (selectors or Selectors()).query(exclude_services)
     query.update(clauses if clauses is not None else {"service": {"$in": []}})  # None: every service skipped

@@ -119,15 +119,9 @@ class BlueskyLikes(Connector):
         if not isinstance(feed, list) or not (nxt is None or isinstance(nxt, str)):
             raise BadResponse("expected {feed: [...], cursor?: string}")
         items = [self.item(entry["post"], entry) for entry in feed]
-        sent = ctx.cursor.get("next")
-        known_top = ctx.cursor.get("top") if sent is not None else None
-        if not items and nxt and nxt != sent:
-            # a page emptied by the AppView's filters (blocked or deleted posts): go on from its cursor
-            return Page(items=[], cursor={"next": nxt, "stop": ctx.cursor.get("stop"), "top": known_top}, more=True)
-        cursor = ctx.cursor
-        if sent is not None and known_top is None:  # this sweep began with emptied pages: its top comes now
-            cursor = {**cursor, "top": items[0].id if items else cursor.get("stop")}
-        fresh, cursor, more = sweep(cursor, items, nxt or None, ctx.mode)
+        # a page emptied by the AppView's filters still carries a cursor: sweep follows it, and ends at a cursor
+        # that did not move
+        fresh, cursor, more = sweep(ctx.cursor, items, nxt or None, ctx.mode)
         return Page(items=fresh, cursor=cursor, more=more)
 
     @staticmethod

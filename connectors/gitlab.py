@@ -7,11 +7,14 @@ user", `user_id` "The ID or username of the user", `order_by` id, name, path, cr
 star time), `sort` asc/desc, `simple` "Return only limited fields for each project". REST API
 (api/rest): `per_page` "default: 20, max: 100"; offset pagination headers `x-next-page`, `x-total`,
 `x-total-pages` and a `Link` header with rel prev/next/first/last, "Please use these links instead
-of generating your own URLs"; over 10,000 records x-total and rel="last" are left out. Auth
+of generating your own URLs"; over 10,000 records x-total and rel="last" are left out. The next link
+(or x-next-page) alone decides: a page is never taken for the last because it is empty, and a next link
+equal to the page just fetched ends the walk (an API looping on one page would never end). Auth
 (api/rest/authentication): `Authorization: Bearer <token>` (OAuth 2.0 tokens, and personal access
 tokens too) or `PRIVATE-TOKEN` (sent for `glpat-` tokens); invalid: 401 `{"message": "401
 Unauthorized"}`; a token without read_api/read_user scope: 403 `{"error": "insufficient_scope"}`
-(unauthorized here: the user must grant it again). Rate limits: `RateLimit-Limit`,
+(`forbidden` here: the network disabled with the reason, the token works but may not read this; any
+other 403 too, by the engine). Rate limits: `RateLimit-Limit`,
 `RateLimit-Remaining`, `RateLimit-Reset` (Unix time), `RateLimit-ResetTime`, and 429 + `Retry-After`
 "indicating the number of seconds remaining until the current limit expires" (engine default
 reading). GitLab.com limits authenticated API traffic per user (2,000 requests a minute), so a limit
@@ -42,11 +45,11 @@ from collector.sdk import (
     BadResponse,
     Connector,
     Context,
+    Forbidden,
     Item,
     Page,
     PermanentError,
     Request,
-    Unauthorized,
     count,
     excerpt,
     json_body,
@@ -103,7 +106,7 @@ class GitLabStarred(Connector):
     def check(self, ctx: Context, response: httpx.Response) -> None:
         head = response.content[:500]
         if response.status_code == 403 and b"insufficient_scope" in head:
-            raise Unauthorized("HTTP 403: insufficient_scope (the token needs read_api)")
+            raise Forbidden("HTTP 403: insufficient_scope (the token needs read_api)")
         if response.status_code == 404 and b"User Not Found" in head:
             raise PermanentError(f"GitLab user {self.user_id(ctx)!r} not found (options.user_id)")
 
@@ -132,6 +135,8 @@ class GitLabStarred(Connector):
             walk = {"walk_total": total, "walk_head": head, "walk_at": ctx.now.timestamp()}
         else:
             walk = {k: ctx.cursor.get(k) for k in WALK}
+        if nxt and nxt == ctx.cursor.get("next"):
+            nxt = None  # the page just fetched named itself as the next one: the walk would never end
         if nxt:
             return Page(items=items, cursor={**keep, **known, **walk, "next": nxt}, more=True)
         return Page(items=items, cursor={**keep, "total": walk["walk_total"], "head": walk["walk_head"],

@@ -30,6 +30,8 @@ new prev min_id; a full page means more may wait (the next run continues at once
 sweep that stops at the first known status id: an unfavourited top status would never be met again
 (a full re-walk of the history every run) and a re-favourited old one would stop the sweep early
 (entries below it lost). A normal run with nothing new costs one request (`[]`, no Link header).
+The Link header alone decides whether more waits (openapi.json of /api/v1/favourites documents no other
+end marker), never an empty page; a link that names the max_id (or min_id) just sent is the end.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from collector.sdk import (
     BadResponse,
     Connector,
     Context,
+    Forbidden,
     Item,
     Page,
     Request,
-    Unauthorized,
     excerpt,
     html_text,
     json_body,
@@ -107,8 +109,10 @@ class MastodonStatuses(Connector):
         return Request(f"{self.base(ctx)}/api/v1/{self.endpoint}", params=params)
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
+        # Doorkeeper's 403 {"error": "This action is outside the authorized scopes"}: the token is valid but was
+        # not granted read:favourites / read:bookmarks: `forbidden`, disabled with the reason
         if response.status_code == 403 and b"outside the authorized scopes" in response.content[:500]:
-            raise Unauthorized(f"HTTP 403: the token lacks the {self.scope} scope")
+            raise Forbidden(f"HTTP 403: the token lacks the {self.scope} scope")
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         base = self.base(ctx)
@@ -120,12 +124,12 @@ class MastodonStatuses(Connector):
             raise BadResponse("a page of statuses without a Link rel=\"prev\" min_id: cannot tell where new ones start")
         if ctx.mode == "initial":  # walking down the history
             top = ctx.cursor.get("min_id") if ctx.cursor.get("max_id") else min_id
-            if max_id:
+            if max_id and max_id != ctx.cursor.get("max_id"):  # the same max_id again would never end
                 return Page(items=items, cursor={"max_id": max_id, "min_id": top}, more=True)
             return Page(items=items, cursor={"min_id": top or "0"}, more=False)
         # normal: the entries just above min_id; a full page (rel="next" sent) means more may wait above
         return Page(items=items, cursor={"min_id": min_id or ctx.cursor.get("min_id") or "0"},
-                    more=bool(max_id and min_id))
+                    more=bool(max_id and min_id and min_id != ctx.cursor.get("min_id")))
 
     def item(self, status: dict[str, Any]) -> Item:
         shown = status.get("reblog") or status

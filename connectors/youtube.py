@@ -20,9 +20,15 @@ Errors (developers.google.com/youtube/v3/docs/errors) come as {"error": {"code",
   when sent, else from a minute, doubling while the limit repeats (the error names no reset);
 - `authError` (401, "Invalid Credentials"): unauthorized (the engine's 401 handling, made explicit);
 - any other 403 reason (`forbidden`, `insufficientPermissions`, account closed or suspended...):
-  unauthorized too, our choice: retrying the same token cannot help, the user must authorize again;
-  except the project's own misconfiguration (`accessNotConfigured`: the API is not enabled...), which
-  is no user's fault: left to the engine (transient `forbidden`, backoff).
+  `forbidden`, the network disabled with the reason (Forbidden): the token is valid but may not do
+  this, retrying the same token cannot help; except the project's own misconfiguration
+  (`accessNotConfigured`: the API is not enabled...), which is no user's fault: transient `forbidden`
+  (backoff), so that enabling the API heals every network.
+
+Pagination (the discovery document, youtube.v3.json, VideoListResponse): `items` ("type": "array") and
+`nextPageToken` ("The token that can be used as the value of the pageToken parameter to retrieve the
+next page in the result set.") are separate properties: a page whose liked videos were all filtered out
+(deleted, private) may have no items and still a token, which sdk.sweep follows.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collector.sdk import (
     BadResponse,
     Connector,
     Context,
+    Forbidden,
     Item,
     Page,
     RateLimit,
@@ -91,8 +98,10 @@ class YouTubeLiked(Connector):
             raise RateLimited(why, RateLimit(remaining=0, reset_at=quota_reset(ctx.now), scope="service"))
         if SHORT & set(reasons) or response.status_code == 429:
             raise RateLimited(why, RateLimit(minimum_wait=60.0).merge(self.rate_limit(response, ctx.now)))
-        if reasons and not APP_SETUP & set(reasons):  # authError, forbidden, insufficientPermissions...
+        if response.status_code == 401 and reasons:  # authError: the engine's 401 handling, made explicit
             raise Unauthorized(why)
+        if reasons:  # forbidden, insufficientPermissions, account suspended...; the project's setup is transient
+            raise Forbidden(why, transient=bool(APP_SETUP & set(reasons)))
 
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
         body = json_body(response)

@@ -72,6 +72,7 @@ class Case:
 
     expect: recovers (errors+1 per failure, backoff, then success: normal mode, errors 0),
             disabled (max_errors failures in a row), unauthorized (disabled + unauthorized),
+            forbidden (a 403 that is no rate limit: disabled at once, not unauthorized),
             limited (network rate limit: due at the reset, errors unchanged, then success),
             paused (Stack Exchange app-wide limit: the whole service waits, then success),
             waits (a long or clamped wait: rate limited, due at hit + wait + slack),
@@ -148,9 +149,10 @@ CASES: list[Case] = [
     _hdr("retry-after-garbage", 429, {"retry-after": "soon!"}, "waits", MINUTE),
     _hdr("retry-after-negative", 429, {"retry-after": "-5"}, "waits", MINUTE),
     _hdr("429-bare", 429, {}, "waits", MINUTE),
-    _hdr("403-bare", 403, {}, "recovers", error="forbidden", failures=1),
-    _hdr("remaining-garbage", 403, {"x-ratelimit-remaining": "lots", "x-ratelimit-reset": FAR}, "recovers",
-         error="forbidden", failures=1),
+    # a 403 that is no rate limit is a permission error: disabled at once with the reason, never retried
+    _hdr("403-bare", 403, {}, "forbidden", error="forbidden"),
+    _hdr("remaining-garbage", 403, {"x-ratelimit-remaining": "lots", "x-ratelimit-reset": FAR}, "forbidden",
+         error="forbidden"),
     _hdr("200-reset-far", 200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": FAR}, "waits_page", TWO_DAYS,
          error=None),
 ]
@@ -330,6 +332,13 @@ def judge(net: Net, doc: dict[str, Any] | None, hits: list[float], stored: int,
         want(len(hits) == MAX_ERRORS, f"{len(hits)} requests, expected {MAX_ERRORS} then none")
         want(doc.get("scheduledTo") is None, "a disabled network is still scheduled")
         gaps()
+    elif c.expect == "forbidden":
+        settled = bool(doc.get("disabled"))
+        want(settled and not doc.get("unauthorized"), "not disabled (or disabled as unauthorized)")
+        want(reason.startswith("forbidden"), f"disabledReason {reason[:80]!r}")
+        want(err == "forbidden", f"lastError.kind {err}")
+        want(len(hits) == 1, f"{len(hits)} requests after a permission error, expected 1")
+        want(stored == 0, "items stored")
     elif c.expect == "unauthorized":
         settled = bool(doc.get("disabled"))
         want(settled and doc.get("unauthorized") is True, "not disabled+unauthorized")

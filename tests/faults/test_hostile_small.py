@@ -15,17 +15,20 @@ from tests.faults.hostile import MINUTE, SLACK, TOTAL_TIMEOUT, TWO_DAYS
 RECOVERED = ("normal", False, False, 0)  # + the fault's error kind, then a page: errors reset by the success
 WAITING = ("initial", False, False, 0, "rate_limited", "rate_limited")  # same mode, errors unchanged, due later
 UNAUTHORIZED = ("initial", True, True, 0, "unauthorized", "unauthorized")  # disabled, never called again
+FORBIDDEN = ("initial", True, False, 0, "forbidden", "permanent")  # a permission error: disabled at once
 FINE = ("normal", False, False, 0, None, "page")
 
 
 def documented(case: hostile.Case) -> set[tuple]:
     """What README.md's table of outcomes says this case ends in."""
-    if case.expect == "recovers":  # 5xx, timeout, reset, bad JSON, wrong type, oversize, 403 without limits
+    if case.expect == "recovers":  # 5xx, timeout, reset, bad JSON, wrong type, oversize
         return {(*RECOVERED, case.error, "page")}
     if case.expect == "disabled":  # transient max_errors times in a row
         return {("initial", True, False, hostile.MAX_ERRORS, case.error, "transient")}
     if case.expect == "unauthorized":  # 401, access_denied, revoked
         return {UNAUTHORIZED}
+    if case.expect == "forbidden":  # a 403 that is no rate limit
+        return {FORBIDDEN}
     if case.expect in ("limited", "paused"):  # rate limited until the reset, then the back-fill completes
         return {FINE} if case.kind == "backoff" else {(*RECOVERED, "rate_limited", "page")}
     if case.expect == "waits":  # still waiting for its (clamped) reset, or - a minute - past it and done

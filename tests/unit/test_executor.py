@@ -90,7 +90,7 @@ async def test_page_then_state(env, clock, mock_db):
     (httpx.Response(200, json={"unexpected": True}), Kind.TRANSIENT, "bad_response"),
     (httpx.Response(200, json=[1, 2]), Kind.TRANSIENT, "bad_response"),
     (httpx.Response(404, text="gone"), Kind.TRANSIENT, "client_error"),
-    (httpx.Response(403, text="forbidden"), Kind.TRANSIENT, "forbidden"),
+    (httpx.Response(403, text="forbidden"), Kind.PERMANENT, "forbidden"),
     (httpx.Response(401, json={"message": "Bad credentials"}), Kind.UNAUTHORIZED, "unauthorized"),
     (httpx.Response(429), Kind.RATE_LIMITED, "rate_limited"),
     (httpx.Response(200, content=b"x" * 5000), Kind.TRANSIENT, "too_large"),

@@ -404,15 +404,24 @@ async def test_repeated_failures_disable_the_network(engine, api):
     assert network["scheduledTo"] is None
 
 
-async def test_plain_403_is_a_transient_failure(engine, api):
-    page_one(api).respond(403, json={"message": "Resource not accessible by integration"})
+async def test_a_403_with_quota_left_is_a_permission_error(engine, api):
+    """GitHub's "Rate limits for the REST API": a primary limit is a 403/429 with `x-ratelimit-remaining: 0`, a
+    secondary one says so in its message (or sends retry-after). A 403 with neither is the token or the app
+    lacking a permission: `forbidden`, disabled with the reason at once, not retried for a day."""
+    page_one(api).respond(403, json={"message": "Resource not accessible by integration",
+                                     "documentation_url": "https://docs.github.com/rest/activity/starring"},
+                          headers={"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4990",
+                                   "x-ratelimit-reset": "9999999999", "x-ratelimit-resource": "core"})
     await engine.add()
 
-    await engine.run("initial")
+    result = await engine.run("initial")
 
+    assert result.outcome.kind == "permanent" and result.outcome.error == "forbidden"
     network = await engine.network()
-    assert network["errors"] == 1
-    assert network["lastError"]["kind"] == "forbidden"
+    assert network["disabled"] is True and not network["unauthorized"] and network["scheduledTo"] is None
+    assert network["errors"] == 0 and network["lastError"]["kind"] == "forbidden"
+    assert network["disabledReason"].startswith("forbidden: HTTP 403")
+    assert "Resource not accessible by integration" in network["disabledReason"]
 
 
 async def test_invalid_json_is_bad_json(engine, api):

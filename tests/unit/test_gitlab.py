@@ -319,7 +319,8 @@ async def test_401_disables_the_network_as_unauthorized(engine, api):
     assert "401 Unauthorized" in network["disabledReason"] and TOKEN not in network["disabledReason"]
 
 
-async def test_a_token_without_the_api_scope_is_unauthorized(engine, api):
+async def test_a_token_without_the_api_scope_is_forbidden(engine, api):
+    """A valid token without the scope: disabled as `forbidden` (not unauthorized: the token works)."""
     api.get(STARRED, params__eq=FIRST).respond(403, json={
         "error": "insufficient_scope", "scope": "read_api",
         "error_description": "The request requires higher privileges than provided by the access token."})
@@ -328,7 +329,8 @@ async def test_a_token_without_the_api_scope_is_unauthorized(engine, api):
     await engine.run("initial")
 
     network = await engine.network()
-    assert network["unauthorized"] is True and "insufficient_scope" in network["disabledReason"]
+    assert network["disabled"] is True and not network["unauthorized"] and network["scheduledTo"] is None
+    assert network["lastError"]["kind"] == "forbidden" and "insufficient_scope" in network["disabledReason"]
 
 
 async def test_an_unknown_user_disables_the_network(engine, api):

@@ -311,15 +311,17 @@ async def test_401_disables_the_network_as_unauthorized(engine, api):
     assert network["scheduledTo"] is None
 
 
-async def test_a_token_without_the_read_scope_is_unauthorized(engine, api):
+async def test_a_token_without_the_read_scope_is_forbidden(engine, api):
     engine.page(api).respond(403, json={"error": "This action is outside the authorized scopes"})
     await engine.add()
 
     await engine.run("initial")
 
     network = await engine.network()
-    assert network["unauthorized"] is True
-    assert f"read:{ENDPOINTS[engine.service]}" in network["disabledReason"]
+    assert network["disabled"] is True and not network["unauthorized"] and network["scheduledTo"] is None
+    assert network["lastError"]["kind"] == "forbidden" and network["errors"] == 0
+    scope = f"read:{ENDPOINTS[engine.service]}"
+    assert network["disabledReason"].startswith(f"forbidden: HTTP 403: the token lacks the {scope}")
 
 
 @pytest.mark.parametrize("reply, kind", [

@@ -299,14 +299,15 @@ async def test_401_disables_the_network_as_unauthorized(engine, api, clock):
         assert TOKEN not in text
 
 
-async def test_403_for_someone_elses_listing_is_a_transient_failure(engine, api):
+async def test_403_for_someone_elses_listing_is_forbidden(engine, api):
+    """Reddit answers 403 for another user's saved/upvoted listing: the same request can never succeed."""
     page(api).respond(403, json={"message": "Forbidden", "error": 403}, headers=LIMITS)
     await add(engine)
 
     await engine.run("initial")
 
     network = await engine.network()
-    assert network["errors"] == 1
+    assert network["disabled"] is True and network["scheduledTo"] is None
     assert network["lastError"]["kind"] == "forbidden"
     assert not network.get("unauthorized")
 

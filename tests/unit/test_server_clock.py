@@ -48,3 +48,41 @@ async def test_other_failures_keep_the_last_offset_and_do_not_switch_commands(fa
     clock, db = ServerClock(lambda: HOST_NOW), Db(fail=fail)
     assert not await clock.sync(db)
     assert db.asked == ["hello"] and clock.offset == timedelta(0) and not clock.synced
+
+
+class Host:
+    """A host's two clocks, moved by hand: the wall clock (which can step) and the monotonic one (which only runs)."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = HOST_NOW, 1000.0
+
+    def run(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+async def test_a_wall_clock_step_between_measurements_does_not_move_the_server_time():
+    """An NTP step or an operator's `date -s` between two measurements: server time read as wall clock plus
+    offset would jump with it (ten minutes forward: leases still held look expired, and are taken)."""
+    host = Host()
+    clock = ServerClock(lambda: host.wall, monotonic=lambda: host.mono)
+    assert clock() == HOST_NOW  # before the first measurement: the wall clock
+    assert await clock.sync(Db("hello"))
+    assert clock() == SERVER_NOW
+    host.run(30)
+    assert clock() == SERVER_NOW + timedelta(seconds=30)
+    host.wall += timedelta(minutes=10)  # the step forward
+    assert clock() == SERVER_NOW + timedelta(seconds=30)
+    host.wall -= timedelta(hours=1)  # and one back
+    host.run(5)
+    assert clock() == SERVER_NOW + timedelta(seconds=35)
+
+
+async def test_a_failed_measurement_keeps_running_on_the_last_one():
+    host = Host()
+    clock = ServerClock(lambda: host.wall, monotonic=lambda: host.mono)
+    assert await clock.sync(Db("hello"))
+    host.run(60)
+    host.wall += timedelta(minutes=10)
+    assert not await clock.sync(Db(fail=AutoReconnect("connection closed")))
+    assert clock() == SERVER_NOW + timedelta(seconds=60)

@@ -259,14 +259,16 @@ async def test_401_auth_error_disables_the_network_as_unauthorized(engine, api):
 
 
 @pytest.mark.parametrize("reason", ["insufficientPermissions", "forbidden", "authenticatedUserAccountSuspended"])
-async def test_other_403_reasons_are_unauthorized(engine, api, reason):
+async def test_other_403_reasons_are_forbidden(engine, api, reason):
     first_page(api).mock(return_value=error(403, reason, "Access forbidden.", domain="global"))
     await engine.add()
 
     result = await engine.run("initial")
 
-    assert result.outcome.kind == "unauthorized"
-    assert reason in (await engine.network())["disabledReason"]
+    assert result.outcome.kind == "permanent" and result.outcome.error == "forbidden"
+    network = await engine.network()
+    assert network["disabled"] is True and not network["unauthorized"] and network["scheduledTo"] is None
+    assert network["disabledReason"].startswith("forbidden: HTTP 403") and reason in network["disabledReason"]
 
 
 async def test_an_api_not_enabled_for_the_project_is_no_users_fault(engine, api):
@@ -435,3 +437,39 @@ async def test_short_rate_limits_in_a_row_wait_longer_each_time(engine, api, clo
         waits.append(round(await engine.due_in() - engine.schedule.rate_limit_slack))
     assert waits == [60, 120, 240] and route.call_count == 3
     assert (await engine.network())["rateLimitStreak"] == 3
+
+
+async def test_a_page_with_no_items_and_a_next_page_token_does_not_end_the_backfill(engine, api):
+    """The discovery document (youtube.v3.json, VideoListResponse) gives `items` ("type": "array") and
+    `nextPageToken` ("The token that can be used as the value of the pageToken parameter to retrieve the next
+    page in the result set.") as separate properties: a page whose likes were all filtered out (deleted,
+    private videos) has no items and still a token. The back-fill follows it to the older likes."""
+    first_page(api).mock(return_value=reply(PAGE1, "CDIQAA"))
+    page_after(api, "CDIQAA").mock(return_value=reply([], "CGQQAA"))  # emptied by the API's filters
+    page_after(api, "CGQQAA").mock(return_value=reply(PAGE3))
+    await engine.add()
+
+    await engine.run("initial")
+    emptied = await engine.run_when_due("initial")
+    assert emptied.outcome.kind == "page" and emptied.outcome.more
+    assert (await engine.network())["cursor"] == {"next": "CGQQAA", "stop": None, "top": "vid00000120"}
+    last = await engine.run_when_due("initial")
+
+    assert not last.outcome.more and await engine.item_ids() == ids(PAGE1) | ids(PAGE3)
+    network = await engine.network()
+    assert network["mode"] == "normal" and network["cursor"] == {"stop": "vid00000120"}
+
+
+async def test_a_next_page_token_that_repeats_the_one_sent_ends_the_sweep(engine, api):
+    """An API answering with the token it was asked for would be asked the same page forever: the sweep ends
+    there (history exhausted, normal mode), a documented state, after one request."""
+    first_page(api).mock(return_value=reply(PAGE1, "CDIQAA"))
+    looping = page_after(api, "CDIQAA").mock(return_value=reply([], "CDIQAA"))
+    await engine.add()
+
+    await engine.run("initial")
+    last = await engine.run_when_due("initial")
+
+    assert last.outcome.kind == "page" and not last.outcome.more and looping.call_count == 1
+    network = await engine.network()
+    assert network["mode"] == "normal" and network["cursor"] == {"stop": "vid00000120"}
