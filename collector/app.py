@@ -77,8 +77,7 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
         try:
             info = await db.client.admin.command("buildInfo")
         except PyMongoError as exc:
-            raise DatabaseUnavailable(f"the database did not answer buildInfo: {type(exc).__name__}: "
-                                      f"{logs.clip(str(exc), 300)}") from exc
+            raise DatabaseUnavailable(f"the database did not answer buildInfo: {logs.describe(exc)}") from exc
         except Exception:  # mongomock and friends: in-process, no concurrency across connections
             info = {}
         check_server(info)
@@ -103,7 +102,7 @@ async def connect(settings: Settings) -> tuple[AsyncMongoClient[dict[str, Any]],
         await client.close()
         raise DatabaseUnavailable(
             f"cannot reach MongoDB at {redacted_uri(settings.database_uri)} within "
-            f"{settings.database_timeout:g}s: {type(exc).__name__}: {logs.clip(str(exc), 300)}"
+            f"{settings.database_timeout:g}s: {logs.describe(exc)}"
         ) from exc
     return client, client[settings.database_name]
 
@@ -220,5 +219,4 @@ async def _bounded(step: Awaitable[Any], seconds: float, what: str) -> None:
     except TimeoutError:
         log.warning("shutdown step timed out: going on without it", step=what, seconds=seconds)
     except PyMongoError as exc:
-        log.warning("shutdown step failed: going on without it", step=what,
-                    error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
+        log.warning("shutdown step failed: going on without it", step=what, error=logs.describe(exc))

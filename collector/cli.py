@@ -154,15 +154,14 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     """The fleet, the backlog, paused services and disabled networks, at a glance."""
     from collector import status as fleet_status
     from collector.clock import ServerClock
-
-    lease_ttl = load_settings(ctx).lease_ttl
+    settings = load_settings(ctx)  # read once: the lease_ttl here, the database in _run
 
     async def read(store: Store) -> dict[str, Any]:
         clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
         await clock.sync(store.db)
-        return await fleet_status.status(store, clock(), overdue_after=overdue_after, lease_ttl=lease_ttl)
+        return await fleet_status.status(store, clock(), overdue_after=overdue_after, lease_ttl=settings.lease_ttl)
 
-    report = _run(ctx, read)
+    report = _run(ctx, read, settings)
     if as_json:
         click.echo(json.dumps(report, default=_json_default, indent=2))
     else:
@@ -198,8 +197,8 @@ def networks() -> None:
     """Inspect, add, enable, disable and reset networks."""
 
 
-def _run(ctx: click.Context, fn: Any) -> Any:
-    settings = load_settings(ctx)
+def _run(ctx: click.Context, fn: Any, settings: config_mod.Settings | None = None) -> Any:
+    settings = settings or load_settings(ctx)
     from collector.app import DatabaseUnavailable, connect, make_store
 
     async def go() -> Any:

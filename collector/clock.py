@@ -65,7 +65,7 @@ class ServerClock:
             hello = await self._ask(db)
         except PyMongoError as exc:
             log.warning("could not read the database server's time: keeping the last offset",
-                        error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
+                        error=logs.describe(exc))
             return False
         except NotImplementedError:  # an in-process stand-in (mongomock): one host, one clock
             return False

@@ -40,7 +40,6 @@ from collector.sdk import (
     Forbidden,
     ForeignHost,
     Item,
-    Page,
     PermanentError,
     RateLimit,
     RateLimited,
@@ -53,11 +52,6 @@ from collector.states import Kind, Outcome, State, Transition, transition
 from collector.store import Lease, Store, service_of
 
 log = structlog.get_logger("collector.run")
-
-# a reply larger than this is parsed in a thread of its own (a smaller one inline: cheaper than a thread), at
-# most PARSE_SLOTS of them at once per process (see collector/offload.py)
-PARSE_INLINE_BYTES = 256 * 1024
-PARSE_SLOTS = 4
 
 
 @dataclass(frozen=True)
@@ -105,7 +99,7 @@ class Executor:
         # service pauses this process knows of (the scheduler refreshes it every tick; a run that pauses its
         # service adds to it at once); the database is asked again before every request
         self.pauses = KnownPauses(store)
-        self.parses = offload.Offload(PARSE_SLOTS)
+        self.parses = offload.Offload(offload.PARSE_SLOTS, offload.PARSE_INLINE_BYTES)
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -138,8 +132,7 @@ class Executor:
         secrets = logs.set_run_secrets(run_secrets(doc, self.settings.service(service)))
         try:
             outcome, items = await self._attempt(doc, now)
-            # bounded here, once, whatever made it (a connector's exception, an API's error text): scrubbed
-            # before the cut, as every cut of a message must be
+            # bounded once, whatever made it (an exception, an API's text): scrubbed before the cut, as every cut
             outcome = replace(outcome, message=logs.clip(outcome.message, MAX_MESSAGE))
             # the next run is scheduled from when the API answered, not from when this run began: a
             # backoff or a pace is the least time between an answer and the next request, and a
@@ -148,10 +141,9 @@ class Executor:
             try:
                 new_items = await self.store.save_items(doc, items, now) if items else 0
             except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
-                log.error("items refused by the database", error=f"{type(exc).__name__}: {logs.clip(str(exc), 300)}")
+                log.error("items refused by the database", error=logs.describe(exc))
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
-                                  message=f"the database refused the items: {type(exc).__name__}: "
-                                          f"{logs.clip(str(exc), 300)}")
+                                  message=f"the database refused the items: {logs.describe(exc)}")
                 items, new_items = [], 0
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
                           await self._service_streak(service, outcome, answered))
@@ -174,10 +166,9 @@ class Executor:
             except (OverflowError, InvalidDocument) as exc:
                 # the new state holds a value BSON cannot (a connector's cursor with an integer past 64 bits):
                 # saved as a failed run without it, so the network is not re-run forever by lease expiry
-                log.error("state refused by the database", error=f"{type(exc).__name__}: {logs.clip(str(exc), 300)}")
+                log.error("state refused by the database", error=logs.describe(exc))
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
-                                  message=f"the new state cannot be stored: {type(exc).__name__}: "
-                                          f"{logs.clip(str(exc), 300)}")
+                                  message=f"the new state cannot be stored: {logs.describe(exc)}")
                 step = transition(state, outcome, answered, schedule, self.rng)
                 saved = await self._save(doc, lease, outcome, step, new_items, now)
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
@@ -389,7 +380,10 @@ class Executor:
         if not 200 <= status < 300:
             return Outcome(Kind.TRANSIENT, error="client_error", status=status, message=_snippet(response)), []
         try:
-            page = await self._parse(connector, ctx, response, started)
+            # a large reply is parsed in a thread (no reply may block the loop), within the run's total_timeout
+            left = self.settings.total_timeout - (time.monotonic() - started)
+            page = await self.parses.run_sized(lambda: connector.parse(ctx, response), len(response.content), left,
+                                               "parsing the reply")
         except offload.Overdue as exc:
             return Outcome(Kind.TRANSIENT, error="timeout", status=status, message=str(exc)), []
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -404,11 +398,3 @@ class Executor:
         kind = Kind.NOT_MODIFIED if page.not_modified else Kind.PAGE
         return Outcome(kind, items=len(page.items), cursor=page.cursor, more=page.more, rate_limit=limit,
                        status=status), list(page.items)
-
-    async def _parse(self, connector: Connector, ctx: Context, response: httpx.Response, started: float) -> Page:
-        """`connector.parse()`: a reply over PARSE_INLINE_BYTES in a thread, within what is left of the run's
-        total_timeout (offload.Overdue past it), so that no reply an API sends blocks the event loop."""
-        if len(response.content) <= PARSE_INLINE_BYTES:
-            return connector.parse(ctx, response)
-        left = self.settings.total_timeout - (time.monotonic() - started)
-        return await self.parses.run(lambda: connector.parse(ctx, response), left, "parsing the reply")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import httpcore
 import httpx
 
+from collector import logs
 from collector.config import Settings
 from collector.egress import EgressRefused as EgressRefused  # raised by fetch: the executor names it here
 from collector.egress import GuardedBackend, Policy
@@ -101,7 +102,7 @@ class _Decoder:
 
 
 def _shown(header: str | None) -> str:
-    return repr(header if header is None or len(header) <= 60 else header[:57] + "...")
+    return repr(header if header is None else logs.clip(header, 60))  # an API's text: scrubbed, then cut
 
 
 class ClientPool:

@@ -144,6 +144,11 @@ def clip(text: str | bytes, limit: int) -> str:
         window *= 4
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception for a log line or a stored message: scrubbed, then cut to `limit`."""
+    return clip(f"{type(exc).__name__}: {exc}", limit)
+
+
 def _redact(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return scrub(value)

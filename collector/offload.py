@@ -17,14 +17,27 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# a reply larger than this is parsed in a thread of its own, a smaller one inline (cheaper than a thread), at
+# most PARSE_SLOTS of them at once per process (the executor's parses)
+PARSE_INLINE_BYTES = 256 * 1024
+PARSE_SLOTS = 4
+
 
 class Overdue(Exception):
     """The work did not end within its deadline (its thread may still be running)."""
 
 
 class Offload:
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, inline_bytes: int = 0):
         self._free = asyncio.Semaphore(slots)
+        self.inline_bytes = inline_bytes  # run_sized: work on at most this many bytes runs inline
+
+    async def run_sized(self, work: Callable[[], T], size: int, deadline: float, what: str) -> T:
+        """`work()` on `size` bytes: inline when they are at most `inline_bytes` (cheaper than a thread, and
+        quick), else as `run` does."""
+        if size <= self.inline_bytes:
+            return work()
+        return await self.run(work, deadline, what)
 
     async def run(self, work: Callable[[], T], deadline: float, what: str) -> T:
         """`work()` in a new thread (with this task's context variables: the run's log fields and secrets),

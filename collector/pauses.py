@@ -57,7 +57,7 @@ class KnownPauses:
         except PyMongoError as exc:
             # the database's word is unknown: the pauses this process knows of still hold (above), and the run goes
             # on (its state save will tell whether the database is back); the failed read is not shared further
-            log.warning("could not read the service's pause", error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
+            log.warning("could not read the service's pause", error=logs.describe(exc))
             return None
         if doc is None or aware(doc["pausedUntil"]) <= now:  # a shared read: checked against our own clock
             return None

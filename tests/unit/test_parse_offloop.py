@@ -15,8 +15,8 @@ import respx
 import structlog
 
 from collector import sdk
-from collector.executor import PARSE_INLINE_BYTES, Executor
-from collector.offload import Offload, Overdue
+from collector.executor import Executor
+from collector.offload import PARSE_INLINE_BYTES, Offload, Overdue
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
