@@ -26,6 +26,7 @@ from collector.metrics import Metrics, MetricsError
 from collector.model import utcnow
 from collector.notify import Notifier, watchdog_loop
 from collector.scheduler import Scheduler, make_owner_id
+from collector.secrets import open_vault
 from collector.store import Store
 
 log = structlog.get_logger("collector")
@@ -144,6 +145,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
         mongo, db = await connect(settings)
     try:
         store = await make_store(db, settings, check=True)
+        vault = await open_vault(db, settings)  # SecretsError: a master key missing or wrong, a clear exit (5)
     except BaseException:
         if mongo is not None:
             await mongo.close()
@@ -156,7 +158,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
         if reg.error:
             log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)
     client = http.make_client(settings)
-    executor = Executor(store, client, settings, registry, clock=clock)
+    executor = Executor(store, client, settings, registry, clock=clock, vault=vault)
     owner = make_owner_id(mode)
     metrics, server = None, None
     if settings.metrics_enabled:

@@ -19,6 +19,7 @@ from collector.selectors import SLOTS
 if TYPE_CHECKING:
     from collector.store import Store
 from collector.operations import STATES
+from collector.secrets_cli import command as secrets_command
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
 
 
@@ -99,19 +100,16 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     settings = load_settings(ctx)
     from collector.app import DatabaseUnavailable, UnsafeDatabase, run_daemon
     from collector.metrics import MetricsError
+    from collector.secrets import SecretsError
     from collector.selectors import SelectorError
 
     try:
         asyncio.run(run_daemon(settings, mode))
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, UnsafeDatabase, MetricsError, SelectorError, SecretsError) as exc:
+        # 3: no database (restarted); 4: an unsafe one, 5: no usable master key (a restart cannot fix either: the unit
+        # does not restart on them); 2: a port taken, a service nobody installed. A clear message each time.
         click.echo(f"collector: {exc}", err=True)
-        ctx.exit(3)
-    except UnsafeDatabase as exc:  # a restart cannot fix it: the unit does not restart on 4
-        click.echo(f"collector: {exc}", err=True)
-        ctx.exit(4)
-    except (MetricsError, SelectorError) as exc:  # a port taken, a service nobody installed: a clear message
-        click.echo(f"collector: {exc}", err=True)
-        ctx.exit(2)
+        ctx.exit({DatabaseUnavailable: 3, UnsafeDatabase: 4, SecretsError: 5}.get(type(exc), 2))
 
 
 @main.command()
@@ -163,13 +161,9 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
 
     report = _run(ctx, read, settings)
     if as_json:
-        click.echo(json.dumps(report, default=_json_default, indent=2))
+        click.echo(json.dumps(report, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v), indent=2))
     else:
         click.echo(fleet_status.render(report))
-
-
-def _json_default(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 @main.command()
@@ -200,6 +194,7 @@ def networks() -> None:
 def _run(ctx: click.Context, fn: Any, settings: config_mod.Settings | None = None) -> Any:
     settings = settings or load_settings(ctx)
     from collector.app import DatabaseUnavailable, connect, make_store
+    from collector.secrets import SecretsError
 
     async def go() -> Any:
         client, db = await connect(settings)
@@ -210,7 +205,7 @@ def _run(ctx: click.Context, fn: Any, settings: config_mod.Settings | None = Non
 
     try:
         return asyncio.run(go())
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, SecretsError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -228,8 +223,9 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
                  options: tuple[str, ...], from_stdin: bool) -> None:
     """Add a network, due now, in initial mode."""
     from collector.model import Malformed, Network, utcnow
+    from collector.secrets import open_vault
 
-    docs = []
+    docs, settings = [], load_settings(ctx)
     if from_stdin:
         for n, line in enumerate(sys.stdin, 1):
             if not line.strip():
@@ -264,20 +260,20 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
             raise click.ClickException(f"network for user {doc.get('user')!r}: {exc}") from exc
 
     async def add(store: Store) -> list[Any]:
-        now = utcnow()
-        return [await store.insert_network({**d, "mode": "initial", "scheduledTo": now, "errors": 0})
-                for d in docs]
+        now, vault = utcnow(), await open_vault(store.db, settings)  # credentials sealed when a master key is set
+        return [await store.insert_network({**vault.seal_document(d), "mode": "initial", "scheduledTo": now,
+                                            "errors": 0}) for d in docs]
 
-    for network_id in _run(ctx, add):
+    for network_id in _run(ctx, add, settings):
         click.echo(str(network_id))
 
 
 def _state(doc: dict[str, Any]) -> str:
     if doc.get("disabled"):
         return "unauthorized" if doc.get("unauthorized") else "disabled"
-    if doc.get("parkedAt"):
-        return "parked"
-    return str(doc.get("mode"))
+    if doc.get("unauthorized"):  # one 401: confirmed (disabled) or cleared by the next run
+        return "unauthorized?"
+    return "parked" if doc.get("parkedAt") else str(doc.get("mode"))
 
 
 def _network_id(raw: str) -> Any:
@@ -398,3 +394,6 @@ def networks_disable(ctx: click.Context, network_id: str, reason: str) -> None:
 def networks_reset(ctx: click.Context, network_id: str) -> None:
     """Back to initial mode: re-collect the whole history (stored items are kept, not duplicated)."""
     _operator(ctx, network_id, "reset")
+
+
+main.add_command(secrets_command(load_settings, _run))  # `collector secrets ...` (collector/secrets_cli.py)

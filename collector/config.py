@@ -40,6 +40,11 @@ class Schedule:
     rate_limit_cap: float = 3600.0
     park_after: int = 6
     park_for: float = 21600.0
+    unauthorized_recheck: float = 600.0
+    incident_share: float = 0.2
+    incident_window: float = 900.0
+    incident_min_runs: int = 10
+    incident_pause: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,14 @@ class ServiceSettings:
     schedule: Schedule = field(default_factory=Schedule)
     options: dict[str, Any] = field(default_factory=dict)
     max_body_bytes: int | None = None  # None: [http] max_body_bytes
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    """[secrets]: credentials encrypted at rest (collector/secrets.py). An empty master_key_file: encryption off."""
+    master_key_file: str = ""  # environment variables expanded when read: "${CREDENTIALS_DIRECTORY}/master-key"
+    key_collection: str = "collector_keys"
+    require_encrypted: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class Settings:
     # the egress policy (collector/egress.py): private networks allowed, and the CIDRs or host names always allowed
     allow_private: bool = False
     allow: tuple[str, ...] = ()
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
 
     def service(self, name: str) -> ServiceSettings:
         """Settings of one service; a service without a section gets the global schedule."""
@@ -174,6 +188,9 @@ def _schedule(section: str, raw: dict[str, Any], base: Schedule) -> Schedule:
             values[f.name] = _typed(section, f.name, raw[f.name], type(getattr(base, f.name)))
         else:
             values[f.name] = getattr(base, f.name)
+    if not 0 < values["incident_share"] <= 1:
+        raise ConfigError(f"[{section}] incident_share must be a fraction above 0 and at most 1, "
+                          f"got {values['incident_share']!r}")
     return Schedule(**values)
 
 
@@ -218,6 +235,20 @@ def _allow(value: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _secrets(raw: Any) -> SecretsSettings:
+    """[secrets]: typed, a collection name MongoDB accepts, require_encrypted only with a master key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[secrets] must be a table")
+    values = {f.name: _typed("secrets", f.name, raw.get(f.name, f.default), type(f.default))
+              for f in fields(SecretsSettings)}
+    name = values["key_collection"]
+    if not name or "$" in name or "\0" in name or name.startswith(("system.", ".")) or name.endswith("."):
+        raise ConfigError(f"[secrets] key_collection must be a valid collection name, got {name!r}")
+    if values["require_encrypted"] and not values["master_key_file"].strip():
+        raise ConfigError("[secrets] require_encrypted needs master_key_file: no network could run without it")
+    return SecretsSettings(**values)
+
+
 def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
     """Validate a merged settings tree into Settings."""
 
@@ -251,6 +282,7 @@ def build(tree: dict[str, Any], sources: tuple[str, ...] = ()) -> Settings:
         selectors=selectors,
         allow_private=get("http", "allow_private", bool, False),
         allow=_allow(tree.get("http", {}).get("allow", [])),
+        secrets=_secrets(tree.get("secrets", {})),
         environment=str(tree.get("environment", "development")),
         database_uri=get("database", "uri", str, "mongodb://127.0.0.1:27017/"),
         database_name=get("database", "name", str, "collector"),

@@ -32,7 +32,7 @@ SERVICES = ("github", "stackoverflow")
 DEMO_SETTINGS: dict[str, Any] = {
     "daemon": {"poll_interval": 0.2, "lease_ttl": 30.0, "shutdown_grace": 5.0, "concurrency": 32},
     "schedule": {"initial_pace": 0.1, "normal_interval": 2.0, "backoff_base": 0.5, "backoff_cap": 5.0,
-                 "rate_limit_slack": 0.5},
+                 "rate_limit_slack": 0.5, "unauthorized_recheck": 1.0},  # a 401 is confirmed a second later
     # the sandbox API listens on loopback, which the egress policy refuses unless it is allowed
     "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0, "allow": ["127.0.0.1"]},
     "log": {"format": "console", "level": "error"},
@@ -84,7 +84,7 @@ async def progress(store: Store, now: datetime) -> dict[str, int]:
     return {
         "initial": await n.count_documents({"mode": "initial", "disabled": {"$ne": True}}),
         "normal": await n.count_documents({"mode": "normal", "disabled": {"$ne": True}}),
-        "unauthorized": await n.count_documents({"unauthorized": True}),
+        "unauthorized": await n.count_documents({"unauthorized": True, "disabled": True}),
         "disabled": await n.count_documents({"disabled": True, "unauthorized": {"$ne": True}}),
         "rate_limited": await n.count_documents({"rateLimitedUntil": {"$gt": now}}),
         "retrying": await n.count_documents({"errors": {"$gt": 0}, "disabled": {"$ne": True}}),

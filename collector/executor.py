@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -20,12 +20,14 @@ import structlog
 from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
-from collector import http, logs, offload
+from collector import http, logs, offload, outcomes
 from collector.config import Settings
+from collector.incidents import Incidents
 from collector.model import (
     MAX_ERRORS_COUNT,
     Malformed,
     Network,
+    auth_failures,
     error_count,
     failing_since,
     limit_streak,
@@ -33,21 +35,18 @@ from collector.model import (
     utcnow,
 )
 from collector.pauses import KnownPauses
+from collector.refresh import Refresher
 from collector.sdk import (
-    BadResponse,
     Connector,
     Context,
-    Forbidden,
     ForeignHost,
     Item,
-    PermanentError,
     RateLimit,
-    RateLimited,
     Registered,
-    Unauthorized,
     inside,
     origin,
 )
+from collector.secrets import Vault, open_for_run
 from collector.states import Kind, Outcome, State, Transition, transition
 from collector.store import Lease, Store, service_of
 
@@ -62,6 +61,7 @@ class RunResult:
     transition: Transition
     new_items: int
     saved: bool  # False: the lease was lost, the state write was dropped
+    incident: bool = False  # this run declared an auth incident on its service (collector/incidents.py)
 
 
 # the longest message of an outcome (lastError, the reasons of a run, a disabled network, a paused service)
@@ -88,8 +88,9 @@ def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
 class Executor:
     def __init__(self, store: Store, client: httpx.AsyncClient | http.ClientPool, settings: Settings,
                  registry: dict[str, Registered], clock: Callable[[], datetime] = utcnow,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, vault: Vault | None = None):
         self.store = store
+        self.vault = vault or Vault.disabled()  # credentials encrypted at rest (collector/secrets.py)
         self.client = client
         self.settings = settings
         self.registry = registry
@@ -100,6 +101,8 @@ class Executor:
         # service adds to it at once); the database is asked again before every request
         self.pauses = KnownPauses(store)
         self.parses = offload.Offload(offload.PARSE_SLOTS, offload.PARSE_INLINE_BYTES)
+        self.refresher = Refresher(store, client, settings, seal=self.vault.seal)
+        self.incidents = Incidents(store, self.pauses, lambda service: settings.service(service).schedule)
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -131,7 +134,15 @@ class Executor:
                                                service=service, mode=mode)
         secrets = logs.set_run_secrets(run_secrets(doc, self.settings.service(service)))
         try:
-            outcome, items = await self._attempt(doc, now)
+            # the credentials decrypted in memory for this run, the plaintext ones sealed (collector/secrets.py)
+            opened = await open_for_run(self.vault, self.store, doc)
+            items: list[Item] = []
+            if isinstance(opened, Outcome):
+                outcome = opened
+            else:
+                outcome, items = await self._attempt(opened.plain, now, opened.stored)
+            # a 401 of a storm pauses the service instead of counting against the network (collector/incidents.py)
+            outcome, incident = await self.incidents.judge(service, outcome, max(now, self.clock()))
             # bounded once, whatever made it (an exception, an API's text): scrubbed before the cut, as every cut
             outcome = replace(outcome, message=logs.clip(outcome.message, MAX_MESSAGE))
             # the next run is scheduled from when the API answered, not from when this run began: a
@@ -146,7 +157,7 @@ class Executor:
                                   message=f"the database refused the items: {logs.describe(exc)}")
                 items, new_items = [], 0
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
-                          await self._service_streak(service, outcome, answered))
+                          await self._service_streak(service, outcome, answered), auth_failures(doc))
             schedule = self.settings.service(service).schedule
             try:
                 step = transition(state, outcome, answered, schedule, self.rng)
@@ -181,7 +192,7 @@ class Executor:
                 log.info("run failed", **fields)
             else:
                 log.info("run", **fields)
-            return RunResult(doc.get("_id"), service, outcome, step, new_items, saved)
+            return RunResult(doc.get("_id"), service, outcome, step, new_items, saved, incident)
         finally:
             logs.reset_run_secrets(secrets)
             structlog.contextvars.unbind_contextvars("network", "user", "service", "mode")
@@ -196,10 +207,14 @@ class Executor:
             "lastOutcome": {"at": now, "kind": outcome.kind.value, "reason": logs.scrub(step.reason),
                             "status": outcome.status, "items": outcome.items, "new": new_items},
         }
+        unset = []
         if step.success:
-            fields.update(mode=step.mode, lastSuccess=now)
+            fields.update(mode=step.mode, lastSuccess=now, unauthorized=False)
             if step.cursor is not None:
                 fields["cursor"] = step.cursor
+            unset += ["authFailures", "previousRefreshToken"]  # the credentials served a run (collector/refresh.py)
+        elif step.auth_failures:
+            fields.update(authFailures=step.auth_failures, unauthorized=True)
         if step.error is not None:
             fields["lastError"] = {**step.error, "message": logs.scrub(step.error["message"])}
         if step.rate_limited_until is not None:
@@ -217,7 +232,6 @@ class Executor:
             # as `$inc` on it would fail the state write on MongoDB, and the run would repeat forever
             fields["stats"] = counts
             inc = None
-        unset = []
         if step.failing_since is None:
             unset.append("failingSince")  # a success ends the streak
         if step.limited:
@@ -242,7 +256,9 @@ class Executor:
         except PyMongoError:
             return 0
 
-    async def _attempt(self, doc: dict[str, Any], now: datetime) -> tuple[Outcome, list[Item]]:
+    async def _attempt(self, doc: dict[str, Any], now: datetime,
+                       stored: dict[str, Any] | None = None) -> tuple[Outcome, list[Item]]:
+        stored = doc if stored is None else stored  # the document as the database holds it (tokens sealed)
         service = doc.get("service")
         if not isinstance(service, str) or not service:
             return Outcome(Kind.PERMANENT, error="malformed",
@@ -262,7 +278,7 @@ class Executor:
         ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
         outcome, items = await self._guarded(connector, ctx, now)
         if outcome.kind is Kind.UNAUTHORIZED and network.credentials.get("refreshToken"):
-            refreshed = await self._refresh(connector, ctx, now)
+            refreshed = await self.refresher.refresh(connector, ctx, stored.get("refreshToken"), now)
             if isinstance(refreshed, Outcome):
                 return refreshed, []
             if refreshed is not None:  # one retry with the new token
@@ -272,76 +288,11 @@ class Executor:
         return outcome, items
 
     async def _guarded(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
-        """One request and its parse; every exception becomes an outcome."""
+        """One request and its parse; every exception becomes an outcome (collector/outcomes.py)."""
         try:
             return await self._call(connector, ctx, now)
-        except RateLimited as exc:
-            return Outcome(Kind.RATE_LIMITED, rate_limit=exc.rate_limit, error="rate_limited", message=str(exc)), []
-        except Unauthorized as exc:
-            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", message=str(exc) or "token refused"), []
-        except Forbidden as exc:  # permanent, unless the connector knows it for a fault of the app's own setup
-            return Outcome(Kind.TRANSIENT if exc.transient else Kind.PERMANENT, error="forbidden",
-                           status=exc.status, message=str(exc)), []
-        except PermanentError as exc:
-            return Outcome(Kind.PERMANENT, error="malformed", message=str(exc)), []
-        except BadResponse as exc:
-            return Outcome(Kind.TRANSIENT, error="bad_response", message=str(exc)), []
-        except (http.TotalTimeout, httpx.TimeoutException) as exc:
-            return Outcome(Kind.TRANSIENT, error="timeout", message=str(exc) or type(exc).__name__), []
-        except http.TooLarge as exc:
-            return Outcome(Kind.TRANSIENT, error="too_large", message=str(exc)), []
-        except http.EgressRefused as exc:  # not a connection failure: retrying cannot help
-            return Outcome(Kind.PERMANENT, error="egress_refused", message=str(exc)), []
-        except httpx.TransportError as exc:
-            return Outcome(Kind.TRANSIENT, error="connection", message=f"{type(exc).__name__}: {exc}"), []
-        except Exception as exc:  # a bug in a connector must not stop the daemon
-            log.exception("connector raised")
-            return Outcome(Kind.TRANSIENT, error="connector_error", message=f"{type(exc).__name__}: {exc}"), []
-
-
-    async def _refresh(self, connector: Connector, ctx: Context, now: datetime) -> Context | Outcome | None:
-        """OAuth2 refresh after a 401: new tokens are stored at once (compare-and-set on the old refresh
-        token, lease or not: a rotated refresh token must never be lost) and the run retries once.
-        None when the service has no token endpoint configured (the network becomes unauthorized)."""
-        network = ctx.network
-        old_refresh = network.credentials["refreshToken"]
-        try:
-            request = connector.refresh_request(ctx, old_refresh)
-            if request is None:
-                return None
-            response = await http.fetch(self.client, request, max_bytes=self.settings.body_cap(network.service),
-                                        total_timeout=self.settings.total_timeout)
-            tokens = connector.parse_refresh(response)
-        except Unauthorized as exc:
-            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", message=str(exc))
-        except BadResponse as exc:
-            return Outcome(Kind.TRANSIENT, error="bad_response", message=f"token refresh: {exc}")
-        except (http.TotalTimeout, httpx.TimeoutException) as exc:
-            return Outcome(Kind.TRANSIENT, error="timeout", message=f"token refresh: {exc or type(exc).__name__}")
-        except http.TooLarge as exc:
-            return Outcome(Kind.TRANSIENT, error="too_large", message=f"token refresh: {exc}")
-        except http.EgressRefused as exc:
-            return Outcome(Kind.PERMANENT, error="egress_refused", message=f"token refresh: {exc}")
-        except httpx.TransportError as exc:
-            return Outcome(Kind.TRANSIENT, error="connection", message=f"token refresh: {type(exc).__name__}: {exc}")
-        except Exception as exc:  # a connector's refresh hook with a bug
-            log.exception("token refresh hook raised")
-            return Outcome(Kind.TRANSIENT, error="connector_error",
-                           message=f"token refresh: {type(exc).__name__}: {exc}")
-        credentials = {**network.credentials, "accessToken": tokens.access_token}
-        if tokens.refresh_token:
-            credentials["refreshToken"] = tokens.refresh_token
-        logs.add_run_secrets(credentials.values())
-        fields: dict[str, Any] = {"accessToken": tokens.access_token, "tokenRefreshedAt": now}
-        if tokens.refresh_token:
-            fields["refreshToken"] = tokens.refresh_token
-        if tokens.expires_in is not None:
-            fields["tokenExpiresAt"] = now + timedelta(seconds=max(0.0, min(tokens.expires_in, 10 * 365 * 86400)))
-        if not await self.store.update_credentials(network.id, old_refresh, fields):
-            return Outcome(Kind.TRANSIENT, error="token_refresh",
-                           message="token refreshed but the network's refresh token changed meanwhile: retrying")
-        log.info("access token refreshed", rotated=bool(tokens.refresh_token))
-        return replace(ctx, network=replace(network, credentials=credentials))
+        except Exception as exc:
+            return outcomes.from_exception(exc), []
 
     async def _call(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
         started = time.monotonic()  # the run's total_timeout bounds the request and the parse together

@@ -21,6 +21,8 @@ collector_uncovered_due{mode,service}               due networks that no live pr
                                                     wide; alert on > 0: they wait until a process covers them)
 collector_rate_limit_pauses_total{service,scope}    rate-limit pauses: scope="network" (one account waits) or
                                                     scope="service" (the whole service waits, app-wide quota)
+collector_auth_incidents_total{service}             401 storms declared (collector/incidents.py): the service is
+                                                    paused fleet-wide, nobody is disabled; alert on any increase
 collector_service_paused{service}                   1 while the whole service is paused by an app-wide limit
 collector_service_paused_until_seconds{service}     when that pause ends (unix time), 0 when not paused
 collector_database_up                               1 if the last database call succeeded, 0 otherwise
@@ -175,6 +177,9 @@ class Metrics:
         self.rate_limit_pauses = Counter("collector_rate_limit_pauses_total",
                                          "Rate-limit pauses, per network or for the whole service.",
                                          ["service", "scope"], registry=r)
+        self.auth_incidents = Counter("collector_auth_incidents_total",
+                                      "401 storms this process declared: the service paused, nobody disabled.",
+                                      ["service"], registry=r)
         self.service_paused = Gauge("collector_service_paused", "1 while the service is paused by an app-wide limit.",
                                     ["service"], registry=r)
         self.service_paused_until = Gauge("collector_service_paused_until_seconds",
@@ -225,6 +230,10 @@ class Metrics:
     def rate_limit_pause(self, service: str, scope: str) -> None:
         """A run was rate limited (scope "network") or paused the whole service (scope "service")."""
         self.rate_limit_pauses.labels(service=self._service(service), scope=scope if scope in SCOPES else OTHER).inc()
+
+    def auth_incident(self, service: str) -> None:
+        """A run declared a 401 storm on its service (collector/incidents.py)."""
+        self.auth_incidents.labels(service=self._service(service)).inc()
 
     def database_up(self, ok: bool) -> None:
         self.database.set(1 if ok else 0)

@@ -17,7 +17,8 @@ MAX_FIELD = 4096  # longest string accepted in an identifying or credential fiel
 MAX_CURSOR = 64 * 1024
 MAX_ERRORS_COUNT = 2**31  # a consecutive-failure count at or above this is junk
 # fields that hold secrets: never logged, never shown, scrubbed from messages (run_secrets)
-SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "clientSecret", "password")
+SECRET_FIELDS = ("accessToken", "accessTokenSecret", "refreshToken", "previousRefreshToken", "clientSecret",
+                 "password")
 # the service settings that hold secrets ([services.<name>]): the OAuth app's, sent on every token refresh
 SECRET_OPTIONS = ("client_secret",)
 
@@ -135,6 +136,12 @@ def error_count(doc: dict[str, Any]) -> int:
     if not isinstance(errors, int) or isinstance(errors, bool) or not 0 <= errors < MAX_ERRORS_COUNT:
         return 0
     return errors
+
+
+def auth_failures(doc: dict[str, Any]) -> int:
+    """401s in a row (`authFailures`: the second disables); a junk value counts as none."""
+    value = doc.get("authFailures", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000 else 0
 
 
 def limit_streak(doc: dict[str, Any]) -> int:

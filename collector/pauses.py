@@ -97,6 +97,18 @@ class Pauses:
             # process created it a moment ago: once more without the insert, which settles the second case
             await self.services.update_one(later_than_ours, update)
 
+    async def declare_auth_incident(self, service: str, until: datetime, reason: str, now: datetime) -> None:
+        """A 401 storm on `service` (collector/incidents.py): paused for every process until `until`, and the
+        declaration remembered (`authIncidentAt`) so that any process defers the 401s that follow it."""
+        await self.pause_service(service, until, reason, now)
+        await self.services.update_one({"_id": service}, {"$set": {"authIncidentAt": now}}, upsert=True)
+
+    async def auth_incident_at(self, service: str) -> datetime | None:
+        """When an auth incident was last declared on `service`, if ever."""
+        doc = await self.services.find_one({"_id": service}, {"authIncidentAt": 1})
+        value = (doc or {}).get("authIncidentAt")
+        return aware(value) if isinstance(value, datetime) else None
+
     async def service_limit_streak(self, service: str, now: datetime, within: float) -> int:
         """App-wide limits in a row of `service`: the streak its last pause recorded, if that pause ended less
         than `within` seconds ago (a pause long over starts a new streak)."""

@@ -116,9 +116,11 @@ class Registry:
         """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""
         out: dict[str, Any] = {}
         for name, match in (("disabled", {"disabled": True, "unauthorized": {"$ne": True}}),
-                            ("unauthorized", {"disabled": True, "unauthorized": True})):
-            pipeline: list[dict[str, Any]] = [{"$match": match},
-                                              {"$group": {"_id": "$disabledReason", "n": {"$sum": 1}}}]
+                            ("unauthorized", {"disabled": True, "unauthorized": True}),
+                            # a first 401: due again after unauthorized_recheck, disabled by a second (states.py)
+                            ("confirming", {"disabled": {"$ne": True}, "unauthorized": True})):
+            why = "$disabledReason" if name != "confirming" else "$lastError.message"
+            pipeline: list[dict[str, Any]] = [{"$match": match}, {"$group": {"_id": why, "n": {"$sum": 1}}}]
             reasons = [(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)]
             reasons.sort(key=lambda r: (-r[0], r[1]))
             out[name] = {"count": sum(n for n, _ in reasons),

@@ -289,7 +289,9 @@ class Scheduler:
         if self.metrics:
             self.metrics.run_finished(service, result.outcome.kind.value, result.new_items,
                                       time.monotonic() - began, result.saved)
-            if result.transition.service_paused_until is not None:
+            if result.incident:
+                self.metrics.auth_incident(service)
+            elif result.transition.service_paused_until is not None:
                 self.metrics.rate_limit_pause(service, "service")
             elif result.transition.rate_limited_until is not None and result.outcome.kind.value != "deferred":
                 self.metrics.rate_limit_pause(service, "network")

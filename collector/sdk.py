@@ -254,8 +254,10 @@ class Connector:
             body = json_value(response.content)
         except (ValueError, BadResponse):
             body = None
-        if response.status_code in (400, 401) and isinstance(body, dict) and body.get("error"):
-            raise Unauthorized(f"token refresh refused: {body.get('error')}")
+        error = body.get("error") if isinstance(body, dict) else None
+        if error and (response.status_code in (400, 401) or error == "bad_refresh_token"):
+            # GitHub answers an expired or used refresh token with HTTP 200 and {"error": "bad_refresh_token"}
+            raise Unauthorized(f"token refresh refused: {logs.clip(str(error), 100)}")
         if response.status_code != 200 or not isinstance(body, dict):
             raise BadResponse(f"token endpoint answered HTTP {response.status_code}")
         access = body.get("access_token")

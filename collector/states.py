@@ -13,11 +13,19 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | rate_limited  | names its reset    | same      | resume_at + slack (never earlier)     | same   | -                 |
 | rate_limited  | names no reset     | same      | now + min(cap, wait * 2^(limited-1))  | same   | -                 |
 | rate_limited  | park_after in a row| same      | max(above, now + park_for): parked    | same   | - (parked)        |
-| unauthorized  | 401 / revoked      | same      | never                                 | same   | yes, unauthorized |
+| unauthorized  | first 401          | same      | now + unauthorized_recheck            | same   | - (unauthorized)  |
+| unauthorized  | second 401 in a row| same      | never                                 | same   | yes, unauthorized |
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
 | permanent     | bad input, egress  | same      | never                                 | same   | yes               |
 | permanent     | 403, not a limit   | same      | never                                 | same   | yes, forbidden    |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
+
+A 401 is confirmed before it disables: the first (after a token refresh, where the network has a refresh token
+and its service a token endpoint) marks the network `unauthorized` (`authFailures` 1) and runs it once more after
+`unauthorized_recheck` (ten minutes); only a second 401 in a row disables it, with the reason. Any success clears the
+mark; other failures in between neither clear nor confirm it. A 401 that belongs to an incident (more than
+`incident_share` of a service's runs refused in `incident_window`: an API incident, a proxy answering 401 to all)
+never gets here: the executor pauses the service instead and the run is deferred (collector/incidents.py).
 
 A streak of transient failures disables a network only when it has both `max_errors` failures and has
 lasted `disable_after` seconds (default a day) since its first failure (`failingSince`): an API outage of
@@ -83,7 +91,7 @@ TRANSIENT_KINDS = (
 )
 # "forbidden": permanent (a 403 that is no limit), transient only when the connector says it is the app's setup
 PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector", "egress_refused",
-                   "forbidden")
+                   "forbidden", "undecryptable", "plaintext_credentials")
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class State:
     failing_since: datetime | None = None  # the first transient failure of the current streak
     limited: int = 0  # rate limits in a row before this run
     service_limited: int = 0  # app-wide limits in a row of this network's service (for an app-wide limit)
+    auth_failures: int = 0  # 401s in a row before this run (`authFailures`): the second one disables
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class Transition:
     limited: int = 0  # rate limits in a row, this run included
     parked: bool = False  # too many rate limits in a row: due again after park_for
     user_paused_until: datetime | None = None  # a limit of this user on this app: their other networks wait too
+    auth_failures: int = 0  # 401s in a row, this run included (a success clears them; other failures keep them)
 
 
 def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
@@ -201,23 +211,31 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         return Transition(state.mode, due, state.errors, reason, False, rate_limited_until=limited,
                           service_paused_until=limited if scope == "service" else None,
                           user_paused_until=limited if scope == "user" else None, error=error,
-                          failing_since=state.failing_since, limited=streak, parked=parked)
+                          failing_since=state.failing_since, limited=streak, parked=parked,
+                          auth_failures=state.auth_failures)
 
     if outcome.kind is Kind.DEFERRED:
         resume = _after_limit(outcome.rate_limit, now, schedule, rng) or now + pendulum.duration(
             seconds=60 + schedule.rate_limit_slack)
         reason = f"not run: {outcome.message}, due again at {resume.isoformat()}"
         return Transition(state.mode, resume, state.errors, reason, False, failing_since=state.failing_since,
-                          limited=state.limited)
+                          limited=state.limited, auth_failures=state.auth_failures)
 
     if outcome.kind is Kind.UNAUTHORIZED:
-        reason = f"unauthorized: {outcome.message or 'the API refused the token'}"
+        refused = outcome.message or "the API refused the token"
+        if state.auth_failures < 1:  # the first: confirmed by one more run before anything is disabled
+            due = now + _jittered(schedule.unauthorized_recheck, schedule.jitter, rng)
+            reason = f"unauthorized: {refused}; confirming at {due.isoformat()}"
+            return Transition(state.mode, due, state.errors, reason, False, unauthorized=True, error=error,
+                              failing_since=state.failing_since, limited=state.limited, auth_failures=1)
+        reason = f"unauthorized: {refused} (the second 401 in a row: confirmed)"
         return Transition(state.mode, None, state.errors, reason, False, disabled=True,
-                          unauthorized=True, error=error)
+                          unauthorized=True, error=error, auth_failures=state.auth_failures + 1)
 
     if outcome.kind is Kind.PERMANENT:
         reason = f"{outcome.error}: {outcome.message}"
-        return Transition(state.mode, None, state.errors, reason, False, disabled=True, error=error)
+        return Transition(state.mode, None, state.errors, reason, False, disabled=True, error=error,
+                          auth_failures=state.auth_failures)
 
     # transient
     errors = state.errors + 1
@@ -227,13 +245,14 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         span = f" over {_span(lasted)}" if schedule.disable_after else ""
         reason = f"disabled after {errors} consecutive failures{span}; last: {outcome.error}: {outcome.message}"
         return Transition(state.mode, None, errors, reason, False, disabled=True, error=error, failing_since=since,
-                          limited=state.limited)
+                          limited=state.limited, auth_failures=state.auth_failures)
     delay = backoff(errors, schedule)
     due = now + _jittered(delay, schedule.jitter, rng)
     reason = f"{outcome.error}: {outcome.message}; failure {errors}"
     reason += f" in {_span(lasted)}" if errors > 1 else ""
     reason += f", retry in {delay:.0f}s"
-    return Transition(state.mode, due, errors, reason, False, error=error, failing_since=since, limited=state.limited)
+    return Transition(state.mode, due, errors, reason, False, error=error, failing_since=since, limited=state.limited,
+                      auth_failures=state.auth_failures)
 
 
 def _span(seconds: float) -> str:

@@ -193,11 +193,14 @@ def render(report: dict[str, Any]) -> str:
         out.append("none")
     nets = report["networks"]
     parked = nets.get("parked", {"count": 0, "reasons": []})
+    confirming = nets.get("confirming", {"count": 0, "reasons": []})
     out += ["", f"DISABLED  {nets['disabled']['count']} disabled, {nets['unauthorized']['count']} unauthorized, "
-                f"{parked['count']} parked (`collector networks enable ID` clears either)"]
+                f"{parked['count']} parked (`collector networks enable ID` clears either); "
+                f"{confirming['count']} refused once, confirming"]
     reasons = [["disabled", r["count"], r["reason"][:100]] for r in nets["disabled"]["reasons"]]
     reasons += [["unauthorized", r["count"], r["reason"][:100]] for r in nets["unauthorized"]["reasons"]]
     reasons += [["parked", r["count"], r["reason"][:100]] for r in parked["reasons"]]
+    reasons += [["confirming", r["count"], r["reason"][:100]] for r in confirming["reasons"]]
     if reasons:
         out += _table(["STATE", "COUNT", "TOP REASONS"], reasons)
     return "\n".join(out)

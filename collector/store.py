@@ -328,11 +328,17 @@ class Store(Pauses, Operations, Registry):
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))
 
-    async def update_credentials(self, network_id: Any, old_refresh_token: str, fields: dict[str, Any]) -> bool:
-        """Store refreshed tokens if the network still has the refresh token they were obtained with."""
+    async def update_credentials(self, network_id: Any, old_refresh_token: Any, fields: dict[str, Any],
+                                 stamp: str) -> bool:
+        """Store refreshed tokens if the network still has the refresh token they were obtained with (its stored
+        value: sealed, when tokens are encrypted). `stamp` (`credentialsStamp`) tells a write applied by an
+        earlier attempt whose answer was lost (a retry after AutoReconnect) from one that never matched."""
         result = await self.networks.update_one({"_id": network_id, "refreshToken": old_refresh_token},
-                                                {"$set": fields})
-        return bool(result.matched_count == 1)
+                                                {"$set": {**fields, "credentialsStamp": stamp}})
+        if result.matched_count == 1:
+            return True
+        doc = await self.networks.find_one({"_id": network_id}, {"credentialsStamp": 1})
+        return bool(doc and doc.get("credentialsStamp") == stamp)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -356,3 +362,10 @@ class Store(Pauses, Operations, Registry):
             [UpdateOne({"_id": doc["_id"], "slot": None}, {"$set": {"slot": user_slot(doc.get("user"))}})
              for doc in docs], ordered=False)
         return int(result.modified_count)
+
+    async def seal_credentials(self, network_id: Any, changes: dict[str, tuple[Any, Any]]) -> bool:
+        """Replace credentials by their sealed values (collector/secrets.py), `{field: (old, new)}`, if the network
+        still holds every old value: one compare-and-set, so a token changed meanwhile is never overwritten."""
+        result = await self.networks.update_one({"_id": network_id, **{k: old for k, (old, _new) in changes.items()}},
+                                                {"$set": {k: new for k, (_old, new) in changes.items()}})
+        return bool(result.matched_count == 1)

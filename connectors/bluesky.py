@@ -27,7 +27,15 @@ Docs:
   InvalidRequestError('Token has expired', 'ExpiredToken') and ('Token could not be verified',
   'InvalidToken'): HTTP 400, not 401 (a revoked session: 400 ExpiredToken "Token has been
   revoked"); the entryway/AppView send 401 ExpiredToken/InvalidToken, 401 AuthMissing. All of them
-  make the network unauthorized (token refresh is the engine's job).
+  make the network unauthorized, and the engine refreshes the session when the network has a refresh JWT.
+- Session refresh (lexicon com.atproto.server.refreshSession, a procedure: "Refresh an authentication session.
+  Requires auth using the 'refreshJwt' (not the 'accessJwt')."): POST {base}/xrpc/com.atproto.server.refreshSession
+  with `Authorization: Bearer <refreshJwt>` (the network's `refreshToken`) and no body; output {accessJwt,
+  refreshJwt, handle, did, didDoc?, status?}; errors AccountTakedown, and the auth verifier's ExpiredToken (an
+  expired refresh JWT, or one rotated out: "Token has been revoked") and InvalidToken: the network becomes
+  unauthorized; any other answer is a transient failure. The PDS rotates the refresh JWT on every refresh (the
+  old one stays usable for a 2-hour grace period, packages/pds AccountManager.rotateRefreshToken): the new one is
+  stored. No expires_in comes back: the new access JWT's own lifetime (exp - iat) stands for it, when it has both.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import base64
 import binascii
 import json
 import re
+from typing import Any
 
 import httpx
 
@@ -47,6 +56,7 @@ from collector.sdk import (
     Page,
     PermanentError,
     Request,
+    Tokens,
     Unauthorized,
     excerpt,
     json_body,
@@ -56,21 +66,38 @@ from collector.sdk import (
 )
 
 TOKEN_ERRORS = {"ExpiredToken", "InvalidToken", "AuthMissing", "AuthenticationRequired"}
+REFRESH_REFUSED = TOKEN_ERRORS | {"AccountTakedown"}  # refreshSession: the session cannot be refreshed
+MAX_LIFETIME = 10 * 365 * 86400
 DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]{1,2000}")
 HANDLE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-def token_did(token: str) -> str | None:
-    """The `sub` claim of a JWT access token when it is a DID (the signature is the server's business)."""
+def claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT (the signature is the server's business); None when it is not one."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        found = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (ValueError, binascii.Error):
         return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def token_did(token: str) -> str | None:
+    """The `sub` claim of a JWT access token when it is a DID."""
+    sub = (claims(token) or {}).get("sub")
     return sub if isinstance(sub, str) and DID.fullmatch(sub) else None
+
+
+def lifetime(token: str) -> float | None:
+    """A JWT's lifetime as issued (exp - iat, seconds): what refreshSession does not say as expires_in."""
+    found = claims(token) or {}
+    exp, iat = found.get("exp"), found.get("iat")
+    if not (isinstance(exp, int) and isinstance(iat, int)) or isinstance(exp, bool) or isinstance(iat, bool):
+        return None
+    span = float(exp - iat)
+    return span if 0 < span <= MAX_LIFETIME else None
 
 
 class BlueskyLikes(Connector):
@@ -123,6 +150,32 @@ class BlueskyLikes(Connector):
         # that did not move
         fresh, cursor, more = sweep(ctx.cursor, items, nxt or None, ctx.mode)
         return Page(items=fresh, cursor=cursor, more=more)
+
+    def refresh_request(self, ctx: Context, refresh_token: str) -> Request | None:
+        """com.atproto.server.refreshSession on the network's own PDS; the refresh JWT is the bearer token (no OAuth
+        token endpoint, client id or form)."""
+        return Request(f"{self.base(ctx)}/xrpc/com.atproto.server.refreshSession", method="POST",
+                       headers={"Authorization": f"Bearer {refresh_token}", "Accept": "application/json"})
+
+    def parse_refresh(self, response: httpx.Response) -> Tokens:
+        status = response.status_code
+        try:
+            body = json_value(response.content)
+        except (ValueError, BadResponse):
+            body = None
+        if not isinstance(body, dict):
+            raise BadResponse(f"refreshSession answered HTTP {status} without a JSON object")
+        error = body.get("error")
+        if status in (400, 401) and error in REFRESH_REFUSED:
+            raise Unauthorized(f"session refresh refused: HTTP {status} {error}: "
+                               f"{excerpt(str(body.get('message') or ''), 200)}")
+        if status != 200:
+            known = f" {error}" if isinstance(error, str) and error.isalnum() and len(error) <= 40 else ""
+            raise BadResponse(f"refreshSession answered HTTP {status}{known}")
+        access, refresh = body.get("accessJwt"), body.get("refreshJwt")
+        if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
+            raise BadResponse("refreshSession reply without accessJwt and refreshJwt strings")
+        return Tokens(access, refresh, lifetime(access))
 
     @staticmethod
     def item(post: dict, entry: dict) -> Item:

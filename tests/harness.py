@@ -55,6 +55,16 @@ class Engine:
         self.clock.now = (await self.network())["scheduledTo"]
         return await self.run(mode)
 
+    async def confirm_unauthorized(self, mode: str = "initial") -> RunResult:
+        """Run a network whose API refuses its token, twice: the first 401 only marks it (unauthorized, due again
+        after unauthorized_recheck, not disabled), the second, run when due, disables it. Returns the second."""
+        first = await self.run(mode)
+        assert first.outcome.kind == "unauthorized", first.outcome
+        marked = await self.network()
+        assert marked["unauthorized"] is True and marked.get("disabled") is not True and marked["authFailures"] == 1
+        assert marked["scheduledTo"] is not None and marked["scheduledTo"] > self.clock.now
+        return await self.run_when_due(mode)
+
     async def network(self) -> dict[str, Any]:
         docs = await self.store.networks.find().to_list(None)
         assert len(docs) == 1

@@ -11,10 +11,29 @@ arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, siz
 `count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
 bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
 POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
-forgets everything. For benchmarks: POST /_sandbox/bulk {service, prefix, count, items} creates `count`
-users whose tokens are prefix0, prefix1...; POST /_sandbox/bulk/add {count} gives every user new items;
-POST /_sandbox/repos {repos} serves full-size GitHub repositories instead of compact ones: "full", generated from
-GitHub's documented repository schema (payloads.py), or a list of repositories served under each item's id and names.
+forgets everything.
+
+Expiring and rotating tokens (collector/sandbox/tokens.py): POST /_sandbox/users also takes refresh_token,
+access_ttl (seconds), rotation (none | strict | on_use | grace) and grace (seconds); the user's access token
+then expires after access_ttl, and POST /oauth/token (form grant_type=refresh_token, refresh_token: every
+service, RFC 6749 answers; apis/oauth.py) or Bluesky's POST /xrpc/com.atproto.server.refreshSession gives
+new tokens. The user keeps its identity: <token> in these URLs and the counters stays the one it was created
+with, any access token it was given also names it. POST /_sandbox/users/<token>/expire: its access token
+expires now; GET /_sandbox/users/<token>/tokens: its current tokens and refresh counters. Stats: refreshes,
+refresh_reuse (an invalidated refresh token presented again), refresh_invalid, stale_refused (requests with
+an expired or superseded access token), tokens (per user).
+
+A revocation storm: POST /_sandbox/storm {service, seconds} makes every request to `service` (omitted or
+"*": every service that takes tokens) answer as with a revoked token, each API in its own shape (GitHub 401
+Bad credentials, Bluesky 400 ExpiredToken, Stack Exchange 400 access_denied...), for `seconds` (0 ends it);
+the tokens were never revoked: then they work again. Token endpoints keep working. Stats: storm_refused
+(requests refused, by service), storms (those under way, seconds left).
+
+For benchmarks: POST /_sandbox/bulk {service, prefix, count, items, access_ttl?, rotation?, refresh_prefix?}
+creates `count` users whose tokens are prefix0, prefix1... (refresh tokens refresh_prefix0...);
+POST /_sandbox/bulk/add {count} gives every user new items; POST /_sandbox/repos {repos} serves full-size
+GitHub repositories instead of compact ones: "full", generated from GitHub's documented repository schema
+(payloads.py), or a list of repositories served under each item's id and names.
 `Sandbox.transfers` records every API reply on the wire: when it arrived and ended, its body size
 and how many body bytes were handed to the kernel before the client went away (an oversize body cut
 off by the client shows sent << size).
@@ -24,7 +43,7 @@ Point the connectors at it: --set services.github.base_url=http://127.0.0.1:8900
                             --set services.stackoverflow.base_url=http://127.0.0.1:8900/2.3
 """
 
-from collector.sandbox import apis  # noqa: F401  (registers the API emulators' routes)
+from collector.sandbox import apis, control  # noqa: F401  (register the API emulators' routes, the control API)
 from collector.sandbox.core import FAULTS, FULL, Response, Sandbox, User, iso, json_reply, repo_list, route
 from collector.sandbox.server import Server, main
 

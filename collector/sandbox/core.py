@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import collector.sandbox.tokens as tokens
+
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+           404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error"}
 FULL = "full"  # Sandbox.repos: full-size GitHub repositories generated from GitHub's schema (payloads.py)
 Repos = list[dict[str, Any]] | str | None  # compact (None), FULL, or these repositories under each item's id
+TOKENLESS = ("hackernews",)  # public APIs: a storm of every service leaves them alone
 
 
 @dataclass
@@ -33,6 +36,7 @@ class User:
     faults: list[dict[str, Any]] = field(default_factory=list)  # applied to the next requests, in order
     revoked: bool = False
     quota: int = 10_000  # Stack Exchange: this user/app pair's daily quota left
+    session: tokens.Session | None = None  # expiring, rotating tokens (collector/sandbox/tokens.py)
 
     def add(self, count: int, now: float) -> None:
         fresh = []
@@ -93,21 +97,41 @@ class Sandbox:
         self.hits: dict[str, list[float]] = {}  # request times by token (Unix seconds)
         self.log: list[str] = []  # every request target, to prove no token ever travels in a URL
         self.transfers: list[dict[str, Any]] = []  # API replies on the wire (see Server._client)
+        self.aliases: dict[str, str] = {}  # every access token a refresh issued -> its user's own token
+        self.refresh_owner: dict[str, str] = {}  # every refresh token issued -> its user's own token
+        self.storms: dict[str, float] = {}  # service (or "*": all) -> when its revocation storm ends (Unix s)
+        self.oauth: Counter[str] = Counter()  # refreshes, refresh_reuse, refresh_invalid, stale_refused
+        self.storm_refused: Counter[str] = Counter()  # requests a storm refused, by service
+        self.local = threading.local()  # the request being answered: its access token's state (tokens.check)
         self.total = 0
         self.lock = threading.Lock()
 
     # -- control ------------------------------------------------------------------------------
 
     def add_user(self, service: str, token: str, items: int = 0, name: str | None = None,
-                 quota: int | None = None) -> User:
-        """`quota`: this user's Stack Exchange daily quota (default: the sandbox's `quota`)."""
+                 quota: int | None = None, refresh_token: str | None = None, access_ttl: float | None = None,
+                 rotation: str | None = None, grace: float | None = None) -> User:
+        """`quota`: this user's Stack Exchange daily quota (default: the sandbox's `quota`). With `access_ttl`
+        (seconds) and/or `refresh_token`, its tokens expire and rotate (collector/sandbox/tokens.py)."""
         with self.lock:
             user = User(token, service, name or f"user-{len(self.users)}", remaining=self.rate_limit,
                         reset_at=time.time() + self.window, quota=self.quota_max if quota is None else quota)
             user.add(items, time.time())
             self.users[token] = user
             self.served_ids[token] = set()
-            return user
+        tokens.start(self, user, refresh_token, access_ttl, rotation, grace)
+        return user
+
+    def key(self, token: str) -> str | None:
+        """The user's own token (its key in `users`) for any access token it was given; None if unknown."""
+        return token if token in self.users else self.aliases.get(token)
+
+    def storm(self, service: str = "*", seconds: float = 30.0) -> float:
+        """A revocation storm: every request to `service` ("*": every service with tokens) is answered as with
+        a revoked token for `seconds` (0 ends it); the tokens were never revoked. Returns when it ends."""
+        with self.lock:
+            self.storms[service] = time.time() + max(float(seconds), 0.0)
+            return self.storms[service]
 
     def add_items(self, token: str, count: int) -> None:
         with self.lock:
@@ -122,11 +146,29 @@ class Sandbox:
         with self.lock:
             self.users[token].faults.append({"kind": kind, "count": int(count), **params})
 
+    def _refusal(self, user: User) -> str:
+        """Why this request of `user` is answered as with a revoked token: "revoked", "storm", "expired" or
+        "superseded" (its access token, tokens.check); "" when it is not."""
+        if user.revoked:
+            return "revoked"
+        now, storms = time.time(), self.storms
+        if now < storms.get(user.service, 0) or (user.service not in TOKENLESS and now < storms.get("*", 0)):
+            return "storm"
+        who, why = getattr(self.local, "stale", ("", ""))
+        return str(why) if who == user.token else ""
+
     def _fault(self, user: User) -> Response | None:
+        why = self._refusal(user)
         with self.lock:
-            if user.revoked:
+            if why:
                 self.requests[user.token] += 1
-                return self._refuse(user)
+                if why == "storm":
+                    self.storm_refused[user.service] += 1
+                elif why != "revoked":
+                    self.oauth["stale_refused"] += 1
+                refused = self._refuse(user)
+                refused.fault = "" if why == "revoked" else why
+                return refused
             if not user.faults:
                 return None
         fault = self._take(user)
@@ -198,8 +240,9 @@ class Sandbox:
 
     def _ride(self, user: User) -> dict[str, Any] | None:
         """The user's first fault if it rides on a served page (backoff, 200 headers): taken now."""
+        refused = bool(self._refusal(user))
         with self.lock:
-            ride = bool(user.faults) and not user.revoked and _rides(user.faults[0])
+            ride = bool(user.faults) and not refused and _rides(user.faults[0])
         return self._take(user) if ride else None
 
     def stats(self) -> dict[str, Any]:
@@ -211,6 +254,7 @@ class Sandbox:
                 "unique_served": {t: len(ids) for t, ids in self.served_ids.items()},
                 "items": {t: len(u.items) for t, u in self.users.items()},
                 "faults": dict(self.faults_served),
+                **tokens.stats(self),  # refreshes, refresh_reuse, ..., storm_refused, storms, tokens
             }
 
     # -- API ----------------------------------------------------------------------------------
@@ -221,6 +265,7 @@ class Sandbox:
         path = url.path
         if path.startswith("/_sandbox/"):
             return self._control(method, path, body)
+        self.local.stale = ("", "")
         with self.lock:
             self.total += 1
             self.log.append(target)
@@ -231,59 +276,16 @@ class Sandbox:
         return json_reply(404, {"message": "Not Found"})
 
     def _control(self, method: str, path: str, body: bytes) -> Response:
-        data = json.loads(body or b"{}")
-        if path == "/_sandbox/stats":
-            return json_reply(200, self.stats())
-        if path == "/_sandbox/reset" and method == "POST":
-            self.__init__(self.latency, self.rate_limit, self.window, self.page_cap,  # type: ignore[misc]
-                          self.quota_max, self.repos)
-            return json_reply(200, {"ok": True})
-        if path == "/_sandbox/bulk" and method == "POST":  # many users at once: tokens prefix0, prefix1...
-            prefix, count = str(data["prefix"]), int(data["count"])
-            for i in range(count):
-                self.add_user(data["service"], f"{prefix}{i}", int(data.get("items", 0)), f"{prefix}{i}")
-            return json_reply(200, {"users": count})
-        if path == "/_sandbox/repos" and method == "POST":  # {"repos": "full", [repositories] or null}
-            repos = data.get("repos")
-            if not (repos is None or repos == FULL or repo_list(repos)):
-                return json_reply(400, {"message": f"repos: {FULL!r}, a non-empty list of repository objects, "
-                                                   "or null"})
-            self.repos = repos
-            return json_reply(200, {"repos": repos if repos == FULL else len(repos or [])})
-        if path == "/_sandbox/bulk/add" and method == "POST":  # new items arrive for every user
-            with self.lock:
-                users = list(self.users)
-            for token in users:
-                self.add_items(token, int(data.get("count", 1)))
-            return json_reply(200, {"users": len(users)})
-        if path == "/_sandbox/users" and method == "POST":
-            quota = int(data["quota"]) if data.get("quota") is not None else None
-            user = self.add_user(data["service"], data["token"], int(data.get("items", 0)), data.get("user"), quota)
-            return json_reply(200, {"token": user.token, "items": len(user.items)})
-        if path.startswith("/_sandbox/users/") and method == "POST":
-            token, _, verb = path[len("/_sandbox/users/"):].rpartition("/")
-            if token not in self.users:
-                return json_reply(404, {"message": "no such user"})
-            if verb == "faults":
-                if data.get("kind") not in FAULTS:
-                    return json_reply(400, {"message": f"kind must be one of {', '.join(FAULTS)}"})
-                self.inject(token, **data)
-                return json_reply(200, {"faults": len(self.users[token].faults)})
-            if verb == "revoke":
-                self.users[token].revoked = True
-                return json_reply(200, {"revoked": True})
-        if path.startswith("/_sandbox/users/") and path.endswith("/add") and method == "POST":
-            token = path[len("/_sandbox/users/"):-len("/add")]
-            if token not in self.users:
-                return json_reply(404, {"message": "no such user"})
-            self.add_items(token, int(data.get("count", 1)))
-            return json_reply(200, {"items": len(self.users[token].items)})
-        return json_reply(404, {"message": "no such control endpoint"})
+        # the control API (collector/sandbox/control.py) registers itself, as the emulators do: it imports this module
+        return CONTROL[0](self, method, path, body) if CONTROL else json_reply(404, {"message": "no control API"})
 
     def _user(self, token: str | None, service: str, headers: dict[str, str] | None = None) -> User | None:
-        user = self.users.get(token or "")
+        """The user of an access token (its own or one a refresh gave it); whether that token is still good is
+        noted for the request (tokens.check), and answered by `fault` as a revoked token would be."""
+        user = self.users.get(self.key(token or "") or "")
         if user is None or user.service != service:
             return None
+        self.local.stale = (user.token, tokens.check(self, user, token or ""))
         arrived = float((headers or {}).get("x-sandbox-arrived") or time.time())
         with self.lock:
             self.hits.setdefault(user.token, []).append(arrived)
@@ -377,6 +379,7 @@ def json_reply(status: int, data: Any, headers: dict[str, str] | None = None, gz
 
 Emulator = Callable[[Sandbox, str, dict[str, str], dict[str, str], "re.Match[str]", bytes], Response]
 ROUTES: list[tuple[re.Pattern[str], Emulator]] = []
+CONTROL: list[Callable[[Sandbox, str, str, bytes], Response]] = []  # /_sandbox/... (collector/sandbox/control.py)
 
 
 def riding(resp: Response) -> bool:
@@ -393,6 +396,3 @@ def route(pattern: str) -> Callable[[Emulator], Emulator]:
         return fn
 
     return register
-
-
-# -- the HTTP server ---------------------------------------------------------------------------

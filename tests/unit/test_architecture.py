@@ -18,14 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "collector"
 
 # highest first
 LAYERS: list[tuple[str, set[str]]] = [
-    ("entry points", {"__main__", "cli"}),
+    ("entry points", {"__main__", "cli", "secrets_cli"}),
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
     ("fleet and observability", {"fleet", "status", "metrics", "notify"}),
     ("scheduler", {"scheduler"}),
     ("executor", {"executor"}),
     ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
-                             "http", "states", "offload"}),
+                             "http", "states", "offload", "outcomes", "incidents", "refresh", "secrets"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
     ("config", {"config", "selectors", "egress"}),

@@ -327,7 +327,7 @@ async def test_token_errors_disable_the_network_as_unauthorized(engine, api, sta
     page(api).respond(status, json={"error": error, "message": message}, headers=limits())
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

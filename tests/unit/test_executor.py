@@ -104,9 +104,10 @@ async def test_http_outcomes(env, clock, response, kind, error):
     assert "lease" not in net
     if kind is Kind.TRANSIENT:
         assert net["errors"] == 1 and net["scheduledTo"] > clock.now and not net.get("disabled")
-    if kind is Kind.UNAUTHORIZED:
-        assert net["disabled"] and net["unauthorized"] and net["scheduledTo"] is None
-        assert "Bad credentials" in net["disabledReason"]
+    if kind is Kind.UNAUTHORIZED:  # marked, not disabled: a second 401 after the recheck confirms it
+        assert net["unauthorized"] and not net.get("disabled") and net["authFailures"] == 1
+        assert (net["scheduledTo"] - clock.now).total_seconds() == pytest.approx(600, rel=0.11)
+        assert "Bad credentials" in net["lastError"]["message"]
 
 
 @pytest.mark.parametrize("exc, error", [

@@ -357,7 +357,7 @@ async def test_401_disables_the_network_as_unauthorized(engine, api, clock):
     page_one(api).respond(401, json={"message": "Bad credentials", "token": TOKEN})
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

@@ -311,7 +311,7 @@ async def test_401_disables_the_network_as_unauthorized(engine, api):
     api.get(f"{API}/user").respond(401, json={"message": "401 Unauthorized"})
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

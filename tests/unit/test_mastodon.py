@@ -301,7 +301,7 @@ async def test_401_disables_the_network_as_unauthorized(engine, api):
     engine.page(api).respond(401, json={"error": "The access token is invalid"})
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

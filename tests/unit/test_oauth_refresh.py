@@ -95,10 +95,10 @@ async def test_a_refused_refresh_makes_the_network_unauthorized(engine, api):
         "error": "invalid_grant", "error_description": "The refresh token is invalid"}))
     await engine.add(refreshToken=REFRESH)
 
-    result = await engine.run()
+    result = await engine.confirm_unauthorized()
 
     assert result.outcome.kind.value == "unauthorized"
-    assert route.call_count == 1 and token.call_count == 1
+    assert route.call_count == 2 and token.call_count == 2  # the recheck refreshes again before it confirms
     doc = await engine.network()
     assert doc["disabled"] is True and doc["unauthorized"] is True
     assert "token refresh refused: invalid_grant" in doc["disabledReason"]
@@ -115,7 +115,7 @@ async def test_a_refreshed_token_refused_too_is_tried_once(engine, api):
     assert result.outcome.kind.value == "unauthorized"
     assert route.call_count == 2 and token.call_count == 1
     doc = await engine.network()
-    assert "refreshed token was refused too" in doc["disabledReason"]
+    assert "refreshed token was refused too" in doc["lastError"]["message"] and doc["unauthorized"]
     assert doc["accessToken"] == NEW  # stored before the retry: it is the newest the provider gave
 
 

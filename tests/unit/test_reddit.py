@@ -288,7 +288,7 @@ async def test_401_disables_the_network_as_unauthorized(engine, api, clock):
     page(api).respond(401, json={"message": "Unauthorized", "error": 401}, headers=LIMITS)
     await add(engine)
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

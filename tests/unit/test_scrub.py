@@ -160,7 +160,7 @@ async def test_bluesky_a_token_error_echoing_the_token_across_its_cut(mock_db, c
                                              content=f'{{"error": "ExpiredToken", "message": "{message}"}}'.encode())
         await eng.add(options={"actor": "alice.bsky.social"})
 
-        result = await eng.run()
+        result = await eng.confirm_unauthorized()
 
         assert result.outcome.kind.value == "unauthorized"
         network = await eng.network()

@@ -203,7 +203,7 @@ async def test_401_expired_token_disables_the_network_as_unauthorized(engine, ap
                          json={"error": {"status": 401, "message": "The access token expired"}})
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

@@ -268,7 +268,7 @@ async def test_access_denied_disables_the_network_as_unauthorized(engine, api, s
         "error_message": "`access_token` does not have sufficient scope"}), status=status))
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

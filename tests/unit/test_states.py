@@ -109,10 +109,33 @@ def test_rate_limit_jitter_never_resumes_before_the_reset():
         assert t.scheduled_to >= reset
 
 
-def test_unauthorized_disables_and_marks_the_network():
+def test_a_first_401_marks_the_network_and_runs_it_again_after_the_recheck():
     t = step("normal", Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=401, message="Bad credentials"))
-    assert t.disabled and t.unauthorized and t.scheduled_to is None
-    assert "Bad credentials" in t.reason and t.error["status"] == 401
+    assert t.unauthorized and not t.disabled and t.auth_failures == 1
+    assert secs(t.scheduled_to) == S.unauthorized_recheck
+    assert "Bad credentials" in t.reason and "confirming" in t.reason and t.error["status"] == 401
+
+
+def test_a_second_401_in_a_row_disables_and_marks_the_network():
+    state = State("normal", auth_failures=1)
+    t = transition(state, Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=401, message="Bad credentials"),
+                   NOW, S, random.Random(1))
+    assert t.disabled and t.unauthorized and t.scheduled_to is None and t.auth_failures == 2
+    assert "second 401 in a row" in t.reason and t.reason.startswith("unauthorized: Bad credentials")
+
+
+@pytest.mark.parametrize("outcome", [Outcome(Kind.TRANSIENT, error="http_5xx", status=502),
+                                     Outcome(Kind.RATE_LIMITED, rate_limit=RateLimit(retry_after=30)),
+                                     Outcome(Kind.DEFERRED, rate_limit=RateLimit(retry_after=30))])
+def test_failures_between_two_401s_neither_clear_nor_confirm_the_mark(outcome):
+    t = transition(State("normal", auth_failures=1), outcome, NOW, S, random.Random(1))
+    assert t.auth_failures == 1 and not t.disabled
+
+
+@pytest.mark.parametrize("outcome", [Outcome(Kind.PAGE, items=1), Outcome(Kind.NOT_MODIFIED, status=304)])
+def test_a_success_clears_the_mark(outcome):
+    t = transition(State("normal", auth_failures=1), outcome, NOW, S, random.Random(1))
+    assert t.success and t.auth_failures == 0 and not t.unauthorized
 
 
 @pytest.mark.parametrize("kind", ["http_5xx", "timeout", "connection", "bad_json"])

@@ -248,7 +248,7 @@ async def test_401_auth_error_disables_the_network_as_unauthorized(engine, api):
         domain="global", **{"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}))
     await engine.add()
 
-    result = await engine.run("initial")
+    result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()

@@ -8,17 +8,30 @@ a non-empty page always carries a cursor and the end is an empty page without on
 carries ratelimit-limit, ratelimit-remaining, ratelimit-reset (Unix seconds) and ratelimit-policy
 ("<limit>;w=<window>"); an exhausted window answers 429 {"error": "RateLimitExceeded"}. Token
 problems come as the PDS sends them: an unknown token 400 {"error": "InvalidToken"}, a revoked
-one 400 {"error": "ExpiredToken", "message": "Token has been revoked"}, none 401 AuthMissing.
+one (or any token during a revocation storm) 400 {"error": "ExpiredToken", "message": "Token has been
+revoked"}, an expired access JWT 400 ExpiredToken "Token has expired", none 401 AuthMissing.
+
+POST /xrpc/com.atproto.server.refreshSession (lexicon com.atproto.server.refreshSession: "Requires auth
+using the 'refreshJwt' (not the 'accessJwt')", no input): the refresh JWT as `Authorization: Bearer`;
+output {accessJwt, refreshJwt, handle, did}. A refresh token already rotated out (strict rotation, the
+default for Bluesky users; see collector/sandbox/tokens.py) or of a revoked user: 400 ExpiredToken "Token
+has been revoked" (as the PDS when rotateRefreshToken finds nothing); an access JWT or an unknown token:
+400 InvalidToken. Tokens a refresh issues are JWT-shaped like the PDS's: the access JWT {scope:
+"com.atproto.access", sub: <did>, iat, exp: iat + access_ttl (default 7200)}, the refresh JWT {scope:
+"com.atproto.refresh", sub, jti, iat, exp: 90 days}; the signature is random bytes, checked by nobody.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import secrets
 import time
 from typing import Any
 
+import collector.sandbox.tokens as tokens
 from collector.sandbox.core import Response, Sandbox, User, iso, json_reply, riding, route
 
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"  # base32-sortable, as record keys (TIDs) are written
@@ -69,7 +82,8 @@ def _bluesky_fault(sandbox: Sandbox, resp: Response) -> Response:
     """The sandbox's generic faults (GitHub-shaped) in the PDS's shapes; transport faults unchanged."""
     out = resp
     if resp.status == 401:
-        out = json_reply(400, {"error": "ExpiredToken", "message": "Token has been revoked"})
+        why = "expired" if getattr(resp, "fault", "") == "expired" else "been revoked"
+        out = json_reply(400, {"error": "ExpiredToken", "message": f"Token has {why}"})
     elif resp.status == 403 and resp.headers.get("x-ratelimit-remaining") == "0":
         reset = float(resp.headers.get("x-ratelimit-reset", time.time()))
         out = json_reply(429, {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"},
@@ -129,3 +143,45 @@ def get_actor_likes(sandbox: Sandbox, method: str, headers: dict[str, str], quer
     reply = json_reply(200, out, {**limits, **ride})
     reply.fault = "headers" if ride else ""
     return reply
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint_jwt(user: User, kind: str, now: float, ttl: float | None) -> str:
+    """A session token shaped as the PDS's (tokens.MINTERS): the claims are real, the signature random."""
+    claims: dict[str, Any] = {"scope": f"com.atproto.{kind}", "sub": did(user), "iat": int(now),
+                              "aud": "did:web:sandbox.bsky.test"}
+    if kind == "access":
+        claims["exp"] = int(now + (ttl if ttl is not None else 7200))
+    else:
+        claims.update(jti=_b64(secrets.token_bytes(32)), exp=int(now + 90 * 86400))
+    header = {"typ": "at+jwt" if kind == "access" else "refresh+jwt", "alg": "ES256K"}
+    return ".".join([_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()),
+                     _b64(secrets.token_bytes(48))])
+
+
+tokens.MINTERS["bluesky"] = mint_jwt
+
+
+@route(r"/xrpc/com\.atproto\.server\.refreshSession")
+def refresh_session(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict[str, str],
+                    match: re.Match[str], body: bytes) -> Response:
+    if method != "POST":
+        return json_reply(400, {"error": "InvalidRequest",
+                                "message": f"Incorrect HTTP method ({method}) expected POST"})
+    auth = headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return json_reply(401, {"error": "AuthMissing", "message": "Authentication Required"})
+    presented = auth[7:].strip()
+    if sandbox.key(presented) is not None:  # an access token where the refresh JWT belongs
+        return json_reply(400, {"error": "InvalidToken", "message": "Bad token scope"})
+    got = tokens.refresh(sandbox, presented, service="bluesky")
+    if got == "invalid":
+        return json_reply(400, {"error": "InvalidToken", "message": "Token could not be verified"})
+    if isinstance(got, str):  # rotated out, or the user revoked the session
+        return json_reply(400, {"error": "ExpiredToken", "message": "Token has been revoked"})
+    user, access, rotated = got
+    return json_reply(200, {"did": did(user), "handle": handle(user), "accessJwt": access,
+                            "refreshJwt": rotated or presented})

@@ -37,8 +37,8 @@ def _saved(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _translate(fault: Response) -> Response:
-    if fault.status == 401:
-        return _error(401, "Invalid access token")
+    if fault.status == 401:  # an expired access token is its own message at Spotify
+        return _error(401, "The access token expired" if fault.fault == "expired" else "Invalid access token")
     if fault.status == 403 and fault.headers.get("x-ratelimit-remaining") == "0":
         reset = fault.headers.get("x-ratelimit-reset", "")
         wait = max(int(reset) - int(time.time()), 1) if reset.isdigit() else 30
