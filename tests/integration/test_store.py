@@ -241,3 +241,27 @@ async def test_fleet_figures_are_computed_by_one_process_per_interval_and_read_b
     assert len(computed) == 2 and computed[1].startswith("q")
     assert sum(1 for f in racing if f and f["backlog"][0][2] == 2) >= 1  # the winner's own figures
     assert all(f is not None for f in racing)  # the others keep the last stored ones
+
+
+async def test_refreshed_credentials_are_a_compare_and_set_whose_lost_answer_is_told_by_its_stamp(store, clock):
+    network_id = await add(store, clock, refreshToken="r0")
+
+    assert await store.update_credentials(network_id, "r0", {"accessToken": "a1", "refreshToken": "r1"}, "stamp-1")
+    # the same write again (a retry after its answer was lost): it matches nothing now, and the stamp says it was ours
+    assert await store.update_credentials(network_id, "r0", {"accessToken": "a1", "refreshToken": "r1"}, "stamp-1")
+    # a refresh obtained with a refresh token the network no longer has: refused
+    assert not await store.update_credentials(network_id, "r0", {"accessToken": "a2", "refreshToken": "r2"}, "stamp-2")
+    doc = await store.get_network(network_id)
+    assert (doc["accessToken"], doc["refreshToken"], doc["credentialsStamp"]) == ("a1", "r1", "stamp-1")
+
+
+async def test_an_auth_incident_pauses_the_service_and_is_remembered(store, clock):
+    assert await store.auth_incident_at("github") is None
+    until = clock.now + timedelta(seconds=300)
+    await store.declare_auth_incident("github", until, "auth incident: 10 of 10 runs refused", clock.now)
+    await store.declare_auth_incident("github", until, "auth incident: 12 of 12 runs refused", clock.now)  # again
+
+    assert await store.auth_incident_at("github") == clock.now
+    pause = await store.service_pause("github", clock.now)
+    assert pause is not None and pause["pauseReason"].startswith("auth incident")
+    assert await store.service_pause("github", until + timedelta(seconds=1)) is None
