@@ -434,7 +434,23 @@ async def test_status_counts_disabled_and_unauthorized_with_top_reasons(report):
         "unauthorized": {"count": 3, "reasons": [{"reason": "unauthorized: Bad credentials", "count": 2},
                                                  {"reason": "unauthorized: token revoked", "count": 1}]},
         "parked": {"count": 0, "reasons": []},
+        "confirming": {"count": 0, "reasons": []},
     }
+
+
+async def test_status_counts_the_networks_refused_once_apart(mock_db, clock):
+    store = Store(mock_db)
+    await store.networks.insert_many([
+        {"user": "u1", "service": "github", "unauthorized": True, "authFailures": 1,
+         "lastError": {"kind": "unauthorized", "message": "HTTP 401: Bad credentials"}},
+        {"user": "u2", "service": "github", "unauthorized": True, "disabled": True,
+         "disabledReason": "unauthorized: x"}])
+    summary = (await status.status(store, clock.now))["networks"]
+    assert summary["confirming"] == {"count": 1, "reasons": [{"reason": "HTTP 401: Bad credentials", "count": 1}]}
+    assert summary["unauthorized"]["count"] == 1
+    lines = status.render(await status.status(store, clock.now)).splitlines()
+    assert any(line.endswith("1 refused once, confirming") for line in lines)
+    assert any(line.split()[:2] == ["confirming", "1"] for line in lines)
 
 
 async def test_parked_networks_are_counted_by_service_and_shown(mock_db, clock):
@@ -468,7 +484,8 @@ async def test_render_shows_every_section_and_no_token(report):
     text = status.render(report)
     lines = text.splitlines()
     for heading in ("FLEET  3 alive, 1 dead, 2 host(s)", "PAUSED SERVICES",
-                    "DISABLED  4 disabled, 3 unauthorized, 0 parked (`collector networks enable ID` clears either)"):
+                    "DISABLED  4 disabled, 3 unauthorized, 0 parked (`collector networks enable ID` clears either); "
+                    "0 refused once, confirming"):
         assert heading in lines
     assert any(line.startswith("BACKLOG") for line in lines)
     for process in ("h1:1:initial:a", "h1:2:normal:b", "h1:3:initial:c", "h2:4:normal:d", "h2:5:initial:e"):
@@ -492,7 +509,8 @@ async def test_render_of_an_empty_database(mock_db, clock):
     assert "FLEET  0 alive, 0 dead, 0 host(s)" in lines
     assert lines[lines.index("PAUSED SERVICES") + 1] == "none"
     assert "nothing due" in lines
-    assert "DISABLED  0 disabled, 0 unauthorized, 0 parked (`collector networks enable ID` clears either)" in lines
+    assert ("DISABLED  0 disabled, 0 unauthorized, 0 parked (`collector networks enable ID` clears either); "
+            "0 refused once, confirming") in lines
 
 
 async def test_the_heartbeat_survives_an_error_that_is_not_the_database_s(env, clock):
