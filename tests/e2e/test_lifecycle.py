@@ -11,7 +11,8 @@ from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import daemon, stop, wait_for
 
 FAST = ["--set", "schedule.normal_interval=1.0", "--set", "schedule.backoff_base=0.5",
-        "--set", "schedule.rate_limit_slack=0.2", "--set", "schedule.jitter=0.0"]
+        "--set", "schedule.rate_limit_slack=0.2", "--set", "schedule.jitter=0.0",
+        "--set", "schedule.unauthorized_recheck=1.0"]
 
 
 def test_lifecycle_of_a_small_fleet(wire_uri, sync_db):
@@ -38,8 +39,9 @@ def test_lifecycle_of_a_small_fleet(wire_uri, sync_db):
 
     try:
         wait_for(lambda: db.networks.count_documents({"mode": "normal", "disabled": {"$ne": True}}) == 4
-                 and db.networks.count_documents({"unauthorized": True}) == 1 and stored_equals_served(),
-                 120, "the back-fill of 4 networks and the revoked one disabled")
+                 and db.networks.count_documents({"unauthorized": True, "disabled": True}) == 1
+                 and stored_equals_served(),
+                 120, "the back-fill of 4 networks and the revoked one disabled (its 401 confirmed)")
         assert db.items.count_documents({}) == 4 * 25
 
         # new items upstream are picked up by the normal daemon
@@ -63,8 +65,8 @@ def test_lifecycle_of_a_small_fleet(wire_uri, sync_db):
     hits = box.hits[tokens["limited"]]
     assert hits[1] >= int(hits[0] + 4), hits[:3]
     assert nets["limited"]["mode"] == "normal" and nets["limited"]["errors"] == 0
-    # the revoked token was tried once and never again
-    assert stats["by_token"][tokens["revoked"]] == 1
+    # the revoked token was tried once, once more after unauthorized_recheck to confirm it, and never again
+    assert stats["by_token"][tokens["revoked"]] == 2
     assert nets["revoked"]["unauthorized"] and "Bad credentials" in nets["revoked"]["disabledReason"]
     # the flapping 5xx backed off (0.5 s, then 1 s) and recovered
     flaps = box.hits[tokens["flapping"]]

@@ -102,7 +102,7 @@ def test_bad_documents_end_disabled_and_the_daemon_keeps_running(wire_uri, sandb
          "scheduledTo": now},
         {"user": "bare", "service": "github", "accessToken": "good-token-1"},  # no mode, no schedule
     ])
-    proc = daemon("initial", wire_uri, db.name, sandbox.url)
+    proc = daemon("initial", wire_uri, db.name, sandbox.url, "--set", "schedule.unauthorized_recheck=0.5")
     try:
         wait_for(lambda: db.networks.count_documents({"disabled": True}) == 4
                  and db.networks.count_documents({"user": "bare", "mode": "normal"}) == 1, 60,

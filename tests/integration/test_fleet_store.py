@@ -156,6 +156,8 @@ async def test_disabled_summary_counts_and_ranks_reasons(store, clock):
     await add(store, clock, "active", unauthorized=False)
     await add(store, clock, "re-enabled", disabled=False, unauthorized=False, disabledReason="stale")
     await add(store, clock, "parked", parkedAt=clock.now, parkedReason="parked after 6 rate limits in a row")
+    await add(store, clock, "refused-once", unauthorized=True, authFailures=1,
+              lastError={"kind": "unauthorized", "message": "HTTP 401: Bad credentials"})
 
     summary = await store.disabled_summary()
     assert summary == {
@@ -165,6 +167,7 @@ async def test_disabled_summary_counts_and_ranks_reasons(store, clock):
         "unauthorized": {"count": 3, "reasons": [{"reason": "unauthorized: Bad credentials", "count": 2},
                                                  {"reason": "unauthorized: revoked", "count": 1}]},
         "parked": {"count": 1, "reasons": [{"reason": "github: rate limited too many times in a row", "count": 1}]},
+        "confirming": {"count": 1, "reasons": [{"reason": "HTTP 401: Bad credentials", "count": 1}]},
     }
     top = await store.disabled_summary(top=1)
     assert top["disabled"] == {"count": 6, "reasons": [{"reason": "malformed: x", "count": 3}]}
