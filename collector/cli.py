@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from collector import config as config_mod
-from collector import logs, sdk
+from collector import logs, migrations, sdk
 from collector.config import MODES, ConfigError
 from collector.selectors import SLOTS
 
@@ -397,3 +397,4 @@ def networks_reset(ctx: click.Context, network_id: str) -> None:
 
 
 main.add_command(secrets_command(load_settings, _run))  # `collector secrets ...` (collector/secrets_cli.py)
+main.add_command(migrations.command(load_settings, _run))  # `collector migrate ...` (collector/migrations.py)

@@ -90,27 +90,32 @@ def _safe_key(key: Any) -> str:
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def key_prefix(user: Any, service: str) -> str:
-    """What every `item_key` of one (user, service) starts with: computed once per page."""
-    return _ENCODE([service, user if isinstance(user, str | int) else str(user)])[:-1] + ","
+def key_prefix(user: Any, service: str, scope: str | None = None) -> str:
+    """What every `item_key` of one (user, service), or (user, service, scope), starts with: computed once per
+    page."""
+    head = [service, user if isinstance(user, str | int) else str(user)]
+    return _ENCODE(head if scope is None else [*head, scope])[:-1] + ","
 
 
-def item_key(user: Any, service: str, item_id: str, prefix: str | None = None) -> str:
-    """The _id of an item: one value per (service, user, itemId), unambiguous whatever the parts
-    contain (the JSON array [service, user, itemId]), so an upsert finds its document by primary key
-    on any server. `prefix` is key_prefix(user, service) when the caller has it already."""
-    head = prefix if prefix is not None else key_prefix(user, service)
+def item_key(user: Any, service: str, item_id: str, prefix: str | None = None, scope: str | None = None) -> str:
+    """The _id of an item: one value per (service, user, itemId), unambiguous whatever the parts contain (the JSON
+    array [service, user, itemId]), so an upsert finds its document by primary key on any server. The items of a
+    connector whose ids are per server (Connector.item_scope: a Mastodon instance, a GitLab server) are keyed
+    [service, user, scope, itemId]: four elements, so no scoped key is ever an unscoped one, and the unscoped keys
+    are what they always were. `prefix` is key_prefix(user, service, scope) when the caller has it already."""
+    head = prefix if prefix is not None else key_prefix(user, service, scope)
     return head + (encode_basestring(item_id) if type(item_id) is str else _ENCODE(item_id)) + "]"
 
 
-_INSERT_ONLY = ("user", "service", "itemId", "collectedAt")  # identity and first sighting: never rewritten
+# identity and first sighting: never rewritten (`server`: a scoped item's, collector/sdk.py Connector.item_scope)
+_INSERT_ONLY = ("user", "service", "server", "itemId", "collectedAt")
 
 
 def refresh_update(doc: dict[str, Any]) -> UpdateOne:
     """The upsert that brings an existing item up to date with `doc` (the insert that was refused)."""
     fields = {k: v for k, v in doc.items() if k != "_id" and k not in _INSERT_ONLY}
-    return UpdateOne({"_id": doc["_id"]}, {"$set": fields, "$setOnInsert": {k: doc[k] for k in _INSERT_ONLY}},
-                     upsert=True)
+    first = {k: doc[k] for k in _INSERT_ONLY if k in doc}
+    return UpdateOne({"_id": doc["_id"]}, {"$set": fields, "$setOnInsert": first}, upsert=True)
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:

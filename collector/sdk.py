@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -117,7 +119,9 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One collected thing. `id` is unique per (user, service)."""
+    """One collected thing. `id` is the API's own id, unique per (user, service), or per (user, service, scope)
+    for a connector whose servers number their items apart (Connector.item_scope). `scope` is filled in from that
+    hook after every parse: a connector does not set it."""
 
     id: str
     title: str | None = None
@@ -125,6 +129,7 @@ class Item:
     author: str | None = None
     created: datetime | None = None
     raw: dict[str, Any] | None = None
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +208,24 @@ class Connector:
         """Look at any response before the engine's own status handling; raise to classify it
         (e.g. an API that reports throttling as HTTP 400 with a body field)."""
 
+    def item_scope(self, ctx: Context) -> str | None:
+        """Where this network's item ids are unique, when not across the whole service: None (the default) for an
+        API that numbers its items once for every user (GitHub's repository ids); the network's server, normalized
+        (lower-case scheme and host, no default port, no trailing slash), for an API that every server numbers
+        apart (a Mastodon instance, a self-hosted GitLab). Scoped items are keyed [service, user, scope, itemId] and
+        carry the scope as their `server` field, so two networks of one user on two servers never overwrite each
+        other's items. One value per network, the same on every run; a connector that starts scoping items it has
+        stored already needs `collector migrate item-scopes` (collector/migrations.py)."""
+        return None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every `parse` a connector defines hands back its items with their scope (item_scope) filled in: the
+        store keys them by it, whatever called the parse."""
+        super().__init_subclass__(**kwargs)
+        parse = cls.__dict__.get("parse")
+        if inspect.isfunction(parse):
+            cls.parse = _scoping(parse)  # type: ignore[method-assign,assignment]
+
     def base(self, ctx: Context) -> str:
         """The base URL of this network's API. The engine sends a request carrying the network's credentials
         only inside it (ForeignHost otherwise), whatever built the URL: a stored cursor, a Link header. The
@@ -267,6 +290,22 @@ class Connector:
         expires = body.get("expires_in")
         return Tokens(access, refresh if isinstance(refresh, str) and refresh else None,
                       float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else None)
+
+
+def _scoping(parse: Callable[[Any, Context, httpx.Response], Page]) -> Callable[[Any, Context, httpx.Response], Page]:
+    """`parse`, its page's items stamped with the connector's item_scope (unchanged when that is None)."""
+
+    @functools.wraps(parse)
+    def scoped(self: Connector, ctx: Context, response: httpx.Response) -> Page:
+        page = parse(self, ctx, response)
+        scope = self.item_scope(ctx) if isinstance(page, Page) and page.items else None
+        if scope is None:
+            return page
+        items = [item if not isinstance(item, Item) or item.scope == scope else dataclasses.replace(item, scope=scope)
+                 for item in page.items]
+        return dataclasses.replace(page, items=items)
+
+    return scoped
 
 
 # -- helpers (the URL ones are in collector/urls.py, the bounded readers of a reply in collector/bounded.py) ---

@@ -254,18 +254,23 @@ class Store(Pauses, Operations, Registry):
     # -- writes ---------------------------------------------------------------------------------
 
     async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime) -> int:
-        """Store a page of items keyed by `item_key` (their _id: one document per (service, user, itemId));
-        returns how many were new. New items are the common case (a page of history, a normal run that
-        stops at the first known item): they go in one unordered insert_many per `write_batch`, the
-        cheapest write there is. The ones that exist already (a page run again after a crash, an item on
-        two pages) come back as duplicate-key errors and are updated in place by bulk upserts, so a page
+        """Store a page of items keyed by `item_key` (their _id: one document per (service, user, itemId), or per
+        (service, user, server, itemId) for items whose ids are per server: Item.scope, from the connector's
+        item_scope, stored as `server`); returns how many were new. New items are the common case (a page of
+        history, a normal run that stops at the first known item): they go in one unordered insert_many per
+        `write_batch`, the cheapest write there is. The ones that exist already (a page run again after a crash, an
+        item on two pages) come back as duplicate-key errors and are updated in place by bulk upserts, so a page
         written twice is stored once, with its fields refreshed."""
         if not items:
             return 0
         user, service = network["user"], network["service"]
-        prefix = key_prefix(user, service)
+        prefixes: dict[str | None, str] = {}  # one key prefix per page: its items share their network's scope
         docs = []
         for item in items:
+            scope = item.scope
+            prefix = prefixes.get(scope)
+            if prefix is None:
+                prefix = prefixes[scope] = key_prefix(user, service, scope)
             doc: dict[str, Any] = {
                 "_id": item_key(user, service, item.id, prefix),
                 "user": user, "service": service, "itemId": item.id,
@@ -277,6 +282,8 @@ class Store(Pauses, Operations, Registry):
                 "collectedAt": now,
                 "updatedAt": now,
             }
+            if scope is not None:
+                doc["server"] = scope
             if self.store_raw and item.raw is not None:
                 doc["raw"] = mongo_safe(item.raw)
             docs.append(doc)

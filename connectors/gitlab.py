@@ -31,6 +31,13 @@ upserting, so only new projects count as new. Blind spot: an unstar and a star o
 page 1 in the same interval leave both unchanged; a full re-walk at least every `rewalk_interval`
 seconds (service option, default a day) bounds that delay. A change during a walk is caught by the
 next run (the fingerprint stored is the one of the walk's first page).
+
+Item identity: a project id is the id of one GitLab installation. api/rest ("`id` vs `iid`"): "`id`: ID that is
+unique across all projects", the projects of the instance that answers: every installation numbers its own from 1
+(a self-managed server's first project is id 1, as gitlab.com's was), so project 42 of gitlab.com and project 42
+of a company's GitLab are two projects. Items are scoped to the network's server (`item_scope`: the base URL
+without /api/v4, normalized, "https://gitlab.com"): a user with networks on two servers keeps both sets, keyed
+[service, user, server, id], each item's `server` that base URL.
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ class GitLabStarred(Connector):
     def base(self, ctx: Context) -> str:
         """The network's GitLab API (its own server, else the service's): the engine sends the token there only."""
         return server_url(ctx.network.options.get("base_url") or self.base_url) + "/api/v4"
+
+    def item_scope(self, ctx: Context) -> str:
+        """Project ids are per installation (the module's docstring quotes the docs): the server, normalized."""
+        return server_url(ctx.network.options.get("base_url") or self.base_url)
 
     def auth_headers(self, ctx: Context) -> dict[str, str]:
         token = ctx.network.token  # personal access tokens in their own header, OAuth tokens as a bearer

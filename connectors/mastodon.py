@@ -32,6 +32,15 @@ sweep that stops at the first known status id: an unfavourited top status would 
 (entries below it lost). A normal run with nothing new costs one request (`[]`, no Link header).
 The Link header alone decides whether more waits (openapi.json of /api/v1/favourites documents no other
 end marker), never an empty page; a link that names the max_id (or min_id) just sent is the end.
+
+Item identity: a status id is the instance's own. entities/Status.md: `id` "ID of the status in the database",
+"String (cast from an integer but not guaranteed to be a number)"; what names a status across the fediverse is
+`uri`, "URI of the status used for federation". Each instance's database numbers the statuses it knows with its
+own snowflake-like ids (Mastodon's lib/mastodon/snowflake.rb: "6 bytes (48 bits) of millisecond-level timestamp, 2
+bytes (16 bits) of sequence data", from the instance's own table sequence), so one id can name two different
+statuses on two instances, and one status has a different id on each instance that knows it. Items are scoped to
+the network's instance (`item_scope`: its normalized origin, "https://mastodon.social"): a user with networks on two
+instances keeps both sets, keyed [service, user, instance, id], each item's `server` the instance.
 """
 
 from __future__ import annotations
@@ -98,6 +107,10 @@ class MastodonStatuses(Connector):
     def base(self, ctx: Context) -> str:
         """The network's instance: the engine sends its token there only."""
         return instance_url(ctx.network.options.get("instance") or self.base_url)
+
+    def item_scope(self, ctx: Context) -> str:
+        """Status ids are per instance (the module's docstring quotes the docs): the instance, normalized."""
+        return self.base(ctx)
 
     def request(self, ctx: Context) -> Request:
         params: dict[str, Any] = {"limit": LIMIT}

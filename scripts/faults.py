@@ -18,9 +18,18 @@ Scenarios (tests/faults/scenarios.py, tests/faults/hostile.py):
             one daemon, ordinary networks and hostile Mastodon instances (nested gzip bomb, 100 KB Link header,
             `<`-flood content, redirect to loopback, slow drip, 10 MB array, refused addresses): the largest
             event-loop gap, peak RSS over idle, nothing lost, no refused connection: tests/faults/hostile_server.py
+  refresh_outage
+            access tokens expiring every 1.5 s (GitHub strict and none, GitLab on_use, Bluesky grace and strict
+            rotation), refreshed all along while the database goes down at refresh answers and daemons are killed
+            -9 (the one holding a credential write, in each outage): nobody of a rotation that allows recovery
+            unauthorized, strict losses counted apart: tests/faults/refresh_outage.py (a server of its own)
+  revocation_storm
+            every GitHub request refused with 401 for longer than unauthorized_recheck: GitHub paused for an auth
+            incident, nobody disabled, everything collected after it: tests/faults/revocation_storm.py
 
-Uses $MONGODB_URI when set, else starts its own mongo-java-server (scripts/devdb.py). The outage scenario always
-needs a server of its own (one it can stop and start again): where scripts/devdb.py cannot start one it is skipped.
+Uses $MONGODB_URI when set, else starts its own mongo-java-server (scripts/devdb.py). The outage and refresh_outage
+scenarios always need a server of their own (one they can stop and start again): where scripts/devdb.py cannot start
+one they are skipped.
 Prints one table row per scenario and exits 1 if any row has lost, duplicated, crashes or stuck > 0
 (or a note saying FAIL).
 """
@@ -41,11 +50,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.faults import fleet, hostile_server, scenarios  # noqa: E402
+from tests.faults import fleet, hostile_server, refresh_outage, revocation_storm, scenarios  # noqa: E402
 from tests.harness import load_devdb  # noqa: E402
 
 FLEET = ("backlog", "poison", "api_outage", "clock_skew")
-NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET, "hostile_server")
+NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET, "hostile_server", "refresh_outage", "revocation_storm")
+# the scenarios that stop and start their server: (server, size, seed) -> row
+OWN_SERVER = {"outage": lambda server, size, seed: scenarios.outage(server, size),
+              "refresh_outage": lambda server, size, seed: refresh_outage.run(server, size, seed=seed)}
 COLUMNS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", "crashes", "stuck", "seconds")
 
 
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=scenarios.SIZES, default="full")
     parser.add_argument("--only", choices=NAMES, help="run this scenario only")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the table as markdown here")
-    parser.add_argument("--seed", type=int, help="seed of the kill -9 driver (default: random, printed)")
+    parser.add_argument("--seed", type=int, help="seed of the kill -9 drivers (kill9, refresh_outage; default: random, "
+                        "printed)")
     args = parser.parse_args(argv)
     wanted = [args.only] if args.only else list(NAMES)
     devdb = load_devdb()
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = None
     try:
-        if {"kill9", "hostile", "secrets", "hostile_server", *FLEET} & set(wanted):
+        if {"kill9", "hostile", "secrets", "hostile_server", "revocation_storm", *FLEET} & set(wanted):
             shared = devdb.start_server()  # $MONGODB_URI when set
             where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"{shared.engine} at {shared.uri}"
             print(f"database: {where}", flush=True)
@@ -134,18 +147,26 @@ def main(argv: list[str] | None = None) -> int:
                 report(hostile_server.run(shared.uri, args.size))
             except Exception as exc:
                 report(error_row("hostile_server", exc, began))
-        if "outage" in wanted:
+        if "revocation_storm" in wanted:
+            began = time.monotonic()
+            try:
+                report(revocation_storm.run(shared.uri, args.size))
+            except Exception as exc:
+                report(error_row("revocation_storm", exc, began))
+        for name, scenario in OWN_SERVER.items():
+            if name not in wanted:
+                continue
             began = time.monotonic()
             try:
                 own = devdb.start_server(use_env=False)  # one we can stop and start again
             except devdb.DevDBError as exc:
-                skipped.append(f"outage: needs a server of its own ({exc})")
-                print(f"outage: SKIPPED: needs a server of its own ({exc})", flush=True)
+                skipped.append(f"{name}: needs a server of its own ({exc})")
+                print(f"{name}: SKIPPED: needs a server of its own ({exc})", flush=True)
             else:
                 try:
-                    report(scenarios.outage(own, args.size))
+                    report(scenario(own, args.size, args.seed))
                 except Exception as exc:
-                    report(error_row("outage", exc, began))
+                    report(error_row(name, exc, began))
                 finally:
                     own.stop()
         if {"hostile", "secrets"} & set(wanted):

@@ -25,7 +25,7 @@ an expired or superseded access token), tokens (per user).
 
 A revocation storm: POST /_sandbox/storm {service, seconds} makes every request to `service` (omitted or
 "*": every service that takes tokens) answer as with a revoked token, each API in its own shape (GitHub 401
-Bad credentials, Bluesky 400 ExpiredToken, Stack Exchange 400 access_denied...), for `seconds` (0 ends it);
+Bad credentials, Bluesky 400 ExpiredToken, Stack Exchange 400 invalid_access_token...), for `seconds` (0 ends it);
 the tokens were never revoked: then they work again. Token endpoints keep working. Stats: storm_refused
 (requests refused, by service), storms (those under way, seconds left).
 

@@ -230,7 +230,9 @@ class Sandbox:
 
     def _refuse(self, user: User, echo: str = "") -> Response:
         if user.service == "stackoverflow":
-            return json_reply(400, {"error_id": 403, "error_name": "access_denied",
+            # api.stackexchange.com/docs/error-handling: invalid_access_token - 402 "An invalid access token was
+            # passed to a method" (access_denied - 403 is a token lacking a permission, not a revoked one)
+            return json_reply(400, {"error_id": 402, "error_name": "invalid_access_token",
                                "error_message": "the access token was revoked" + echo}, gzipped=True)
         return json_reply(401, {"message": "Bad credentials" + echo, "documentation_url": "https://docs.github.com/rest"})
 

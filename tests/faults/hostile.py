@@ -53,6 +53,7 @@ SLACK = 0.2  # schedule.rate_limit_slack
 LEASE_TTL = 30.0  # daemon.lease_ttl of config/test.toml
 TWO_DAYS = 2 * 86400.0  # sdk.MAX_WAIT: the longest any API can make us wait
 MINUTE = 60.0  # "told to wait without saying how long: a conservative minute" (states.py)
+RECHECK = 1.0  # schedule.unauthorized_recheck: a first 401 marks, the run this much later confirms (or clears) it
 SHORT = 3  # seconds of the short network rate limits
 PAUSE = 3  # seconds of the Stack Overflow app-wide pauses (throttle_violation, backoff)
 # waits count from the API's answer, which follows the request's arrival by at most total_timeout (plus the
@@ -63,7 +64,10 @@ FAST = ["--set", f"http.total_timeout={TOTAL_TIMEOUT}", "--set", f"http.max_body
         "--set", f"schedule.backoff_base={BACKOFF_BASE}", "--set", f"schedule.max_errors={MAX_ERRORS}",
         "--set", "schedule.disable_after=0",  # the count alone (a day-long streak does not fit the suite)
         "--set", f"schedule.rate_limit_slack={SLACK}", "--set", "schedule.jitter=0.0",
-        "--set", "schedule.normal_interval=3600", "--set", "log.level=info"]
+        "--set", "schedule.normal_interval=3600", "--set", f"schedule.unauthorized_recheck={RECHECK:g}",
+        # each 401 here is its network's own: the storm detection (collector/incidents.py) is the
+        # revocation_storm scenario's subject, and a few 401s among the first runs must not look like one
+        "--set", "schedule.incident_min_runs=1000000", "--set", "log.level=info"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ class Case:
     """One kind of faulty network: its fault and the end state the docs promise for it.
 
     expect: recovers (errors+1 per failure, backoff, then success: normal mode, errors 0),
-            disabled (max_errors failures in a row), unauthorized (disabled + unauthorized),
+            disabled (max_errors failures in a row),
+            unauthorized (a 401, confirmed by a second one RECHECK later: disabled + unauthorized),
+            rechecked (a single 401: marked, then the recheck RECHECK later succeeds and clears the mark),
             forbidden (a 403 that is no rate limit: disabled at once, not unauthorized),
             limited (network rate limit: due at the reset, errors unchanged, then success),
             paused (Stack Exchange app-wide limit: the whole service waits, then success),
@@ -120,12 +126,13 @@ CASES: list[Case] = [
     # rate limit "without saying how long": the conservative minute
     Case("retry_after-so", "retry_after", SO, "waits", {"kind": "retry_after", "seconds": SHORT}, "rate_limited",
          wait=MINUTE),
-    Case("unauthorized-gh", "unauthorized", GH, "unauthorized", {"kind": "unauthorized"}, "unauthorized"),
-    Case("unauthorized-so", "unauthorized", SO, "unauthorized", {"kind": "unauthorized"}, "unauthorized"),
-    Case("unauthorized-echo-gh", "unauthorized", GH, "unauthorized", {"kind": "unauthorized", "echo": True},
-         "unauthorized", redacted=True),
-    Case("unauthorized-echo-so", "unauthorized", SO, "unauthorized", {"kind": "unauthorized", "echo": True},
-         "unauthorized", redacted=True),
+    # one 401 (the sandbox's default count): marked, and the recheck succeeds; two in a row: disabled
+    Case("unauthorized-gh", "unauthorized", GH, "rechecked", {"kind": "unauthorized"}, "unauthorized", 1),
+    Case("unauthorized-so", "unauthorized", SO, "rechecked", {"kind": "unauthorized"}, "unauthorized", 1),
+    Case("unauthorized-echo-gh", "unauthorized", GH, "unauthorized", {"kind": "unauthorized", "echo": True,
+                                                                      "count": 2}, "unauthorized", redacted=True),
+    Case("unauthorized-echo-so", "unauthorized", SO, "unauthorized", {"kind": "unauthorized", "echo": True,
+                                                                      "count": 2}, "unauthorized", redacted=True),
     Case("revoked-gh", "revoked", GH, "unauthorized", None, "unauthorized"),
     Case("revoked-so", "revoked", SO, "unauthorized", None, "unauthorized"),
     *[Case(f"{kind}-{tag}", kind, svc, "recovers", {"kind": kind}, "bad_json", 1)
@@ -339,13 +346,22 @@ def judge(net: Net, doc: dict[str, Any] | None, hits: list[float], stored: int,
         want(err == "forbidden", f"lastError.kind {err}")
         want(len(hits) == 1, f"{len(hits)} requests after a permission error, expected 1")
         want(stored == 0, "items stored")
-    elif c.expect == "unauthorized":
-        settled = bool(doc.get("disabled"))
-        want(settled and doc.get("unauthorized") is True, "not disabled+unauthorized")
-        want(reason.startswith("unauthorized"), f"disabledReason {reason[:80]!r}")
+    elif c.expect in ("unauthorized", "rechecked"):  # the first 401 marks, the run RECHECK later decides
+        if c.expect == "unauthorized":
+            settled = bool(doc.get("disabled"))
+            want(settled and doc.get("unauthorized") is True, "not disabled+unauthorized")
+            want(reason.startswith("unauthorized"), f"disabledReason {reason[:80]!r}")
+            want(stats.get("unauthorized") == 2 and stored == 0, f"stats {stats}, {stored} stored")
+        else:
+            settled = done
+            want(done and doc.get("unauthorized") is False, f"not cleared by the recheck: {end_state(doc)}")
+            want(stats.get("unauthorized") == 1 and "authFailures" not in doc, f"stats {stats}")
         want(err == "unauthorized", f"lastError.kind {err}")
-        want(len(hits) == 1, f"{len(hits)} requests with a refused token, expected 1")
-        want(doc.get("errors", 0) == 0 and stored == 0, "errors counted or items stored")
+        want(len(hits) == 2 + net.extra, f"{len(hits)} requests with a refused token, expected 2 (the 401, its "
+             f"recheck) + {net.extra} (phase 2)")
+        gap = hits[1] - hits[0] if len(hits) > 1 else RECHECK
+        want(gap >= RECHECK - DRIFT, f"rechecked {gap:.2f}s after the first 401, unauthorized_recheck {RECHECK:g}s")
+        want(doc.get("errors", 0) == 0, "errors counted")
     elif c.expect in ("limited", "paused"):
         settled = done
         want(done, f"not finished after its limit: mode={doc.get('mode')} stored={stored}/{expected}")
@@ -452,7 +468,8 @@ def _execute(size: str, nets: list[Net], uri: str, db, tmp: Path, started: float
         # 2. normal mode: one new item upstream for a quarter of the finished networks, made due now
         mark = time.monotonic()
         snap = _snapshot(db, box, nets)
-        again = [n for i, n in enumerate(nets) if n.case.expect in ("healthy", "recovers", "limited", "paused")
+        again = [n for i, n in enumerate(nets) if n.case.expect in ("healthy", "recovers", "rechecked", "limited",
+                                                                     "paused")
                  and _finished(snap[n.user][0] or {}, snap[n.user][2], ITEMS) and i % 4 == 0]
         for net in again:
             box.add_items(net.token, 1)
@@ -594,7 +611,7 @@ def _report(nets: list[Net], db, box: Sandbox, codes: dict[str, tuple], logs: di
 
     # counters
     served_by = stats["unique_served"]
-    counted = [n for n in nets if n.case.expect in ("healthy", "recovers", "limited", "paused")]
+    counted = [n for n in nets if n.case.expect in ("healthy", "recovers", "rechecked", "limited", "paused")]
     lost = sum(max(served_by.get(n.token, 0) - snap[n.user][2], 0) for n in counted)
     stored = db.items.count_documents({})
     keys = Counter((d["user"], d["service"], d["itemId"]) for d in db.items.find({}, {"user": 1, "service": 1,

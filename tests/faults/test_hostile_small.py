@@ -14,7 +14,7 @@ from tests.faults.hostile import MINUTE, SLACK, TOTAL_TIMEOUT, TWO_DAYS
 # end state: (mode, disabled, unauthorized, errors, lastError.kind, lastOutcome.kind)
 RECOVERED = ("normal", False, False, 0)  # + the fault's error kind, then a page: errors reset by the success
 WAITING = ("initial", False, False, 0, "rate_limited", "rate_limited")  # same mode, errors unchanged, due later
-UNAUTHORIZED = ("initial", True, True, 0, "unauthorized", "unauthorized")  # disabled, never called again
+UNAUTHORIZED = ("initial", True, True, 0, "unauthorized", "unauthorized")  # disabled by the second, never called again
 FORBIDDEN = ("initial", True, False, 0, "forbidden", "permanent")  # a permission error: disabled at once
 FINE = ("normal", False, False, 0, None, "page")
 
@@ -25,8 +25,10 @@ def documented(case: hostile.Case) -> set[tuple]:
         return {(*RECOVERED, case.error, "page")}
     if case.expect == "disabled":  # transient max_errors times in a row
         return {("initial", True, False, hostile.MAX_ERRORS, case.error, "transient")}
-    if case.expect == "unauthorized":  # 401, access_denied, revoked
+    if case.expect == "unauthorized":  # 401, access_denied, revoked: a second one, unauthorized_recheck later
         return {UNAUTHORIZED}
+    if case.expect == "rechecked":  # a single 401: marked, then the recheck's page clears the mark
+        return {(*RECOVERED, "unauthorized", "page")}
     if case.expect == "forbidden":  # a 403 that is no rate limit
         return {FORBIDDEN}
     if case.expect in ("limited", "paused"):  # rate limited until the reset, then the back-fill completes
@@ -132,3 +134,16 @@ def test_no_token_anywhere(report):
     assert secrets["stuck"] == 0 and secrets["crashes"] == 0, secrets["notes"]
     # daemons' output, status (text and JSON), networks list (text and JSON), show, every document, every URL
     assert report.places >= 2 + 4 + 120 + secrets["served"], report.places
+
+
+def test_a_first_401_marks_and_only_a_second_one_in_a_row_disables(report):
+    # one 401 (then the token works): the recheck, unauthorized_recheck later, succeeds and clears the mark
+    for name in ("unauthorized-gh", "unauthorized-so"):
+        row = report.cases[name]
+        assert set(row["end"]) == {(*RECOVERED, "unauthorized", "page")}, name
+        assert row["requests"] >= 2 * row["networks"], name  # the 401, the recheck's page (and phase 2's)
+    # a revoked token (or two 401s in a row): disabled by the second, never called a third time
+    for name in ("revoked-gh", "revoked-so", "unauthorized-echo-gh", "unauthorized-echo-so"):
+        row = report.cases[name]
+        assert set(row["end"]) == {UNAUTHORIZED}, name
+        assert row["requests"] == 2 * row["networks"], name

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "collector"
 
 # highest first
 LAYERS: list[tuple[str, set[str]]] = [
-    ("entry points", {"__main__", "cli", "secrets_cli"}),
+    ("entry points", {"__main__", "cli", "secrets_cli", "migrations"}),
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
     ("fleet and observability", {"fleet", "status", "metrics", "notify"}),

@@ -229,7 +229,7 @@ async def test_a_status_favourited_again_is_stored_once_and_min_id_still_moves(e
     engine.page(api, min_id="1000").respond(200, json=[status(990, id=status_id(1001))],
                                             headers=engine.link(prev_min=1001))
     await engine.add(mode="normal", cursor={"min_id": "1000"})
-    await engine.store.save_items(await engine.network(), [Item(id=status_id(1001))], engine.clock.now)
+    await engine.store.save_items(await engine.network(), [Item(id=status_id(1001), scope=API)], engine.clock.now)
 
     result = await engine.run("normal")
 

@@ -227,7 +227,7 @@ def test_a_storm_of_every_service_speaks_each_apis_language_and_leaves_token_end
                        headers={"Authorization": f"Bearer {bluesky}"})
         assert got.status_code == 400 and got.json() == {"error": "ExpiredToken", "message": "Token has been revoked"}
         got = http.get("/2.3/me/favorites", headers={"x-api-access-token": so})
-        assert got.status_code == 400 and got.json()["error_name"] == "access_denied"
+        assert got.status_code == 400 and got.json()["error_name"] == "invalid_access_token"
         assert http.get("/api/v1/search_by_date", params={"tags": f"author_{hn}"}).json()["hits"]  # no tokens there
         assert refresh(http, rt).status_code == 200
     finally:

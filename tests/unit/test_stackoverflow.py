@@ -261,34 +261,75 @@ async def test_a_throttle_violation_waits_the_time_it_names(engine, api, clock):
     assert await engine.item_ids() == set()
 
 
+# api.stackexchange.com/docs/error-handling: every error is HTTP 400 with an error_id (the engine's own 403 handling
+# would see the same 403 as forbidden, so both statuses are tried)
+
+
 @pytest.mark.parametrize("status", [400, 403])
-async def test_access_denied_disables_the_network_as_unauthorized(engine, api, status):
+async def test_access_denied_is_a_permission_the_token_lacks_disabled_at_once_as_forbidden(engine, api, status):
+    """access_denied - 403: "A method which requires certain permissions was called with an access token that
+    lacks those permissions." The token works: not a 401 to confirm, a refusal retrying cannot change."""
     page(api, 1).mock(return_value=reply(gz({
         "error_id": 403, "error_name": "access_denied",
-        "error_message": "`access_token` does not have sufficient scope"}), status=status))
+        "error_message": f"`access_token` does not have sufficient scope ({TOKEN})"}), status=status))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "permanent"
+    network = await engine.network()
+    assert network["disabled"] is True and network["scheduledTo"] is None
+    assert network.get("unauthorized") is not True and "authFailures" not in network
+    assert network["lastError"]["kind"] == "forbidden" and network["lastError"]["status"] == status
+    assert "access_denied" in network["disabledReason"] and "sufficient scope" in network["disabledReason"]
+    assert TOKEN not in network["disabledReason"] and TOKEN not in network["lastError"]["message"]
+
+
+@pytest.mark.parametrize(("error_id", "error_name"), [(401, "access_token_required"), (402, "invalid_access_token"),
+                                                     (406, "access_token_compromised")])
+async def test_a_token_that_is_no_good_is_unauthorized_confirmed_by_a_second_run(engine, api, error_id, error_name):
+    """The token is missing, invalid (expired, revoked) or "no longer believed to be secure": a 401 in all but name,
+    confirmed before it disables, as every 401."""
+    page(api, 1).mock(return_value=reply(gz({"error_id": error_id, "error_name": error_name,
+                                             "error_message": "no"}), status=400))
     await engine.add()
 
     result = await engine.confirm_unauthorized("initial")
 
     assert result.outcome.kind == "unauthorized"
     network = await engine.network()
-    assert network["disabled"] is True
-    assert network["unauthorized"] is True
-    assert network["scheduledTo"] is None
-    assert "access_denied" in network["disabledReason"]
-    assert TOKEN not in network["disabledReason"]
+    assert network["disabled"] is True and network["unauthorized"] is True and network["scheduledTo"] is None
+    assert network["lastError"]["kind"] == "unauthorized" and error_name in network["disabledReason"]
 
 
-@pytest.mark.parametrize(("error_id", "error_name"), [(401, "access_token_required"), (402, "invalid_access_token"),
-                                                     (406, "access_token_compromised")])
-async def test_every_token_error_is_unauthorized(engine, api, error_id, error_name):
-    page(api, 1).mock(return_value=reply(gz({"error_id": error_id, "error_name": error_name,
-                                             "error_message": "no"}), status=400))
+async def test_key_required_is_the_apps_setup_retried_with_backoff(engine, api):
+    """key_required - 405: the app sends no key ([services.stackoverflow] key). No user's fault: retried like an
+    outage (a transient `forbidden`), so that configuring the key heals every network without a bulk enable."""
+    page(api, 1).mock(return_value=reply(gz({"error_id": 405, "error_name": "key_required",
+                                             "error_message": "`key` is required when `access_token` is passed"}),
+                                         status=400))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.outcome.kind == "transient"
+    network = await engine.network()
+    assert not network.get("disabled") and network["errors"] == 1
+    assert network["lastError"]["kind"] == "forbidden" and "[services.stackoverflow] key" in network["lastError"][
+        "message"]
+    assert await engine.due_in() == pytest.approx(engine.schedule.backoff_base)
+
+
+@pytest.mark.parametrize("error_id", [None, "403", True, [403], {"id": 403}, 403.0])
+async def test_an_error_id_that_is_no_integer_is_only_an_http_400(engine, api, error_id):
+    page(api, 1).mock(return_value=reply(gz({"error_id": error_id, "error_name": "access_denied"}), status=400))
     await engine.add()
 
     await engine.run("initial")
 
-    assert (await engine.network())["unauthorized"] is True
+    network = await engine.network()
+    assert network["errors"] == 1 and network["lastError"]["kind"] == "client_error"
+    assert not network.get("disabled") and not network.get("unauthorized")
 
 
 async def test_another_api_error_is_a_transient_failure(engine, api):
@@ -320,3 +361,89 @@ async def test_throttles_that_name_no_seconds_pause_everyone_longer_each_time(en
         assert service["limitStreak"] == i + 1
         clock.now = service["pausedUntil"]  # the next network meets the throttle when the pause is over
     assert pauses == [60, 120, 240]  # three different networks: the app's streak, not each network's
+
+
+# -- junk: the state the connector reads, the questions it is sent -----------------------------------------------
+
+
+@pytest.mark.parametrize("cursor", [{"next": "abc"}, {"next": 0}, {"next": -2}, {"next": 2**40}, {"next": 2.5},
+                                    {"next": True}, {"next": [2]}, {"next": {"page": 2}}, {"next": "1e3"},
+                                    {"next": "\u0663"}])
+async def test_a_cursor_page_that_is_no_page_number_disables_the_network_naming_the_cursor(engine, api, cursor):
+    await engine.add(cursor=cursor)
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["disabled"] is True and network["lastError"]["kind"] == "malformed"
+    assert "field 'cursor'" in network["disabledReason"]
+
+
+@pytest.mark.parametrize("cursor", [{"next": 3}, {"next": "3"}])
+async def test_a_cursor_page_written_as_text_is_read(engine, api, cursor):
+    route = page(api, 3).mock(return_value=reply(envelope([question(7, "seven")])))
+    await engine.add(cursor={**cursor, "stop": None, "top": "9"})
+
+    result = await engine.run("initial")
+
+    assert route.called and result.new_items == 1
+
+
+@pytest.mark.parametrize("site", ["stack overflow", "../users", "x" * 101, 42, ["superuser"], {"name": "x"}, True,
+                                  "-", "so?x=1"])
+async def test_a_site_that_is_no_site_name_disables_the_network_naming_the_options(engine, api, site):
+    await engine.add(options={"site": site})
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["disabled"] is True and network["lastError"]["kind"] == "malformed"
+    assert "field 'options'" in network["disabledReason"]
+
+
+@pytest.mark.parametrize("site", ["superuser", "math.stackexchange.com", "pt.stackoverflow", "meta.stackoverflow"])
+async def test_a_site_name_or_domain_is_sent(engine, api, site):
+    route = api.get(FAVORITES, params={"site": site}).mock(return_value=reply(envelope([question(7, "seven")])))
+    await engine.add(options={"site": site})
+
+    result = await engine.run("initial")
+
+    assert route.called and result.new_items == 1
+
+
+@pytest.mark.parametrize("qid", [None, "7", 7.0, True, -7, 0, [7], {"id": 7}])
+async def test_a_question_without_an_integer_id_is_a_bad_response_and_nothing_is_stored(engine, api, qid):
+    page(api, 1).mock(return_value=reply(envelope([question(8, "fine"), {**question(7, "junk"), "question_id": qid}])))
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["errors"] == 1 and network["lastError"]["kind"] == "bad_response"
+    assert await engine.item_ids() == set()
+
+
+@pytest.mark.parametrize("items", [None, {}, "questions", 7, {"question_id": 7}])
+async def test_items_that_are_no_list_are_a_bad_response(engine, api, items):
+    page(api, 1).mock(return_value=reply(gz({"items": items, "has_more": False})))
+    await engine.add()
+
+    await engine.run("initial")
+
+    network = await engine.network()
+    assert network["errors"] == 1 and network["lastError"]["kind"] == "bad_response"
+
+
+async def test_junk_beside_the_id_keeps_the_question(engine, api):
+    junk = {"question_id": 7, "title": 12, "link": ["x"], "owner": "someone", "creation_date": "yesterday"}
+    page(api, 1).mock(return_value=reply(gz({"items": [junk], "has_more": "yes", "quota_remaining": [1]})))
+    await engine.add()
+
+    result = await engine.run("initial")
+
+    assert result.new_items == 1
+    item = (await engine.items())[0]
+    assert item["itemId"] == "7" and item["title"] == "" and item["url"] == "https://stackoverflow.com/q/7"
+    assert item["author"] is None and item["created"] is None
+    network = await engine.network()
+    assert network["mode"] == "normal"  # has_more "yes" is no boolean: the sweep ended
