@@ -97,3 +97,25 @@ def html_text(markup: str, max_markup: int = MAX_MARKUP) -> str:
             parts.append(" ")
         at = end + (3 if comment else 1)
     return " ".join(html.unescape("".join(parts)).split())
+
+
+# an item id is part of a unique index key: MongoDB's index keys stay well under 1 KB with this
+MAX_ID = 512
+
+
+def item_id(value: Any, what: str = "id") -> str:
+    """The text of an item's id as the reply gives it: an integer, or a non-blank string of at most MAX_ID
+    characters. Anything else (null, a boolean, a float, a container, "") is a BadResponse, never an item stored
+    under `str()` of junk, where distinct junk ids would collapse into one item."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= MAX_ID:
+        return value
+    shown = repr(value)[:40]
+    raise BadResponse(f"an item whose {what} is not an integer or a non-blank string: {shown}")
+
+
+def text(value: Any) -> str | None:
+    """`value` when it is a string, else None: for an item's title, url and author, which readers of the items
+    collection get as text or null whatever the reply held there."""
+    return value if isinstance(value, str) else None

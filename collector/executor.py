@@ -76,13 +76,14 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
 
 def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
     """True when `$inc` of `counts` into the document's `stats` can succeed: an object (or absent) whose
-    counters are absent or integers well inside 64 bits."""
+    counters are absent (not null) or integers well inside 64 bits."""
     if stats is None:
         return True
     if not isinstance(stats, dict):
         return False
-    return all(stats.get(k) is None or (isinstance(stats.get(k), int) and not isinstance(stats.get(k), bool)
-                                        and 0 <= stats[k] < MAX_ERRORS_COUNT * 2**30) for k in counts)
+    # a counter present as null is junk too: MongoDB refuses `$inc` on a null field
+    return all(k not in stats or (isinstance(stats[k], int) and not isinstance(stats[k], bool)
+                                  and 0 <= stats[k] < MAX_ERRORS_COUNT * 2**30) for k in counts)
 
 
 class Executor:
@@ -342,7 +343,8 @@ class Executor:
         except RecursionError:  # a connector's own response.json() of a body nested past the parser's limit
             return Outcome(Kind.TRANSIENT, error="bad_response", status=status,
                            message="unexpected response shape: nested too deeply to parse"), []
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            # OverflowError: int() of a number JSON read as infinity (1e400)
             return Outcome(Kind.TRANSIENT, error="bad_response", status=status,
                            message=f"unexpected response shape: {type(exc).__name__}: {exc}"), []
         limit = limit.merge(page.rate_limit) if limit else page.rate_limit

@@ -55,7 +55,8 @@ class Verdict:
     runs: int  # runs that got an answer in the window
 
     def describe(self, window: float) -> str:
-        return f"{self.refused} of {self.runs} runs refused with 401 in {window / 60:.0f} min"
+        span = f"{window / 60:.0f} min" if window >= 120 else f"{window:.0f} s"
+        return f"{self.refused} of {self.runs} runs refused with 401 in {span}"
 
 
 class AuthWatch:

@@ -87,11 +87,13 @@ class Operations:
                 unset = [*(["slot"] if junk_slot else []), *(["lease"] if junk_lease else [])]
                 if unset:
                     update["$unset"] = dict.fromkeys(unset, "")
-                # only a document nobody holds: no lease, or (re-checked by the server, atomically) still the junk
-                # one; a claim that won it meanwhile wrote a well-formed lease, which this no longer matches
-                guard = leases.malformed() if junk_lease else {"lease": None}
-                await self.networks.update_one({"_id": doc["_id"], **guard}, update)
-                done.append((doc["_id"], ", ".join(sorted([*fields, *unset]))))
+                # only a document nobody holds (re-checked by the server, atomically): still the junk lease it
+                # had, or no lease or an expired one (a process killed during a run); a claim that won it meanwhile
+                # wrote a live lease, which this no longer matches, and the run it started settles the document
+                guard = leases.malformed() if junk_lease else leases.unheld(now)
+                result = await self.networks.update_one({"_id": doc["_id"], **guard}, update)
+                if result.modified_count:
+                    done.append((doc["_id"], ", ".join(sorted([*fields, *unset]))))
         return done
 
     async def enable(self, network_id: Any, now: datetime) -> bool:

@@ -49,7 +49,7 @@ from collector import logs
 
 # the SDK's errors, rate limits and URL helpers live in collector/errors.py, limits.py and urls.py; connectors
 # import them from here, as always
-from collector.bounded import MAX_DEPTH, MAX_ITEMS, html_text, json_body, json_value
+from collector.bounded import MAX_DEPTH, MAX_ITEMS, html_text, item_id, json_body, json_value, text
 from collector.errors import (
     BadResponse,
     ConnectorError,
@@ -103,6 +103,7 @@ __all__ = [
     "header_rate_limit",
     "html_text",
     "inside",
+    "item_id",
     "json_body",
     "json_value",
     "links",
@@ -113,6 +114,7 @@ __all__ = [
     "retry_after",
     "server_url",
     "sweep",
+    "text",
     "within",
 ]
 
@@ -293,19 +295,32 @@ class Connector:
 
 
 def _scoping(parse: Callable[[Any, Context, httpx.Response], Page]) -> Callable[[Any, Context, httpx.Response], Page]:
-    """`parse`, its page's items stamped with the connector's item_scope (unchanged when that is None)."""
+    """`parse`, its page's items checked and stamped with the connector's item_scope: an id that is not a
+    non-blank string is a BadResponse; a title, url or author that is not a string becomes None (readers of
+    the items collection get text or null)."""
 
     @functools.wraps(parse)
     def scoped(self: Connector, ctx: Context, response: httpx.Response) -> Page:
         page = parse(self, ctx, response)
-        scope = self.item_scope(ctx) if isinstance(page, Page) and page.items else None
-        if scope is None:
+        if not isinstance(page, Page) or not page.items:
             return page
-        items = [item if not isinstance(item, Item) or item.scope == scope else dataclasses.replace(item, scope=scope)
-                 for item in page.items]
+        scope = self.item_scope(ctx)
+        items = [_checked(item, scope) if isinstance(item, Item) else item for item in page.items]
         return dataclasses.replace(page, items=items)
 
     return scoped
+
+
+def _checked(item: Item, scope: str | None) -> Item:
+    """`item` with its scope, its id checked (an integer becomes text), its shown fields text or None."""
+    ident = item_id(item.id)
+    shown = ("title", "url", "author")
+    changes: dict[str, Any] = {k: None for k in shown if not isinstance(getattr(item, k), str | None)}
+    if ident is not item.id:
+        changes["id"] = ident
+    if scope is not None and item.scope != scope:
+        changes["scope"] = scope
+    return dataclasses.replace(item, **changes) if changes else item
 
 
 # -- helpers (the URL ones are in collector/urls.py, the bounded readers of a reply in collector/bounded.py) ---

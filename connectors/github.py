@@ -22,6 +22,7 @@ from collector.sdk import (
     RateLimit,
     RateLimited,
     Request,
+    item_id,
     json_value,
     next_link,
     parse_time,
@@ -60,7 +61,7 @@ class GitHubStarred(Connector):
         for entry in data:
             repo = entry.get("repo", entry)  # star+json wraps {starred_at, repo}
             items.append(Item(
-                id=str(repo["id"]),
+                id=item_id(repo["id"]),
                 title=repo.get("full_name"),
                 url=repo.get("html_url"),
                 author=(repo.get("owner") or {}).get("login"),

@@ -59,6 +59,7 @@ from collector.sdk import (
     Request,
     count,
     excerpt,
+    item_id,
     json_body,
     next_link,
     parse_time,
@@ -161,7 +162,7 @@ class GitLabStarred(Connector):
         namespace = project.get("namespace") or {}
         owner = project.get("owner") or {}
         return Item(
-            id=str(project["id"]),
+            id=item_id(project["id"]),
             title=project.get("path_with_namespace") or project.get("name_with_namespace") or project.get("name"),
             url=project.get("web_url"),
             author=namespace.get("full_path") or owner.get("username"),

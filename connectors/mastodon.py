@@ -60,6 +60,7 @@ from collector.sdk import (
     Request,
     excerpt,
     html_text,
+    item_id,
     json_body,
     links,
     next_link,
@@ -148,7 +149,7 @@ class MastodonStatuses(Connector):
         shown = status.get("reblog") or status
         account = shown.get("account") or {}
         return Item(
-            id=str(status["id"]),
+            id=item_id(status["id"]),
             title=title(shown),
             url=shown.get("url") or shown.get("uri"),
             author=account.get("acct") if isinstance(account, dict) else None,

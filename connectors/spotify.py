@@ -33,6 +33,7 @@ from collector.sdk import (
     RateLimited,
     Request,
     excerpt,
+    item_id,
     json_body,
     parse_time,
     sweep,
@@ -69,7 +70,7 @@ class SpotifySavedTracks(Connector):
                 continue  # nothing stable to key it on (Spotify may send a null track)
             artists = track.get("artists") or [{}]
             items.append(Item(
-                id=str(track.get("id") or track["uri"]),
+                id=item_id(track.get("id") or track["uri"]),
                 title=track.get("name"),
                 url=(track.get("external_urls") or {}).get("spotify"),
                 author=artists[0].get("name"),

@@ -50,6 +50,7 @@ from collector.sdk import (
     Request,
     Unauthorized,
     excerpt,
+    item_id,
     json_body,
     json_value,
     parse_time,
@@ -109,12 +110,15 @@ class YouTubeLiked(Connector):
         for video in body["items"]:
             snippet = video.get("snippet") or {}
             items.append(Item(
-                id=str(video["id"]),
+                id=item_id(video["id"]),
                 title=snippet.get("title"),
                 url=f"https://www.youtube.com/watch?v={video['id']}",
                 author=snippet.get("channelTitle"),
                 created=parse_time(snippet.get("publishedAt")),
                 raw=video,
             ))
-        fresh, cursor, more = sweep(ctx.cursor, items, body.get("nextPageToken") or None, ctx.mode)
+        token = body.get("nextPageToken") or None
+        if token is not None and not isinstance(token, str):  # VideoListResponse.nextPageToken is a string
+            raise BadResponse(f"nextPageToken is not a string: {type(token).__name__}")
+        fresh, cursor, more = sweep(ctx.cursor, items, token, ctx.mode)
         return Page(items=fresh, cursor=cursor, more=more)

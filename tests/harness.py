@@ -95,3 +95,25 @@ async def engine_for(service: str, token: str, mock_db, settings, clock):
     async with httpx.AsyncClient() as client:
         yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings,
                      service, token)
+
+
+async def run_schedulers(store: Store, executor: Executor, settings: Any, clock: Any) -> list[Any]:
+    """One Scheduler per mode runs everything due, round after round past any retry's backoff, until the
+    networks have had max_errors + 2 chances: each round repairs, then fills and awaits the runs until nothing
+    due is left (per-service caps). No scheduler may crash or keep a run or a service slot. Returns them."""
+    import asyncio
+
+    from collector.config import MODES
+    from collector.scheduler import Scheduler
+
+    schedulers = [Scheduler(store, executor, settings, mode, owner=f"prop-{mode}", clock=clock) for mode in MODES]
+    for rounds in range(settings.schedule.max_errors + 2):
+        if rounds:
+            clock.advance(settings.schedule.backoff_cap + 1)
+        for sched in schedulers:
+            await sched._maybe_repair(clock.now)
+            while await sched.fill(clock.now):
+                await asyncio.gather(*list(sched.inflight))
+    for sched in schedulers:
+        assert sched.stats.crashes == 0 and not sched.inflight and not sched.per_service
+    return schedulers

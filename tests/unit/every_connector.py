@@ -161,7 +161,7 @@ def template(service: str) -> Any:
     raise KeyError(service)
 
 
-def template_headers(service: str, request: httpx.Request | None = None) -> dict[str, str]:
+def template_headers(service: str) -> dict[str, str]:
     if service == "github":
         return {"ETag": 'W/"5f1e8c2b0a7d"'}
     if service.startswith("mastodon"):
@@ -180,13 +180,17 @@ def encoded(service: str, body: bytes) -> tuple[bytes, dict[str, str]]:
     return (gzip.compress(body), dict(GZIP)) if service == "stackoverflow" else (body, {})
 
 
+def raw_reply(status: int, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """A reply whose body is the bytes given, unread (httpx decodes a `content` by its Content-Encoding at once)."""
+    return httpx.Response(status, headers={**headers, "content-length": str(len(body))}, stream=httpx.ByteStream(body))
+
+
 def valid_reply(service: str) -> Callable[[httpx.Request], httpx.Response]:
     def reply(request: httpx.Request) -> httpx.Response:
         if service == "gitlab" and request.url.path == "/api/v4/user":
-            return httpx.Response(200, json={"id": 42, "username": "someone"})
+            return raw_reply(200, b'{"id": 42, "username": "someone"}', {"content-type": "application/json"})
         body, headers = encoded(service, json.dumps(template(service)).encode())
-        headers = {"content-type": "application/json", **headers, **template_headers(service, request)}
-        return httpx.Response(200, content=body, headers=headers)
+        return raw_reply(200, body, {"content-type": "application/json", **headers, **template_headers(service)})
 
     return reply
 
@@ -227,34 +231,44 @@ class Engine:
     executor: Executor
     clock: Clock
     log: io.StringIO
-    api: respx.MockRouter
+    api: respx.MockRouter | None
     db: Any
 
 
-def mock_apis(answer: dict[str, Callable[[httpx.Request], httpx.Response]] | None = None) -> respx.MockRouter:
-    """Every connector's test host answered by `answer[service]` (a valid reply by default); any other host by a
-    599 (never sent: the route `elsewhere` records it)."""
-    router = respx.mock(assert_all_called=False, assert_all_mocked=True)
+def dispatch(answer: dict[str, Callable[[httpx.Request], httpx.Response]] | None = None
+             ) -> Callable[[httpx.Request], httpx.Response]:
+    """One handler for every connector's test host, answered by `answer[service]` (a valid reply by default); any
+    other host by a 599 (with `elsewhere: host` in its headers). Replies are unread streams of their bytes, as a
+    transport hands them over (one built from `content` is decoded and read at once: see `raw_reply`)."""
     hosts: dict[str, list[str]] = {}
     for service in SERVICES:
         hosts.setdefault(httpx.URL(BASES[service]).host, []).append(service)
-    for host, services in hosts.items():
-        def pick(request: httpx.Request, services: list[str] = services) -> httpx.Response:
-            service = services[0]
-            if len(services) > 1:  # two connectors on one host (Mastodon's, Reddit's): told by the path
-                service = next((s for s in services if s.rsplit("_", 1)[-1] in request.url.path), services[0])
-            return (answer or {}).get(service, valid_reply(service))(request)
 
-        router.route(host=host, name=host).mock(side_effect=pick)
-    router.route(name="elsewhere").respond(599)
+    def handle(request: httpx.Request) -> httpx.Response:
+        services = hosts.get(request.url.host)
+        if not services:
+            return httpx.Response(599, headers={"elsewhere": request.url.host})
+        service = services[0]
+        if len(services) > 1:  # two connectors on one host (Mastodon's, Reddit's): told by the path
+            service = next((s for s in services if s.rsplit("_", 1)[-1] in request.url.path), services[0])
+        return (answer or {}).get(service, valid_reply(service))(request)
+
+    return handle
+
+
+def mock_apis(answer: dict[str, Callable[[httpx.Request], httpx.Response]] | None = None) -> respx.MockRouter:
+    router = respx.mock(assert_all_called=False, assert_all_mocked=True)
+    router.route(name="apis").mock(side_effect=dispatch(answer))
     return router
 
 
 @contextlib.asynccontextmanager
 async def engine(answer: dict[str, Callable[[httpx.Request], httpx.Response]] | None = None,
-                 log_level: str = "warning") -> AsyncIterator[Engine]:
+                 log_level: str = "warning", wire: bool = False) -> AsyncIterator[Engine]:
     """A fresh database (a unique name: fixtures are not reset between examples), log capture, the mocked APIs and
-    an executor over every installed connector."""
+    an executor over every installed connector. The APIs are served by respx; with `wire`, by an httpx
+    MockTransport instead, which hands the engine the body's bytes as they are (respx reads a response before the
+    engine does, decoding it as its Content-Encoding says: it cannot serve a corrupt gzip stream)."""
     db = AsyncMongoMockClient(tz_aware=True)[f"every_{uuid.uuid4().hex}"]
     store = Store(db)
     await store.ensure_indexes()
@@ -262,8 +276,9 @@ async def engine(answer: dict[str, Callable[[httpx.Request], httpx.Response]] | 
     logs.configure("json", log_level, stream=out)
     clock = Clock(T0)
     try:
-        with mock_apis(answer) as api:
-            async with httpx.AsyncClient(verify=TLS) as client:
+        with contextlib.nullcontext(None) if wire else mock_apis(answer) as api:
+            transport = httpx.MockTransport(dispatch(answer)) if wire else None
+            async with httpx.AsyncClient(verify=TLS, transport=transport) as client:
                 executor = Executor(store, client, SETTINGS, REGISTRY, clock=clock, rng=random.Random(0))
                 yield Engine(store, executor, clock, out, api, db)
     finally:

@@ -19,7 +19,7 @@ import re
 
 import httpx
 
-from collector.sdk import Connector, Context, Item, Page, PermanentError, Request, json_body, parse_time
+from collector.sdk import Connector, Context, Item, Page, PermanentError, Request, item_id, json_body, parse_time
 
 PER_PAGE = 100
 
@@ -49,7 +49,7 @@ class HackerNewsSubmissions(Connector):
         hits = body["hits"]
         cursor = ctx.cursor
         known = set(cursor.get("edge_ids", [])) | set(cursor.get("stop_ids", []))  # stored at a boundary second
-        items = [Item(id=str(h["objectID"]), title=h.get("title") or h.get("story_title") or "",
+        items = [Item(id=item_id(h["objectID"]), title=h.get("title") or h.get("story_title") or "",
                       url=h.get("url") or f"https://news.ycombinator.com/item?id={h['objectID']}",
                       author=h.get("author"), created=parse_time(h.get("created_at_i")), raw=h)
                  for h in hits if str(h["objectID"]) not in known]
