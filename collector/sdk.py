@@ -19,11 +19,8 @@ package registers its own.
             ...
             return Page(items=[...], cursor={"page": n + 1}, more=bool(data["next"]))
 
-Messages (an exception's text, recorded on the network as `lastError`, in the reason of a disabled network or
-a paused service, and logged): the engine scrubs every secret of the run from them (the network's credentials
-and the service's client secret, raw, URL-encoded, JSON-escaped or in base64), then bounds their length. Put
-an API's error text in a message whole, or shortened with `excerpt(text, limit)`, which scrubs before it cuts;
-never with `text[:n]`: a cut through a token leaves a fragment that no scrub recognizes any more.
+Messages (lastError, a disabled network's reason, logs) have every secret of the run scrubbed, then bounded:
+shorten an API's text with `excerpt(text, limit)`, never `text[:n]` (a cut token escapes the scrub).
 """
 
 from __future__ import annotations
