@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from collector import config as config_mod
-from collector import logs, migrations, sdk
+from collector import logs, migrations, model, sdk
 from collector.config import MODES, ConfigError
 from collector.selectors import SLOTS
 
@@ -83,7 +83,7 @@ def load_settings(ctx: click.Context) -> config_mod.Settings:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--set", "set", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any setting, e.g. --set services.github.base_url=http://127.0.0.1:9000")
-@click.version_option(package_name="collector")
+@click.version_option(package_name="collector-daemon")  # the distribution (fleet.DISTRIBUTION)
 @click.pass_context
 def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     """collector: keeps users' data in sync from third-party APIs.
@@ -307,8 +307,9 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
             continue
         last = (doc.get("lastOutcome") or {}).get("reason", "")
         reason = doc.get("disabledReason") or doc.get("parkedReason") or last
+        every = f"{i:.0f}s" if (i := model.poll_interval(doc)) else "-"  # adaptive polling's interval
         click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {_state(doc):<12} "
-                   f"next={doc.get('scheduledTo')}  {reason}")
+                   f"next={doc.get('scheduledTo')} every={every}  {reason}")
 
 
 @networks.command("show")

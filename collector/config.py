@@ -45,6 +45,10 @@ class Schedule:
     incident_window: float = 900.0
     incident_min_runs: int = 10
     incident_pause: float = 300.0
+    incident_min_refused: int = 10
+    incident_max: float = 21600.0
+    normal_interval_min: float = 300.0
+    normal_interval_max: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ def _schedule(section: str, raw: dict[str, Any], base: Schedule) -> Schedule:
     if not 0 < values["incident_share"] <= 1:
         raise ConfigError(f"[{section}] incident_share must be a fraction above 0 and at most 1, "
                           f"got {values['incident_share']!r}")
+    low, high = values["normal_interval_min"], values["normal_interval_max"]
+    if low and high and low > high:  # 0: normal_interval (collector/states.py, interval_bounds)
+        raise ConfigError(f"[{section}] normal_interval_min must be at most normal_interval_max: {low!r} > {high!r}")
     return Schedule(**values)
 
 

@@ -28,11 +28,12 @@ from collector.store import Store
 
 SERVICES = ("github", "stackoverflow")
 # everything happens within a minute or two: short paces, intervals and backoffs. In code, not in a config file:
-# `pip install "collector[demo]"` ships no config/ directory (the demo ran on production intervals there)
+# `pip install "collector-daemon[demo]"` ships no config/ directory (the demo ran on production intervals there)
 DEMO_SETTINGS: dict[str, Any] = {
     "daemon": {"poll_interval": 0.2, "lease_ttl": 30.0, "shutdown_grace": 5.0, "concurrency": 32},
     "schedule": {"initial_pace": 0.1, "normal_interval": 2.0, "backoff_base": 0.5, "backoff_cap": 5.0,
-                 "rate_limit_slack": 0.5, "unauthorized_recheck": 1.0},  # a 401 is confirmed a second later
+                 "rate_limit_slack": 0.5, "unauthorized_recheck": 1.0,  # a 401 is confirmed a second later
+                 "normal_interval_min": 0.0, "normal_interval_max": 0.0},  # a fixed interval: the demo is short
     # the sandbox API listens on loopback, which the egress policy refuses unless it is allowed
     "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0, "allow": ["127.0.0.1"]},
     "log": {"format": "console", "level": "error"},
@@ -123,7 +124,8 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
         except ImportError:
             server.stop()
             echo('collector demo without --mongodb-uri needs the in-memory database of the "demo" extra: '
-                 'pip install "collector[demo]" (from a clone: pip install -e ".[demo]"), or give --mongodb-uri')
+                 'pip install "collector-daemon[demo]" (from a clone: pip install -e ".[demo]"), '
+                 'or give --mongodb-uri')
             return False
         mongomock_compat()
         db = AsyncMongoMockClient(tz_aware=True)["collector_demo"]

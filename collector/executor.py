@@ -31,6 +31,7 @@ from collector.model import (
     error_count,
     failing_since,
     limit_streak,
+    poll_interval,
     run_secrets,
     utcnow,
 )
@@ -143,7 +144,8 @@ class Executor:
             else:
                 outcome, items = await self._attempt(opened.plain, now, opened.stored)
             # a 401 of a storm pauses the service instead of counting against the network (collector/incidents.py)
-            outcome, incident = await self.incidents.judge(service, outcome, max(now, self.clock()))
+            outcome, incident = await self.incidents.judge(service, doc.get("_id"), outcome,
+                                                             max(now, self.clock()))
             # bounded once, whatever made it (an exception, an API's text): scrubbed before the cut, as every cut
             outcome = replace(outcome, message=logs.clip(outcome.message, MAX_MESSAGE))
             # the next run is scheduled from when the API answered, not from when this run began: a
@@ -158,7 +160,8 @@ class Executor:
                                   message=f"the database refused the items: {logs.describe(exc)}")
                 items, new_items = [], 0
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
-                          await self._service_streak(service, outcome, answered), auth_failures(doc))
+                          await self._service_streak(service, outcome, answered), auth_failures(doc),
+                          poll_interval(doc))
             schedule = self.settings.service(service).schedule
             try:
                 step = transition(state, outcome, answered, schedule, self.rng)
@@ -213,6 +216,8 @@ class Executor:
             fields.update(mode=step.mode, lastSuccess=now, unauthorized=False)
             if step.cursor is not None:
                 fields["cursor"] = step.cursor
+            if step.interval is not None:
+                fields["pollInterval"] = step.interval  # adaptive polling (collector/states.py)
             unset += ["authFailures", "previousRefreshToken"]  # the credentials served a run (collector/refresh.py)
         elif step.auth_failures:
             fields.update(authFailures=step.auth_failures, unauthorized=True)

@@ -150,6 +150,14 @@ def limit_streak(doc: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000 else 0
 
 
+def poll_interval(doc: dict[str, Any]) -> float | None:
+    """The network's adaptive normal interval in seconds (`pollInterval`), None when unset or junk."""
+    value = doc.get("pollInterval")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 10**8:
+        return float(value)
+    return None
+
+
 def failing_since(doc: dict[str, Any]) -> datetime | None:
     """When the current streak of transient failures began (`failingSince`), None if unknown or junk."""
     value = doc.get("failingSince")

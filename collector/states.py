@@ -7,8 +7,9 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 |---------------|--------------------|-----------|---------------------------------------|--------|-------------------|
 | page          | more pages waiting | same      | now + initial_pace                    | 0      | -                 |
 | page          | initial, no more   | normal    | now + normal_interval                 | 0      | -                 |
-| page          | normal, no more    | normal    | now + normal_interval                 | 0      | -                 |
-| not_modified  | 304                | normal    | now + normal_interval                 | 0      | -                 |
+| page          | normal, new items  | normal    | now + normal_interval_min             | 0      | -                 |
+| page          | normal, none new   | normal    | now + min(max, interval x 1.5)        | 0      | -                 |
+| not_modified  | 304                | normal    | now + min(max, interval x 1.5)        | 0      | -                 |
 | (any success) | rate limit low     | as above  | max(above, reset + slack)             | 0      | -                 |
 | rate_limited  | names its reset    | same      | resume_at + slack (never earlier)     | same   | -                 |
 | rate_limited  | names no reset     | same      | now + min(cap, wait * 2^(limited-1))  | same   | -                 |
@@ -19,6 +20,12 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | permanent     | bad input, egress  | same      | never                                 | same   | yes               |
 | permanent     | 403, not a limit   | same      | never                                 | same   | yes, forbidden    |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
+
+Adaptive polling: a network's normal interval (`pollInterval`) follows its user's activity within the service's
+`normal_interval_min` and `normal_interval_max`: a normal run that found new items brings it down to the minimum,
+each one that found nothing (an empty page, a 304) stretches it by 1.5, up to the maximum; with jitter as every
+delay. A back-fill just finished starts at `normal_interval`. Both bounds at 0 (or equal to `normal_interval`) give
+a fixed interval. Failures, limits and pauses leave it as it was.
 
 A 401 is confirmed before it disables: the first (after a token refresh, where the network has a refresh token
 and its service a token endpoint) marks the network `unauthorized` (`authFailures` 1) and runs it once more after
@@ -114,6 +121,7 @@ class State:
     limited: int = 0  # rate limits in a row before this run
     service_limited: int = 0  # app-wide limits in a row of this network's service (for an app-wide limit)
     auth_failures: int = 0  # 401s in a row before this run (`authFailures`): the second one disables
+    interval: float | None = None  # the network's adaptive normal interval (`pollInterval`), None: not yet set
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,30 @@ class Transition:
     parked: bool = False  # too many rate limits in a row: due again after park_for
     user_paused_until: datetime | None = None  # a limit of this user on this app: their other networks wait too
     auth_failures: int = 0  # 401s in a row, this run included (a success clears them; other failures keep them)
+    interval: float | None = None  # the normal interval from now on (`pollInterval`), None: unchanged
+
+
+# adaptive polling: each normal run that finds nothing new stretches the interval this much (up to the maximum)
+STRETCH = 1.5
+
+
+def interval_bounds(schedule: Schedule) -> tuple[float, float]:
+    """(shortest, longest) normal interval of a network: normal_interval_min and normal_interval_max, 0 meaning
+    normal_interval, and always taking normal_interval in (an operator's shorter normal_interval lowers the floor)."""
+    base = schedule.normal_interval
+    return min(schedule.normal_interval_min or base, base), max(schedule.normal_interval_max or base, base)
+
+
+def adapt(previous: float | None, found: bool, schedule: Schedule) -> float:
+    """The next normal interval: the shortest after a run that found new items (the user is active: come back
+    soon), else the previous one stretched by STRETCH, up to the longest (an idle user costs ever fewer requests).
+    A network without one (just back-filled, or junk) starts at normal_interval."""
+    low, high = interval_bounds(schedule)
+    if found:
+        return low
+    if previous is None:
+        return schedule.normal_interval
+    return min(high, max(low, previous * STRETCH))
 
 
 def _jittered(seconds: float, jitter: float, rng: random.Random) -> timedelta:
@@ -167,11 +199,15 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         error = {"at": now, "kind": outcome.error, "status": outcome.status, "message": outcome.message}
 
     if outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):
+        interval = None
         if outcome.kind is Kind.PAGE and outcome.more:
             mode, due = state.mode, now + _jittered(schedule.initial_pace, schedule.jitter, rng)
             reason = f"{outcome.items} items, more pages waiting"
         else:
-            mode, due = "normal", now + _jittered(schedule.normal_interval, schedule.jitter, rng)
+            # a back-fill just done starts at normal_interval; a normal run adapts it (found new items or not)
+            interval = adapt(state.interval, outcome.kind is Kind.PAGE and outcome.items > 0,
+                             schedule) if state.mode == "normal" else schedule.normal_interval
+            mode, due = "normal", now + _jittered(interval, schedule.jitter, rng)
             if outcome.kind is Kind.NOT_MODIFIED:
                 reason = "not modified (304)"
             elif state.mode == "initial":
@@ -185,7 +221,7 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         scope = outcome.rate_limit.scope if limited and outcome.rate_limit else None
         return Transition(mode, due, 0, reason, True, cursor=outcome.cursor, rate_limited_until=limited,
                           service_paused_until=limited if scope == "service" else None,
-                          user_paused_until=limited if scope == "user" else None)
+                          user_paused_until=limited if scope == "user" else None, interval=interval)
 
     if outcome.kind is Kind.RATE_LIMITED:
         limit = outcome.rate_limit

@@ -123,20 +123,65 @@ async def test_a_rotated_pair_keeps_the_previous_refresh_token_until_it_has_serv
 # -- 401 storms -----------------------------------------------------------------------------------------------
 
 
-def test_the_window_needs_enough_runs_and_more_than_the_share():
+def test_the_window_needs_enough_networks_and_more_than_the_share():
     now = [0.0]
     watch = AuthWatch(clock=lambda: now[0])
-    schedule = Schedule(incident_min_runs=10, incident_share=0.2, incident_window=900.0)
-    for _ in range(9):
-        assert watch.record("github", True, schedule) is None  # nine refusals: too few runs to judge
-    verdict = watch.record("github", True, schedule)
-    assert verdict is not None and (verdict.refused, verdict.runs) == (10, 10)
+    schedule = Schedule(incident_min_runs=10, incident_min_refused=3, incident_share=0.2, incident_window=900.0)
+    for n in range(9):
+        assert watch.record("github", n, True, schedule) is None  # nine refused networks: too few to judge
+    verdict = watch.record("github", 9, True, schedule)
+    assert verdict is not None and (verdict.refused, verdict.runs, verdict.fresh) == (10, 10, True)
     now[0] += 901  # all out of the window
-    for _ in range(8):
-        assert watch.record("github", False, schedule) is None
-    assert watch.record("github", True, schedule) is None and watch.record("github", True, schedule) is None  # 2/10
-    assert watch.record("github", True, schedule) is not None  # 3 of 11 > 20 %
-    assert watch.record("gitlab", True, schedule) is None  # per service
+    for n in range(8):
+        assert watch.record("github", n, False, schedule) is None
+    assert watch.record("github", 8, True, schedule) is None and watch.record("github", 9, True, schedule) is None
+    verdict = watch.record("github", 10, True, schedule)  # 3 of 11 networks > 20 %
+    assert verdict is not None and (verdict.refused, verdict.runs, verdict.fresh) == (3, 11, True)
+    assert watch.record("github", 11, True, schedule).fresh is False  # the same incident, renewed
+    assert watch.record("gitlab", 1, True, schedule) is None  # per service
+
+
+def test_a_network_refused_again_and_again_counts_once():
+    """A small service's few genuine revocations, refused run after run (their confirmations, retries), never add
+    up to an incident that would hold them back and pause everyone else."""
+    watch = AuthWatch(clock=lambda: 0.0)
+    schedule = Schedule(incident_min_runs=10, incident_min_refused=3, incident_share=0.2, incident_window=900.0)
+    for n in range(8):
+        assert watch.record("reddit_saved", n, False, schedule) is None
+    for _ in range(20):  # two revoked networks, refused twenty times each: 40 of 48 runs, 2 of 10 networks
+        assert watch.record("reddit_saved", "revoked-1", True, schedule) is None
+        assert watch.record("reddit_saved", "revoked-2", True, schedule) is None
+
+
+def test_fewer_refused_networks_than_the_minimum_are_no_incident():
+    watch = AuthWatch(clock=lambda: 0.0)
+    schedule = Schedule(incident_min_runs=10, incident_min_refused=10, incident_share=0.2, incident_window=900.0)
+    for n in range(11):
+        assert watch.record("github", n, n < 9, schedule) is None  # 9 of 11 refused: too few networks to tell
+    assert watch.record("github", 11, True, schedule) is not None  # the tenth
+
+
+def test_an_incident_ends_after_incident_max():
+    """Refusals that go on for incident_max are judged per network again: held back longer, genuine revocations
+    among them would never be confirmed."""
+    now = [0.0]
+    watch = AuthWatch(clock=lambda: now[0])
+    schedule = Schedule(incident_min_runs=2, incident_min_refused=2, incident_share=0.2, incident_window=900.0,
+                        incident_max=3600.0)
+    assert watch.record("github", "a", True, schedule) is None
+    assert watch.record("github", "b", True, schedule) is not None
+    for minute in range(1, 60):
+        now[0] = minute * 60.0
+        assert watch.record("github", "a", True, schedule) is not None, minute  # still the same incident
+        assert watch.record("github", "b", True, schedule).fresh is False
+        assert not watch.outlasted("github", schedule)
+    now[0] = 3600.0
+    assert watch.record("github", "a", True, schedule) is None and watch.outlasted("github", schedule)
+    now[0] = 3600.0 + 901  # a lull of a whole window: the next storm is a new incident
+    assert not watch.outlasted("github", schedule)
+    watch.record("github", "a", True, schedule)
+    verdict = watch.record("github", "b", True, schedule)
+    assert verdict is not None and verdict.fresh
 
 
 @pytest.fixture
@@ -173,7 +218,7 @@ async def test_a_401_storm_pauses_the_service_and_disables_nobody(fleet, clock, 
     assert not any(n.get("disabled") for n in networks)
     assert sum(bool(n.get("unauthorized")) for n in networks) == 9  # refused before the storm was recognized
     pause = await eng.store.services.find_one({"_id": "github"})
-    assert "auth incident: 10 of 10 runs refused" in pause["pauseReason"]
+    assert "auth incident: 10 of 10 networks refused" in pause["pauseReason"]
     assert "nobody is disabled" in pause["pauseReason"]
 
     # the pause ends, the storm goes on: the marked networks' second 401 is still the incident's, not theirs
@@ -211,6 +256,28 @@ async def test_one_revoked_network_among_working_ones_is_confirmed_and_disabled(
     assert revoked["disabled"] is True and revoked["unauthorized"] is True
     assert "second 401 in a row" in revoked["disabledReason"]
     assert await eng.store.networks.count_documents({"disabled": True}) == 1
+
+
+async def test_a_few_revocations_in_a_small_service_are_confirmed_not_an_incident(fleet, clock, api):
+    """Three revoked among ten networks: 30 % of them, refused again at their confirmation. Fewer than
+    incident_min_refused networks refused is no incident: nobody else is paused, the three are disabled."""
+    revoked = {f"Bearer {OLD}{i}" for i in range(3)}
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if request.headers["Authorization"] in revoked:
+            return httpx.Response(401, json={"message": "Bad credentials"})
+        return httpx.Response(200, json=[])
+
+    api.get(url__startswith=STARRED).mock(side_effect=reply)
+    eng = await storm(fleet, clock, 10)
+    for _ in range(3):
+        results = await run_due(eng.store, eng.executor, clock)
+        assert not any(r.incident or r.outcome.kind.value == "deferred" for r in results)
+        clock.advance(1000)
+    assert await eng.store.services.find_one({"_id": "github"}) is None
+    disabled = await eng.store.networks.find({"disabled": True}).to_list(None)
+    assert sorted(n["user"] for n in disabled) == ["u0", "u1", "u2"]
+    assert all("second 401 in a row" in n["disabledReason"] for n in disabled)
 
 
 async def test_github_s_bad_refresh_token_answered_with_200_is_a_refusal_not_an_outage(engine, api):
