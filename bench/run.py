@@ -377,7 +377,7 @@ def machine(env: Env) -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor())
     mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                if line.startswith("MemTotal"))
-    versions = {name: importlib.metadata.version(name) for name in ("collector", "httpx", "pymongo")}
+    versions = {name: importlib.metadata.version(name) for name in ("collector-daemon", "httpx", "pymongo")}
     with MongoClient(env.uri) as client:
         info = client.admin.command("buildInfo")
     server = f"FerretDB {info['ferretdbVersion']}" if "ferretdbVersion" in info else f"MongoDB {info.get('version')}"

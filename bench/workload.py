@@ -258,7 +258,7 @@ async def claims(args: argparse.Namespace) -> dict[str, Any]:
 
 async def claim_some(store: Any, owner: str, now: datetime, want: int, settings: config.Settings) -> int:
     """Up to `want` claims the way the scheduler's fill takes them (one Store.claim_many)."""
-    return len(await store.claim_many("initial", owner, now, settings.lease_ttl, want))
+    return len(await store.claim_many("initial", owner, now, settings.daemon.lease_ttl, want))
 
 
 def main(argv: list[str] | None = None) -> None:

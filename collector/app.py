@@ -33,7 +33,35 @@ log = structlog.get_logger("collector")
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached within the configured timeout."""
+    """The database could not be reached within the configured timeout: the message is one short line (where, why
+    in a few words, what to do); `detail` is the driver's whole report (printed with --verbose)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+# the cause of a failed connection in a few words, by what the driver's report says (the first match wins)
+CAUSES = (
+    (("connection refused", "errno 111]", "errno 61]"), "connection refused (nothing listens there)"),
+    (("name or service not known", "nodename nor servname", "name resolution", "no address associated",
+      "getaddrinfo failed"), "host name not found"),
+    (("authentication failed", "auth failed", "bad auth"), "authentication failed"),
+    (("ssl", "tls", "certificate"), "TLS handshake failed"),
+    (("replicasetnoprimary", "no replica set members", "replica set"), "no replica set member matched"),
+    (("timed out",), "no answer (timed out)"),
+)
+POINT_AT_A_SERVER = ("Set MONGODB_URI or --mongodb-uri URI to point at a server (./scripts/dev.sh, in a clone, starts "
+                     "a local one); --verbose for the detail")
+
+
+def unreachable(uri: str, timeout: float, detail: str) -> DatabaseUnavailable:
+    """The error of a database that did not answer: one line naming the URI (credentials masked), the cause and how
+    to point at a server; the driver's report as its detail."""
+    text = detail.lower()
+    cause = next((why for words, why in CAUSES if any(w in text for w in words)), detail.split(":", 1)[0])
+    return DatabaseUnavailable(f"cannot reach MongoDB at {redacted_uri(uri)} within {timeout:g}s: {cause}. "
+                               f"{POINT_AT_A_SERVER}", detail)
 
 
 def redacted_uri(uri: str) -> str:
@@ -82,30 +110,35 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
         except Exception:  # mongomock and friends: in-process, no concurrency across connections
             info = {}
         check_server(info)
-    store = Store(db, store_raw=settings.store_raw, write_batch=settings.write_batch,
-                  write_concern=settings.write_concern, write_timeout=max(settings.database_timeout * 6, 60.0))
+    store = Store(db, store_raw=settings.database.store_raw, write_batch=settings.database.write_batch,
+                  write_concern=settings.database.write_concern, write_timeout=max(settings.database.timeout * 6, 60.0))
     await store.ensure_indexes(settings.selectors)
     return store
 
 
 async def connect(settings: Settings) -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
-    """Open the database and check it answers, within `database.timeout` seconds."""
-    timeout_ms = int(settings.database_timeout * 1000)
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.database_uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, retryWrites=True,
-        connectTimeoutMS=timeout_ms, appname="collector",
-        # no database call may hang the loop forever (the watchdog would restart us, but later)
-        socketTimeoutMS=max(timeout_ms * 6, 60_000),
-    )
+    """Open the database and check it answers, within `database.timeout` seconds (DatabaseUnavailable if not)."""
+    uri, timeout = settings.database.uri, settings.database.timeout
+    timeout_ms = max(1, int(timeout * 1000))
     try:
-        await client.admin.command("ping")
-    except PyMongoError as exc:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, retryWrites=True,
+            connectTimeoutMS=timeout_ms, appname="collector",
+            # no database call may hang the loop forever (the watchdog would restart us, but later)
+            socketTimeoutMS=max(timeout_ms * 6, 60_000),
+        )
+    except (PyMongoError, ValueError) as exc:  # a malformed URI (pymongo raises either)
+        raise DatabaseUnavailable(f"invalid MongoDB URI {redacted_uri(uri)}: {logs.clip(str(exc), 200)}. "
+                                  f"{POINT_AT_A_SERVER}", logs.describe(exc, 20_000)) from exc
+    try:
+        await asyncio.wait_for(client.admin.command("ping"), timeout)  # the driver's own bound, and a hard one
+    except (PyMongoError, TimeoutError) as exc:
+        servers = client.topology_description.server_descriptions().values()
+        report = logs.describe(exc, 20_000) if isinstance(exc, PyMongoError) else logs.clip(
+            "no answer; " + "; ".join(f"{s.address}: {s.error}" for s in servers if s.error), 20_000)
         await client.close()
-        raise DatabaseUnavailable(
-            f"cannot reach MongoDB at {redacted_uri(settings.database_uri)} within "
-            f"{settings.database_timeout:g}s: {logs.describe(exc)}"
-        ) from exc
-    return client, client[settings.database_name]
+        raise unreachable(uri, timeout, report) from exc
+    return client, client[settings.database.name]
 
 
 def install_signal_handlers(stop: Callable[[], None]) -> None:
@@ -161,10 +194,10 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     executor = Executor(store, client, settings, registry, clock=clock, vault=vault)
     owner = make_owner_id(mode)
     metrics, server = None, None
-    if settings.metrics_enabled:
+    if settings.metrics.enabled:
         metrics = Metrics(mode, owner, version(), services=registry)
         try:
-            server = metrics.serve(settings.metrics_host, settings.metrics_port)  # MetricsError: a clear exit
+            server = metrics.serve(settings.metrics.host, settings.metrics.port)  # MetricsError: a clear exit
         except MetricsError:  # the finally below is not reached yet: close what is already open
             await client.aclose()
             if mongo is not None:
@@ -177,7 +210,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
 
     def stop() -> None:
         if not scheduler.stopping:
-            log.info("stop requested: finishing in-flight runs", grace=settings.shutdown_grace)
+            log.info("stop requested: finishing in-flight runs", grace=settings.daemon.shutdown_grace)
             notifier.stopping(f"stopping: finishing {len(scheduler.inflight)} runs in flight")
         scheduler.stop()
 
@@ -185,7 +218,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     if early:
         stop()
     log.info("collector starting", mode=mode, owner=owner, environment=settings.environment,
-             database=redacted_uri(settings.database_uri), connectors=sorted(registry),
+             database=redacted_uri(settings.database.uri), connectors=sorted(registry),
              config=list(settings.sources))
     await fleet.beat()  # registered before READY (a failure here is logged and retried by the loop)
     background = [asyncio.create_task(fleet.run(), name="heartbeat"),
@@ -200,7 +233,7 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     finally:
         # every step of the way out is bounded: a database that stops answering (an outage, a connection left
         # hanging by a server restart) must not keep a stopping process past its stop timeout
-        bound = settings.database_timeout
+        bound = settings.database.timeout
         for task in background:
             task.cancel()
         await _bounded(asyncio.gather(*background, return_exceptions=True), bound, "background tasks")

@@ -12,65 +12,28 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from collector import config as config_mod
-from collector import logs, migrations, model, sdk
-from collector.config import MODES, ConfigError
+from collector import config_cli, logs, migrations, model, sdk
+from collector.config import MODES
 from collector.selectors import SLOTS
 
 if TYPE_CHECKING:
     from collector.store import Store
+from collector.config_cli import load_settings
 from collector.operations import STATES
 from collector.secrets_cli import command as secrets_command
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
-
-
-def _overrides(concurrency: int | None, uri: str | None, log_format: str | None, log_level: str | None,
-               sets: tuple[str, ...], selectors: dict[str, str | None] | None = None) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    if concurrency is not None:
-        tree.setdefault("daemon", {})["concurrency"] = concurrency
-    for key, value in (selectors or {}).items():
-        if value is not None:
-            tree.setdefault("daemon", {})[key] = value
-    if uri:
-        tree.setdefault("database", {})["uri"] = uri
-    if log_format:
-        tree.setdefault("log", {})["format"] = log_format
-    if log_level:
-        tree.setdefault("log", {})["level"] = log_level
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"--set expects section.key=value, got {item!r}")
-        *path, last = key.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = config_mod.parse_value(raw)
-    return tree
-
-
-def load_settings(ctx: click.Context) -> config_mod.Settings:
-    opts = ctx.find_root().params
-    try:
-        settings = config_mod.load(
-            environment=opts.get("env"),
-            overrides=_overrides(opts.get("concurrency"), opts.get("mongodb_uri"), opts.get("log_format"),
-                                 opts.get("log_level"), opts.get("set") or (),
-                                 {"services": opts.get("services"), "exclude_services": opts.get("exclude_services"),
-                                  "partition": opts.get("partition")}),
-        )
-    except ConfigError as exc:
-        raise click.ClickException(f"configuration error: {exc}") from exc
-    logs.configure(settings.log_format, settings.log_level)
-    return settings
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--mode", type=click.Choice(MODES),
               help="Run the daemon: 'initial' back-fills history page by page for new networks; "
                    "'normal' fetches only what is new for networks whose history is complete.")
-@click.option("--env", help="Configuration environment: loads config/<ENV>.toml over default.toml "
-                            "(default: $COLLECTOR_ENV or 'development').")
+@click.option("--env", metavar="NAME", help="Settings environment: development (the default, or $COLLECTOR_ENV), "
+                                            "production, test or demo: collector/defaults.NAME.toml, then NAME.toml "
+                                            "of /etc/collector and of --config DIR.")
+@click.option("--config", "config", metavar="DIR", type=click.Path(file_okay=False),
+              help="Read DIR/*.toml too (sorted), after /etc/collector/*.toml ($COLLECTOR_CONFIG_DIR).")
+@click.option("--verbose", "-v", is_flag=True, help="On an error, print its full detail (e.g. the database driver's).")
 @click.option("--concurrency", type=click.IntRange(1), help="Runs in flight in this process.")
 @click.option("--services", metavar="NAME,...", help="Claim only these services' networks ([daemon] services).")
 @click.option("--exclude-services", metavar="NAME,...",
@@ -89,8 +52,9 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     """collector: keeps users' data in sync from third-party APIs.
 
     Run the daemon with `collector --mode initial` and `collector --mode normal` (any number of
-    processes, on any number of machines, sharing one MongoDB). Settings come from
-    config/default.toml, config/<env>.toml, COLLECTOR_<SECTION>__<KEY> variables and the flags.
+    processes, on any number of machines, sharing one MongoDB). Settings, later wins: the package's defaults
+    (and its --env overlay), /etc/collector/*.toml, --config DIR/*.toml, COLLECTOR_<SECTION>__<KEY> variables
+    (MONGODB_URI: the database), then the flags. `collector config show --sources` prints them and their origins.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -109,6 +73,8 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
         # 3: no database (restarted); 4: an unsafe one, 5: no usable master key (a restart cannot fix either: the unit
         # does not restart on them); 2: a port taken, a service nobody installed. A clear message each time.
         click.echo(f"collector: {exc}", err=True)
+        if ctx.params.get("verbose") and getattr(exc, "detail", ""):
+            click.echo(getattr(exc, "detail", ""), err=True)  # the driver's whole report
         ctx.exit({DatabaseUnavailable: 3, UnsafeDatabase: 4, SecretsError: 5}.get(type(exc), 2))
 
 
@@ -157,7 +123,8 @@ def status(ctx: click.Context, as_json: bool, overdue_after: float) -> None:
     async def read(store: Store) -> dict[str, Any]:
         clock = ServerClock()  # heartbeats and due times are on the database server's clock, not this host's
         await clock.sync(store.db)
-        return await fleet_status.status(store, clock(), overdue_after=overdue_after, lease_ttl=settings.lease_ttl)
+        return await fleet_status.status(store, clock(), overdue_after=overdue_after,
+                                         lease_ttl=settings.daemon.lease_ttl)
 
     report = _run(ctx, read, settings)
     if as_json:
@@ -206,7 +173,8 @@ def _run(ctx: click.Context, fn: Any, settings: config_mod.Settings | None = Non
     try:
         return asyncio.run(go())
     except (DatabaseUnavailable, SecretsError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        detail = getattr(exc, "detail", "") if ctx.find_root().params.get("verbose") else ""
+        raise click.ClickException("\n".join(filter(None, [str(exc), detail]))) from exc
 
 
 @networks.command("add")
@@ -399,3 +367,4 @@ def networks_reset(ctx: click.Context, network_id: str) -> None:
 
 main.add_command(secrets_command(load_settings, _run))  # `collector secrets ...` (collector/secrets_cli.py)
 main.add_command(migrations.command(load_settings, _run))  # `collector migrate ...` (collector/migrations.py)
+main.add_command(config_cli.command())  # `collector config show [--sources]` (collector/config_cli.py)

@@ -31,6 +31,7 @@ from collector.model import (
     error_count,
     failing_since,
     limit_streak,
+    new_items_at,
     poll_interval,
     run_secrets,
     utcnow,
@@ -159,9 +160,10 @@ class Executor:
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the database refused the items: {logs.describe(exc)}")
                 items, new_items = [], 0
+            outcome = replace(outcome, new=new_items)  # adaptive polling counts what was new to the store
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
                           await self._service_streak(service, outcome, answered), auth_failures(doc),
-                          poll_interval(doc))
+                          poll_interval(doc), new_items_at(doc))
             schedule = self.settings.service(service).schedule
             try:
                 step = transition(state, outcome, answered, schedule, self.rng)
@@ -218,6 +220,8 @@ class Executor:
                 fields["cursor"] = step.cursor
             if step.interval is not None:
                 fields["pollInterval"] = step.interval  # adaptive polling (collector/states.py)
+            if step.new_at is not None:
+                fields["newItemsAt"] = step.new_at
             unset += ["authFailures", "previousRefreshToken"]  # the credentials served a run (collector/refresh.py)
         elif step.auth_failures:
             fields.update(authFailures=step.auth_failures, unauthorized=True)
@@ -311,7 +315,7 @@ class Executor:
                               "outside the configured base URL")
         request = replace(request, headers={**connector.auth_headers(ctx), **request.headers})
         response = await http.fetch(self.client, request, max_bytes=self.settings.body_cap(ctx.network.service),
-                                    total_timeout=self.settings.total_timeout)
+                                    total_timeout=self.settings.http.total_timeout)
         connector.check(ctx, response)
         status = response.status_code
         # a relative reset ("retry in 60 s", Reddit's seconds to the reset) counts from the answer, not from when
@@ -338,7 +342,7 @@ class Executor:
             return Outcome(Kind.TRANSIENT, error="client_error", status=status, message=_snippet(response)), []
         try:
             # a large reply is parsed in a thread (no reply may block the loop), within the run's total_timeout
-            left = self.settings.total_timeout - (time.monotonic() - started)
+            left = self.settings.http.total_timeout - (time.monotonic() - started)
             page = await self.parses.run_sized(lambda: connector.parse(ctx, response), len(response.content), left,
                                                "parsing the reply")
         except offload.Overdue as exc:

@@ -41,9 +41,12 @@ log = structlog.get_logger("collector.fleet")
 CURRENT_SHOWN = 100  # runs listed per process document (the count is always exact)
 
 
+DISTRIBUTION = "collector-daemon"  # on PyPI (`collector` there is another project); the import package is `collector`
+
+
 def version() -> str:
     try:
-        return metadata.version("collector")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "unknown"
 
@@ -67,7 +70,7 @@ class Fleet:
 
     def _registration(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "mode": self.scheduler.mode,
-                "version": version(), "startedAt": self.started, "concurrency": self.settings.concurrency,
+                "version": version(), "startedAt": self.started, "concurrency": self.settings.daemon.concurrency,
                 "selectors": self.scheduler.selectors.describe()}
 
     def document(self, now: datetime, state: str) -> dict[str, Any]:
@@ -77,8 +80,8 @@ class Fleet:
         return {
             "state": state,
             "heartbeatAt": now,
-            "deadAt": now + timedelta(seconds=self.settings.fleet_ttl) if state != "stopped" else now,
-            "expireAt": now + timedelta(seconds=self.settings.fleet_retention),
+            "deadAt": now + timedelta(seconds=self.settings.fleet.ttl) if state != "stopped" else now,
+            "expireAt": now + timedelta(seconds=self.settings.fleet.retention),
             "inflight": len(running),
             "current": [{"network": str(r.network_id), "user": str(r.user), "service": r.service,
                          "since": r.started} for r in sorted(running, key=lambda r: r.started)[:CURRENT_SHOWN]],
@@ -95,7 +98,7 @@ class Fleet:
         try:
             held = [(r.network_id, r.lease) for r in self.scheduler.running()]
             if held:
-                await self.store.renew_many(held, now, self.settings.lease_ttl)
+                await self.store.renew_many(held, now, self.settings.daemon.lease_ttl)
             # sent every time: $setOnInsert only applies when the document is (re)created, e.g. after
             # an operator cleared the collection or the document was pruned during a long partition
             await self.store.heartbeat(self.owner, self.document(now, state), self._registration())
@@ -121,9 +124,9 @@ class Fleet:
             pruned = await self.store.prune_fleet(now)
             if pruned:
                 log.info("forgot processes dead for longer than the retention", count=pruned)
-        if self.metrics and mono - self._last_backlog >= self.settings.backlog_interval:
+        if self.metrics and mono - self._last_backlog >= self.settings.fleet.backlog_interval:
             self._last_backlog = mono
-            figures = await self.store.shared_figures("metrics", now, self.settings.backlog_interval,
+            figures = await self.store.shared_figures("metrics", now, self.settings.fleet.backlog_interval,
                                                       lambda: self._fleet_figures(now))
             if figures is not None:
                 self.metrics.set_backlog([tuple(row) for row in figures.get("backlog", [])])
@@ -148,7 +151,7 @@ class Fleet:
             except Exception:  # a bug must not end the heartbeat: the leases of runs in flight depend on it
                 self.failures += 1
                 log.exception("heartbeat failed", failures=self.failures)
-            await asyncio.sleep(max(0.0, self.settings.heartbeat_interval - (time.monotonic() - began)))
+            await asyncio.sleep(max(0.0, self.settings.fleet.heartbeat_interval - (time.monotonic() - began)))
 
     async def stopped(self) -> None:
         """The last word at a clean exit: `collector status` shows this process stopped, not dead."""

@@ -106,7 +106,7 @@ class AuthWatch:
         for `incident_max`: see outlasted)."""
         now = self.clock()
         window = self._windows.setdefault(service, _Window())
-        window.add(now, network, refused)
+        window.add(now, str(network), refused)  # any _id a document holds, an object or a list too
         window.drop_before(now - schedule.incident_window)
         runs, bad = len(window.answered), len(window.refused)
         if not (runs >= schedule.incident_min_runs and bad >= schedule.incident_min_refused

@@ -158,6 +158,12 @@ def poll_interval(doc: dict[str, Any]) -> float | None:
     return None
 
 
+def new_items_at(doc: dict[str, Any]) -> datetime | None:
+    """When a normal run of the network last found new items (`newItemsAt`), None if never or junk."""
+    value = doc.get("newItemsAt")
+    return aware(value) if isinstance(value, datetime) else None
+
+
 def failing_since(doc: dict[str, Any]) -> datetime | None:
     """When the current streak of transient failures began (`failingSince`), None if unknown or junk."""
     value = doc.get("failingSince")

@@ -79,7 +79,7 @@ class Refresher:
                 if request is None:
                     return None
                 response = await http.fetch(self.client, request, max_bytes=self.settings.body_cap(network.service),
-                                            total_timeout=self.settings.total_timeout)
+                                            total_timeout=self.settings.http.total_timeout)
                 tokens = connector.parse_refresh(response)
                 break
             except Unauthorized as exc:

@@ -130,7 +130,7 @@ class Scheduler:
         self._more = False  # the last fill stopped at its budget with claims still succeeding
         self._drained = False  # the last fill found fewer due networks than it had room for
         # the loop promises its next sign of life before this monotonic moment (read by the watchdog)
-        self.STALL_GRACE = settings.stall_grace
+        self.STALL_GRACE = settings.daemon.stall_grace
         self._alive_until = time.monotonic() + self.STALL_GRACE
 
     # -- control --------------------------------------------------------------------------------
@@ -155,20 +155,20 @@ class Scheduler:
         return list(self.inflight.values())
 
     async def run(self) -> None:
-        log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.concurrency,
+        log.info("scheduler started", owner=self.owner, mode=self.mode, concurrency=self.settings.daemon.concurrency,
                  selects=str(self.selectors))
         try:
             while not self.stopping:
                 self._promise(0)
                 began = time.monotonic()
                 delay = await self._tick()
-                self._promise(delay + self.settings.claim_interval)
+                self._promise(delay + self.settings.daemon.claim_interval)
                 await self._sleep(delay)
                 # the due queue was drained: the next look waits until claim_interval after this one, so that the
                 # networks that come due and the runs that finish meanwhile are claimed in one batch (at scale a
                 # network comes due every millisecond: one claim batch for each would be most of the database's
                 # work). A backlog (a fill that stopped full or at its budget) is claimed from at once.
-                rest = self.settings.claim_interval - (time.monotonic() - began)
+                rest = self.settings.daemon.claim_interval - (time.monotonic() - began)
                 if self._drained and rest > 0 and not self.stopping:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(rest):
@@ -200,7 +200,8 @@ class Scheduler:
         except PyMongoError as exc:
             self._db_failures += 1
             self._database(False)
-            delay = min(self.settings.db_retry_cap, self.settings.poll_interval * 2.0 ** min(self._db_failures - 1, 10))
+            delay = min(self.settings.database.retry_cap,
+                        self.settings.daemon.poll_interval * 2.0 ** min(self._db_failures - 1, 10))
             log.error("database unavailable: not claiming", error=f"{type(exc).__name__}: {exc}",
                       failures=self._db_failures, retry_in=round(delay, 1))
             return delay
@@ -211,7 +212,7 @@ class Scheduler:
             self.metrics.database_up(ok)
 
     async def _maybe_repair(self, now: datetime) -> None:
-        if self._last_repair and (now - self._last_repair).total_seconds() < self.settings.validate_interval:
+        if self._last_repair and (now - self._last_repair).total_seconds() < self.settings.daemon.validate_interval:
             return
         self._last_repair = now
         for network_id, what in await self.store.repair(now, MODES):
@@ -234,7 +235,7 @@ class Scheduler:
         self._more = False
         self._drained = False
         budget_end = time.monotonic() + self.FILL_BUDGET
-        while not self.stopping and len(self.inflight) < self.settings.concurrency:
+        while not self.stopping and len(self.inflight) < self.settings.daemon.concurrency:
             if time.monotonic() >= budget_end:
                 self._more = True  # the tick after this one runs at once
                 break
@@ -246,9 +247,9 @@ class Scheduler:
             # the pauses on at this batch: one a run noted during the fill excludes its service at once, and one
             # that ended during it no longer does
             exclude = self._full_services() | set(self.executor.pauses.active(at))
-            want = self.settings.concurrency - len(self.inflight)
-            claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.lease_ttl, want, exclude,
-                                                 room=self._room, selectors=self.selectors)
+            want = self.settings.daemon.concurrency - len(self.inflight)
+            claims = await self.store.claim_many(self.mode, self.owner, at, self.settings.daemon.lease_ttl, want,
+                                                 exclude, room=self._room, selectors=self.selectors)
             for doc, lease in claims:
                 service = service_of(doc)
                 task = asyncio.create_task(self._run_one(doc, lease, service), name=f"run-{doc.get('_id')}")
@@ -307,10 +308,10 @@ class Scheduler:
         self._wake.set()
 
     async def _delay(self, now: datetime) -> float:
-        poll = self.settings.poll_interval
+        poll = self.settings.daemon.poll_interval
         if self._more:
             return 0.0
-        if len(self.inflight) >= self.settings.concurrency:
+        if len(self.inflight) >= self.settings.daemon.concurrency:
             return poll  # woken early by the next completion
         nxt = await self.store.next_due(self.mode)
         if nxt is None:
@@ -331,8 +332,8 @@ class Scheduler:
         if not self.inflight:
             return
         tasks = list(self.inflight)
-        log.info("waiting for in-flight runs", count=len(tasks), grace=self.settings.shutdown_grace)
-        _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        log.info("waiting for in-flight runs", count=len(tasks), grace=self.settings.daemon.shutdown_grace)
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.daemon.shutdown_grace)
         for task in pending:
             running = self.inflight.get(task)
             task.cancel()

@@ -42,7 +42,7 @@ def _keys(store: Store, settings: Settings) -> Any:
     failover rolled back would take every value sealed under it along."""
     from pymongo.write_concern import WriteConcern
 
-    durable = WriteConcern(w=settings.write_concern)
+    durable = WriteConcern(w=settings.database.write_concern)
     return store.db.get_collection(settings.secrets.key_collection, write_concern=durable)
 
 

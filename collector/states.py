@@ -8,8 +8,8 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | page          | more pages waiting | same      | now + initial_pace                    | 0      | -                 |
 | page          | initial, no more   | normal    | now + normal_interval                 | 0      | -                 |
 | page          | normal, new items  | normal    | now + normal_interval_min             | 0      | -                 |
-| page          | normal, none new   | normal    | now + min(max, interval x 1.5)        | 0      | -                 |
-| not_modified  | 304                | normal    | now + min(max, interval x 1.5)        | 0      | -                 |
+| page          | normal, none new   | normal    | now + min(max, interval x 1.5) (*)    | 0      | -                 |
+| not_modified  | 304                | normal    | now + min(max, interval x 1.5) (*)    | 0      | -                 |
 | (any success) | rate limit low     | as above  | max(above, reset + slack)             | 0      | -                 |
 | rate_limited  | names its reset    | same      | resume_at + slack (never earlier)     | same   | -                 |
 | rate_limited  | names no reset     | same      | now + min(cap, wait * 2^(limited-1))  | same   | -                 |
@@ -22,10 +22,12 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
 
 Adaptive polling: a network's normal interval (`pollInterval`) follows its user's activity within the service's
-`normal_interval_min` and `normal_interval_max`: a normal run that found new items brings it down to the minimum,
-each one that found nothing (an empty page, a 304) stretches it by 1.5, up to the maximum; with jitter as every
-delay. A back-fill just finished starts at `normal_interval`. Both bounds at 0 (or equal to `normal_interval`) give
-a fixed interval. Failures, limits and pauses leave it as it was.
+`normal_interval_min` and `normal_interval_max`: a normal run that found new items brings it down to the minimum
+(and is remembered as `newItemsAt`), each one that found nothing (an empty page, a 304) stretches it by 1.5 (*), up
+to `normal_interval` while the network found new items within the last day (ACTIVE_FOR: an active user's next
+item is as fresh as with a fixed interval), up to the maximum after that (an idle user costs ever fewer requests);
+with jitter as every delay. A back-fill just finished starts at `normal_interval`. Both bounds at 0 (or equal to
+`normal_interval`) give a fixed interval. Failures, limits and pauses leave it as it was.
 
 A 401 is confirmed before it disables: the first (after a token refresh, where the network has a refresh token
 and its service a token endpoint) marks the network `unauthorized` (`authFailures` 1) and runs it once more after
@@ -111,6 +113,7 @@ class Outcome:
     error: str | None = None  # one of TRANSIENT_KINDS / PERMANENT_KINDS, or "rate_limited"/"unauthorized"
     status: int | None = None
     message: str = ""
+    new: int | None = None  # of `items`, how many were new to the store (None: not known, all of them)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class State:
     service_limited: int = 0  # app-wide limits in a row of this network's service (for an app-wide limit)
     auth_failures: int = 0  # 401s in a row before this run (`authFailures`): the second one disables
     interval: float | None = None  # the network's adaptive normal interval (`pollInterval`), None: not yet set
+    new_at: datetime | None = None  # when a normal run last found new items (`newItemsAt`), None: never
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,14 @@ class Transition:
     user_paused_until: datetime | None = None  # a limit of this user on this app: their other networks wait too
     auth_failures: int = 0  # 401s in a row, this run included (a success clears them; other failures keep them)
     interval: float | None = None  # the normal interval from now on (`pollInterval`), None: unchanged
+    new_at: datetime | None = None  # this run found new items in normal mode (`newItemsAt`), None: unchanged
 
 
-# adaptive polling: each normal run that finds nothing new stretches the interval this much (up to the maximum)
+# adaptive polling: each normal run that finds nothing new stretches the interval this much...
 STRETCH = 1.5
+# ...beyond normal_interval only once the network has found nothing new for this long (an active user is polled at
+# least every normal_interval: the first item of their next session is as fresh as with a fixed interval)
+ACTIVE_FOR = 86_400.0
 
 
 def interval_bounds(schedule: Schedule) -> tuple[float, float]:
@@ -156,15 +164,18 @@ def interval_bounds(schedule: Schedule) -> tuple[float, float]:
     return min(schedule.normal_interval_min or base, base), max(schedule.normal_interval_max or base, base)
 
 
-def adapt(previous: float | None, found: bool, schedule: Schedule) -> float:
+def adapt(previous: float | None, found: bool, idle_for: float | None, schedule: Schedule) -> float:
     """The next normal interval: the shortest after a run that found new items (the user is active: come back
-    soon), else the previous one stretched by STRETCH, up to the longest (an idle user costs ever fewer requests).
-    A network without one (just back-filled, or junk) starts at normal_interval."""
+    soon), else the previous one stretched by STRETCH, up to normal_interval while the network found new items
+    within ACTIVE_FOR (`idle_for`: seconds since, None: never), up to the longest after that (an idle user costs
+    ever fewer requests). A network without one (just back-filled, or junk) starts at normal_interval."""
     low, high = interval_bounds(schedule)
     if found:
         return low
     if previous is None:
         return schedule.normal_interval
+    if idle_for is not None and idle_for < ACTIVE_FOR:
+        high = schedule.normal_interval
     return min(high, max(low, previous * STRETCH))
 
 
@@ -199,14 +210,17 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         error = {"at": now, "kind": outcome.error, "status": outcome.status, "message": outcome.message}
 
     if outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):
-        interval = None
+        interval, found = None, False
         if outcome.kind is Kind.PAGE and outcome.more:
             mode, due = state.mode, now + _jittered(schedule.initial_pace, schedule.jitter, rng)
             reason = f"{outcome.items} items, more pages waiting"
         else:
             # a back-fill just done starts at normal_interval; a normal run adapts it (found new items or not)
-            interval = adapt(state.interval, outcome.kind is Kind.PAGE and outcome.items > 0,
-                             schedule) if state.mode == "normal" else schedule.normal_interval
+            found = state.mode == "normal" and outcome.kind is Kind.PAGE and (
+                outcome.items if outcome.new is None else outcome.new) > 0
+            idle_for = (now - state.new_at).total_seconds() if state.new_at is not None else None
+            interval = adapt(state.interval, found, idle_for, schedule) if state.mode == "normal" else \
+                schedule.normal_interval
             mode, due = "normal", now + _jittered(interval, schedule.jitter, rng)
             if outcome.kind is Kind.NOT_MODIFIED:
                 reason = "not modified (304)"
@@ -221,7 +235,8 @@ def transition(state: State, outcome: Outcome, now: datetime, schedule: Schedule
         scope = outcome.rate_limit.scope if limited and outcome.rate_limit else None
         return Transition(mode, due, 0, reason, True, cursor=outcome.cursor, rate_limited_until=limited,
                           service_paused_until=limited if scope == "service" else None,
-                          user_paused_until=limited if scope == "user" else None, interval=interval)
+                          user_paused_until=limited if scope == "user" else None, interval=interval,
+                          new_at=now if found else None)
 
     if outcome.kind is Kind.RATE_LIMITED:
         limit = outcome.rate_limit

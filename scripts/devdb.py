@@ -113,17 +113,29 @@ def engine_missing() -> str | None:
     return None
 
 
+def _say(line: str) -> None:
+    print(f"devdb: {line}", file=sys.stderr, flush=True)
+
+
 def _run(cmd: list[str], log: Path, what: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """One install step, its output into the log: a line every 15 s while it runs, one with its duration."""
+    began, stdout = time.monotonic(), None
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        res = subprocess.run(cmd, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=out, text=True)
-        out.write(res.stdout)
+        res = Popen(cmd, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=out, text=True)
+        while stdout is None:
+            try:
+                stdout = res.communicate(timeout=15)[0]
+            except subprocess.TimeoutExpired:
+                _say(f"  {what}: {time.monotonic() - began:.0f} s ...")
+        out.write(stdout)
+    _say(f"  {what}: {time.monotonic() - began:.1f} s")
     if res.returncode:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if "ERROR" in line] or lines[-1:] or ["no output"]
         raise DevDBError(f"{what} failed (exit code {res.returncode}): {errors[0].strip()[:300]} (log: {log})")
-    return res.stdout
+    return stdout
 
 
 def _install_packages(log: Path) -> None:
@@ -131,7 +143,7 @@ def _install_packages(log: Path) -> None:
         return
     if os.geteuid() != 0:
         raise DevDBError(f"Java {JAVA_MAJOR} and Maven are needed: run as root `apt-get install {' '.join(missing)}`")
-    print(f"devdb: installing Debian packages: {' '.join(missing)} ...", file=sys.stderr, flush=True)
+    _say(f"installing Debian packages: {' '.join(missing)} ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-q"], log, "apt-get update", env=env)
     _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], log, "apt-get install", env=env)
@@ -165,14 +177,12 @@ def build() -> Path:
         if _installed(engine) and shutil.which("java"):
             return engine
         log, began = engine / "install.log", time.monotonic()
-        print(f"devdb: installing mongo-java-server {SERVER_VERSION} from Maven Central into {engine} "
-              f"(once; log: {log}) ...", file=sys.stderr, flush=True)
+        _say(f"installing mongo-java-server {SERVER_VERSION} from Maven Central into {engine} (once; log: {log}) ...")
         _install_packages(log)
         _install(engine, log)
         (engine / ".installed").write_text(f"{SERVER_VERSION}\n")
         jars = len(list((engine / "lib").glob("*.jar")))
-        print(f"devdb: installed mongo-java-server {SERVER_VERSION} ({jars} jars) in "
-              f"{time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
+        _say(f"installed mongo-java-server {SERVER_VERSION} ({jars} jars) in {time.monotonic() - began:.1f} s")
     return engine
 
 

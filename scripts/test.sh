@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 # the example plugin package: tests/e2e/test_plugin.py proves the daemon runs it with no engine change
 plugin_stamp=.venv/.plugin-$(sha1sum examples/collector-hackernews/pyproject.toml | cut -c1-12)
-if [ ! -f "$plugin_stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e examples/collector-hackernews
+if [ ! -f "$plugin_stamp" ]; then  # its one dependency is collector-daemon: nothing fetched, pip's output on failure
+  if ! out=$(.venv/bin/python -m pip install --disable-pip-version-check --no-index --no-build-isolation \
+               -e examples/collector-hackernews 2>&1); then
+    printf 'installing examples/collector-hackernews failed:\n%s\n' "$out" >&2
+    exit 1
+  fi
   rm -f .venv/.plugin-* && touch "$plugin_stamp"
 fi
 export COLLECTOR_REQUIRE_WIRE=1   # no wire server is a failure here, never a silent skip

@@ -61,7 +61,7 @@ def rng() -> random.Random:
 
 
 def make_settings(**over: Any) -> config.Settings:
-    """Test settings: config/default.toml + config/test.toml, then `over` as a settings tree."""
+    """Test settings: the package's defaults and its test environment (collector/defaults.test.toml), then `over`."""
     return config.load(environment="test", overrides=over, environ={})
 
 

@@ -44,13 +44,13 @@ KEYS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", 
 # the settings the daemons run with (and the checks below rely on)
 ITEMS = 2  # items per user upstream: one page of PAGE_CAP (a healthy back-fill is one run: the test engine scans)
 PAGE_CAP = 2
-TOTAL_TIMEOUT = 2.0  # http.total_timeout: below read_timeout (5 s in config/test.toml), so it is what bounds
+TOTAL_TIMEOUT = 2.0  # http.total_timeout: below read_timeout (5 s in collector/defaults.test.toml): it is what bounds
 MAX_BODY = 1_000_000  # http.max_body_bytes
 OVERSIZE = 50_000_000  # bodies the sandbox offers, 50x the cap
 BACKOFF_BASE = 0.5
 MAX_ERRORS = 5
 SLACK = 0.2  # schedule.rate_limit_slack
-LEASE_TTL = 30.0  # daemon.lease_ttl of config/test.toml
+LEASE_TTL = 30.0  # daemon.lease_ttl of collector/defaults.test.toml
 TWO_DAYS = 2 * 86400.0  # sdk.MAX_WAIT: the longest any API can make us wait
 MINUTE = 60.0  # "told to wait without saying how long: a conservative minute" (states.py)
 RECHECK = 1.0  # schedule.unauthorized_recheck: a first 401 marks, the run this much later confirms (or clears) it

@@ -11,13 +11,13 @@ their first success after it; the other services untouched (never paused, their 
 collected during it); afterwards every network has everything (lost 0, duplicated 0; a network not caught up, or
 ending marked or disabled, is `stuck`), and every daemon ran throughout (crashes 0).
 
-The timing settings (small and full alike): once every run is refused, the share of 401s among a process's answered
-runs in its window grows as t / incident_window (faster in a process that runs more than its share), so the
-incident is declared at most about incident_share x incident_window (0.2 x 10 s = 2 s) into the storm;
-unauthorized_recheck (5 s) must be longer than that, or the networks refused first get their second 401, and are
-disabled, before the declaration (measured: recheck 1.5 s with a 20 s window and one normal daemon, declared 3.7 s
-in, 13 networks disabled). The defaults keep that order: 0.2 x 900 s = 180 s < 600 s. The daemons run a window and
-an interval before the storm, so that their windows are full, as in a fleet that has been running for a while.
+The timing settings (small and full alike): once every run is refused, a process declares the incident when
+incident_min_refused (10) distinct networks of its window were refused (and more than incident_share of those
+answered): with about 20 GitHub networks per normal daemon, each run every 5 s, about half an interval into the
+storm (measured: 2.9 s at the small size). unauthorized_recheck (5 s) must be longer than that, or the networks
+refused first get their second 401, and are disabled, before the declaration. The defaults keep that order: 10 networks' first refusal comes well within unauthorized_recheck (600 s)
+for any service that runs 10 networks in that time. The daemons run a window and an interval before the storm, so
+that their windows are full, as in a fleet that has been running for a while.
 """
 
 from __future__ import annotations

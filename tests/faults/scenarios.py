@@ -46,7 +46,7 @@ FAILURE_KEYS = ("lost", "duplicated", "crashes", "stuck")
 SIZES = ("small", "full")
 
 LEASE_TTL = 4.0
-POLL = 0.2  # daemon.poll_interval of config/test.toml: the first step of the outage backoff
+POLL = 0.2  # daemon.poll_interval of collector/defaults.test.toml: the first step of the outage backoff
 # short leases, heartbeats and timeouts: work taken over from a killed process resumes within seconds
 FAST = ["--set", f"daemon.lease_ttl={LEASE_TTL:g}", "--set", "http.total_timeout=2",
         "--set", "fleet.heartbeat_interval=0.5", "--set", "fleet.ttl=2"]
@@ -358,7 +358,7 @@ OUTAGE = {
 }
 RETRY_CAP = 5.0  # database.retry_cap for the outage daemons: the backoff reaches its cap within the outage
 DB_TIMEOUT = 2.0  # database.timeout: how long one look at a dead server blocks
-# a daemon SIGTERMed during the outage exits 0 within this: shutdown_grace (5 s in config/test.toml) plus a
+# a daemon SIGTERMed during the outage exits 0 within this: shutdown_grace (5 s in collector/defaults.test.toml) plus a
 # few database timeouts for its last words (lease releases, the "stopped" heartbeat), far below systemd's
 # TimeoutStopSec (45 s)
 STOP_LIMIT = 20.0

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "collector"
 
 # highest first
 LAYERS: list[tuple[str, set[str]]] = [
-    ("entry points", {"__main__", "cli", "secrets_cli", "migrations"}),
+    ("entry points", {"__main__", "cli", "secrets_cli", "migrations", "config_cli"}),
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
     ("fleet and observability", {"fleet", "status", "metrics", "notify"}),
@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                              "http", "states", "offload", "outcomes", "incidents", "refresh", "secrets"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
-    ("config", {"config", "selectors", "egress"}),
+    ("config", {"config", "config_schema", "selectors", "egress"}),
 ]
 TOOLS = ("sandbox", "demo")  # beside the engine: only the entry points and the demo may import them
 

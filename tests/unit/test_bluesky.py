@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import respx
+from collector.connectors.bluesky import BlueskyLikes, token_did
 
 from collector import http, sdk
 from collector.documents import mongo_safe
@@ -23,7 +24,6 @@ from collector.sandbox import Sandbox, Server
 from collector.sandbox.apis.bluesky import handle as sandbox_handle
 from collector.sdk import Registered
 from collector.store import Store
-from connectors.bluesky import BlueskyLikes, token_did
 from tests.conftest import Clock, make_settings
 from tests.harness import Engine
 

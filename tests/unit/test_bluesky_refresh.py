@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from collector.connectors.bluesky import BlueskyLikes, lifetime
 
 from collector.sandbox import Sandbox, Server, tokens
 from collector.sandbox.apis.bluesky import handle as sandbox_handle
-from connectors.bluesky import BlueskyLikes, lifetime
 from tests.conftest import make_settings
 from tests.unit.test_bluesky import API, DID, PAGE1, body, limits, make_engine, page
 

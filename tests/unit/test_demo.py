@@ -20,7 +20,7 @@ async def test_demo_collects_everything_the_sandbox_served():
 async def test_without_the_demo_extra_the_error_names_the_extra(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "mongomock_motor", None)  # as if `pip install collector` alone
+    monkeypatch.setitem(sys.modules, "mongomock_motor", None)  # as if `pip install collector-daemon` alone
     lines: list[str] = []
     assert not await run_demo(users=2, cycles=1, time_limit=30, echo=lines.append)
-    assert any('pip install "collector[demo]"' in line for line in lines), lines
+    assert any('pip install "collector-daemon[demo]"' in line for line in lines), lines

@@ -59,9 +59,9 @@ def test_the_allow_list_takes_cidrs_addresses_and_names_and_the_reason_names_the
 
 
 def test_settings_default_to_refusing_and_check_the_allow_list():
-    assert not config.load(environ={}).allow and not config.load(environ={}).allow_private
-    assert make_settings().allow == ("127.0.0.0/8", "::1")  # config/test.toml: the tests' servers on loopback
-    assert make_settings(http={"allow": "10.0.0.0/8, git.lan"}).allow == ("10.0.0.0/8", "git.lan")
+    assert not config.load(environ={}).http.allow and not config.load(environ={}).http.allow_private
+    assert make_settings().http.allow == ("127.0.0.0/8", "::1")  # the test environment: the tests' servers on loopback
+    assert make_settings(http={"allow": "10.0.0.0/8, git.lan"}).http.allow == ("10.0.0.0/8", "git.lan")
     for junk in (["not a host!"], 5, [1]):
         with pytest.raises(config.ConfigError, match=r"\[http\] allow"):
             make_settings(http={"allow": junk})

@@ -66,7 +66,8 @@ CREDENTIALS = (*SECRET_FIELDS[1:], "credentialsStamp")
 # dates, reasons or a lease: junk there must not stop a valid network
 OWNED = ("lease", "disabled", "unauthorized", "authFailures", "failingSince", "rateLimitStreak", "stats", "slot",
          "lastError", "lastOutcome", "lastExecution", "lastSuccess", "lastOwner", "lastLease", "parkedAt",
-         "parkedReason", "rateLimitedUntil", "disabledReason", "disabledAt", "tokenRefreshedAt", "tokenExpiresAt")
+         "parkedReason", "rateLimitedUntil", "disabledReason", "disabledAt", "tokenRefreshedAt", "tokenExpiresAt",
+         "pollInterval", "newItemsAt")
 FIELDS = (*BASE, *OWNED, *CREDENTIALS)
 HARMLESS = set(OWNED) - {"disabled"} | {"credentialsStamp", "errors"}  # junk there: the network runs all the same
 
@@ -146,7 +147,8 @@ def junk_for(name: str, service: str) -> st.SearchStrategy[Any]:
         "errors": COUNTS, "authFailures": COUNTS, "rateLimitStreak": COUNTS,
         "lease": LEASES, "disabled": TRUTHY, "unauthorized": TRUTHY,
         "failingSince": DATES, "lastExecution": DATES, "lastSuccess": DATES, "parkedAt": DATES, "disabledAt": DATES,
-        "rateLimitedUntil": DATES, "tokenRefreshedAt": DATES, "tokenExpiresAt": DATES,
+        "rateLimitedUntil": DATES, "tokenRefreshedAt": DATES, "tokenExpiresAt": DATES, "newItemsAt": DATES,
+        "pollInterval": COUNTS | st.sampled_from([0.5, -1.0, float("nan"), float("inf"), 1e300, "600"]),
         "stats": st.dictionaries(STAT_KEYS, STAT_VALUES, min_size=1, max_size=3) | STAT_VALUES,
         "slot": COUNTS | STRINGS,
         "lastError": st.dictionaries(st.sampled_from(["kind", "message", "at", "status"]), JUNK, max_size=3) | JUNK,

@@ -97,8 +97,8 @@ async def test_a_beat_registers_the_process(env, clock):
     assert doc["version"] == fleet.version() and doc["concurrency"] == 8
     assert doc["startedAt"] == started
     assert doc["state"] == "running" and doc["heartbeatAt"] == clock.now
-    assert doc["deadAt"] == clock.now + timedelta(seconds=settings.fleet_ttl)
-    assert doc["expireAt"] == clock.now + timedelta(seconds=settings.fleet_retention)
+    assert doc["deadAt"] == clock.now + timedelta(seconds=settings.fleet.ttl)
+    assert doc["expireAt"] == clock.now + timedelta(seconds=settings.fleet.retention)
     assert doc["inflight"] == 0 and doc["current"] == []
     assert doc["totals"] == {"runs": 0, "items": 0, "crashes": 0, "leasesLost": 0, "byOutcome": {}}
     assert doc["database"] is True
@@ -151,7 +151,7 @@ async def test_a_beat_lists_the_runs_in_flight_and_renews_their_leases(env, cloc
     assert await scheduler.fill(clock.now) == 3
     mine = [r.network_id for r in scheduler.running()]
     assert theirs not in mine
-    first_until = claimed_at + timedelta(seconds=settings.lease_ttl)
+    first_until = claimed_at + timedelta(seconds=settings.daemon.lease_ttl)
     for network_id in mine:
         assert (await store.get_network(network_id))["lease"]["until"] == first_until
 
@@ -161,7 +161,7 @@ async def test_a_beat_lists_the_runs_in_flight_and_renews_their_leases(env, cloc
     for network_id in mine:
         lease = (await store.get_network(network_id))["lease"]
         assert lease["owner"] == OWNER
-        assert lease["until"] == clock.now + timedelta(seconds=settings.lease_ttl)
+        assert lease["until"] == clock.now + timedelta(seconds=settings.daemon.lease_ttl)
     assert (await store.get_network(theirs))["lease"] == {"id": "their-lease", "owner": "host-b:2:initial:x",
                                                           "until": theirs_until}
     doc = await registry_doc(store)
@@ -199,7 +199,7 @@ async def test_stopping_then_stopped(env, clock):
     await fl.beat()
     doc = await registry_doc(store)
     assert doc["state"] == "stopping"
-    assert doc["deadAt"] == clock.now + timedelta(seconds=settings.fleet_ttl)
+    assert doc["deadAt"] == clock.now + timedelta(seconds=settings.fleet.ttl)
     clock.advance(1)
     await fl.stopped()
     doc = await registry_doc(store)
@@ -291,9 +291,9 @@ async def test_a_process_that_stops_beating_is_shown_dead(env, clock):
     store, _scheduler, fl, settings = env
     await fl.beat()
     assert (await status.status(store, clock.now))["processes"][0]["state"] == "running"
-    later = clock.now + timedelta(seconds=settings.fleet_ttl + 1)
+    later = clock.now + timedelta(seconds=settings.fleet.ttl + 1)
     view = (await status.status(store, later))["processes"][0]
-    assert (view["state"], view["alive"], view["heartbeatAge"]) == ("dead", False, settings.fleet_ttl + 1)
+    assert (view["state"], view["alive"], view["heartbeatAge"]) == ("dead", False, settings.fleet.ttl + 1)
 
 
 # -- status ------------------------------------------------------------------------------------

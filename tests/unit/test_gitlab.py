@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from collector.connectors.gitlab import GitLabStarred, server_url
 
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
 from collector.sdk import Registered
 from collector.store import Store
-from connectors.gitlab import GitLabStarred, server_url
 from tests.conftest import make_settings
 from tests.harness import Engine
 

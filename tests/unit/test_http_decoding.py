@@ -143,6 +143,6 @@ async def test_the_clients_advertise_only_what_the_engine_decodes():
 def test_a_service_may_have_its_own_cap_and_user_chosen_servers_have_a_lower_one():
     settings = make_settings(services={"github": {"max_body_bytes": 5000}})
     assert settings.body_cap("github") == 5000 and "max_body_bytes" not in settings.service("github").options
-    assert settings.body_cap("nosuchservice") == settings.max_body_bytes == 10 * MIB
+    assert settings.body_cap("nosuchservice") == settings.http.max_body_bytes == 10 * MIB
     for service in ("mastodon_favourites", "mastodon_bookmarks", "gitlab"):
         assert settings.body_cap(service) == 2 * MIB

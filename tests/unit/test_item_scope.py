@@ -12,15 +12,15 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from collector.connectors.github import GitHubStarred
+from collector.connectors.gitlab import GitLabStarred
+from collector.connectors.mastodon import MastodonBookmarks, MastodonFavourites
 
 from collector import sdk
 from collector.documents import item_key, key_prefix, refresh_update
 from collector.executor import Executor
 from collector.sdk import Connector, Context, Item, Page, Registered, Request
 from collector.store import Store
-from connectors.github import GitHubStarred
-from connectors.gitlab import GitLabStarred
-from connectors.mastodon import MastodonBookmarks, MastodonFavourites
 from tests.conftest import make_settings
 from tests.harness import Engine
 

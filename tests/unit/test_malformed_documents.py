@@ -84,7 +84,8 @@ MAX_REASON = 2048  # longest reason / error message the daemon may record
 OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "failingSince", "lastExecution", "lastSuccess",
          "lastOwner", "lastLease", "rateLimitStreak", "parkedAt", "parkedReason",
          "lastOutcome", "lastError", "rateLimitedUntil", "disabled", "disabledReason", "disabledAt",
-         "unauthorized", "stats", "authFailures", "previousRefreshToken", "credentialsStamp"}
+         "unauthorized", "stats", "authFailures", "previousRefreshToken", "credentialsStamp", "pollInterval",
+         "newItemsAt"}
 BASE_FIELDS = ("user", "service", "accessToken", "mode", "scheduledTo", "cursor", "errors", "options")
 REPLY_IDS = ("9001", "9002", "9003")
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1  # tests/conftest.py: the profiles

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from collector.connectors.mastodon import MastodonBookmarks, MastodonFavourites, instance_url
 
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
 from collector.sdk import Item, Registered
 from collector.store import Store
-from connectors.mastodon import MastodonBookmarks, MastodonFavourites, instance_url
 from tests.conftest import make_settings
 from tests.harness import Engine
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
+from collector.connectors.gitlab import GitLabStarred
+from collector.connectors.mastodon import MastodonFavourites
 
 from collector.config import ServiceSettings
 from collector.model import Network
 from collector.sdk import Context, Item, sweep
-from connectors.gitlab import GitLabStarred
-from connectors.mastodon import MastodonFavourites
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

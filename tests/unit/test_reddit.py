@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from collector.connectors.reddit import RedditSaved, RedditUpvoted
 
 from collector import http, sdk
 from collector.executor import Executor
@@ -21,7 +22,6 @@ from collector.sandbox import Sandbox, Server
 from collector.sandbox.apis.reddit import base36
 from collector.sdk import Registered
 from collector.store import Store
-from connectors.reddit import RedditSaved, RedditUpvoted
 from tests.conftest import make_settings
 from tests.harness import Engine
 
@@ -79,7 +79,7 @@ def settings():
 async def make_engine(mock_db, settings, clock, service: str = "reddit_saved"):
     store = Store(mock_db)
     await store.ensure_indexes()
-    async with http.make_client(settings) as client:  # the daemon's client: it sends settings.user_agent
+    async with http.make_client(settings) as client:  # the daemon's client: it sends settings.http.user_agent
         yield Engine(store, Executor(store, client, settings, REGISTRY, clock=clock), clock, settings, service, TOKEN)
 
 

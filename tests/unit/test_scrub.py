@@ -22,14 +22,14 @@ from urllib.parse import quote, quote_plus, unquote
 
 import httpx
 import pytest
+from collector.connectors.bluesky import BlueskyLikes
+from collector.connectors.spotify import SpotifySavedTracks
+from collector.connectors.youtube import YouTubeLiked
 
 from collector import logs, sdk
 from collector.executor import MAX_MESSAGE, Executor
 from collector.sdk import Connector, Registered
 from collector.store import Store
-from connectors.bluesky import BlueskyLikes
-from connectors.spotify import SpotifySavedTracks
-from connectors.youtube import YouTubeLiked
 from tests.conftest import make_settings
 from tests.harness import Engine
 

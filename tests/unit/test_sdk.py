@@ -8,11 +8,11 @@ from importlib.metadata import EntryPoint
 
 import httpx
 import pytest
+from collector.connectors.github import GitHubStarred
+from collector.connectors.stackoverflow import StackOverflowFavorites
 
 from collector import sdk
 from collector.sdk import MAX_WAIT, RateLimit, epoch, header_rate_limit, links, parse_time, retry_after
-from connectors.github import GitHubStarred
-from connectors.stackoverflow import StackOverflowFavorites
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 IN_AN_HOUR = NOW + timedelta(hours=1)
@@ -280,7 +280,7 @@ def test_discover_finds_the_builtin_connectors_through_entry_points():
     assert found["stackoverflow"].cls is StackOverflowFavorites
     for service in ("github", "stackoverflow"):
         assert found[service].service == service
-        assert found[service].package == "collector"
+        assert found[service].package == "collector-daemon"
         assert found[service].version
         assert found[service].error is None
 
@@ -288,10 +288,10 @@ def test_discover_finds_the_builtin_connectors_through_entry_points():
 def test_discover_reports_broken_plugins_without_failing(monkeypatch):
     group = sdk.ENTRY_POINT_GROUP
     fake = [
-        EntryPoint("github", "connectors.github:GitHubStarred", group),
+        EntryPoint("github", "collector.connectors.github:GitHubStarred", group),
         EntryPoint("missing", "no_such_module_anywhere:Connector", group),
         EntryPoint("notaconnector", "collector.sdk:Item", group),
-        EntryPoint("misnamed", "connectors.github:GitHubStarred", group),
+        EntryPoint("misnamed", "collector.connectors.github:GitHubStarred", group),
     ]
     monkeypatch.setattr(sdk, "entry_points", lambda group: fake)
     found = sdk.discover()

@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from collector.connectors.spotify import SpotifySavedTracks
 
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
 from collector.sandbox.apis import spotify as emulator
 from collector.sdk import Registered
 from collector.store import Store
-from connectors.spotify import SpotifySavedTracks
 from tests.conftest import make_settings
 from tests.harness import Engine
 
