@@ -15,9 +15,10 @@ The timing settings (small and full alike): once every run is refused, a process
 incident_min_refused (10) distinct networks of its window were refused (and more than incident_share of those
 answered): with about 20 GitHub networks per normal daemon, each run every 5 s, about half an interval into the
 storm (measured: 2.9 s at the small size). unauthorized_recheck (5 s) must be longer than that, or the networks
-refused first get their second 401, and are disabled, before the declaration. The defaults keep that order: 10 networks' first refusal comes well within unauthorized_recheck (600 s)
-for any service that runs 10 networks in that time. The daemons run a window and an interval before the storm, so
-that their windows are full, as in a fleet that has been running for a while.
+refused first get their second 401, and are disabled, before the declaration. The defaults keep that order: ten
+networks' first refusals come well within unauthorized_recheck (600 s) for any service that runs ten networks in
+that time. The daemons run a window and an interval before the storm, so that their windows are full, as in a
+fleet that has been running for a while.
 """
 
 from __future__ import annotations
