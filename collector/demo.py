@@ -5,7 +5,7 @@ given: in-memory storage is fine for a demo, it is not the production path), see
 across services with a few troublemakers (a rate-limited user, a revoked token, a flapping 5xx),
 runs the initial and normal schedulers side by side, shows live progress, makes new items arrive
 upstream for a few normal cycles, and ends with a summary whose item count is checked against
-what the sandbox served.
+what the sandbox served, and which accounts for every item upstream: stored, or why not (`account`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from collector import config, http, sdk
 from collector.executor import Executor
-from collector.model import utcnow
+from collector.model import aware, utcnow
 from collector.sandbox import Sandbox, Server
 from collector.scheduler import Scheduler
 from collector.store import Store
@@ -99,6 +100,79 @@ def line(p: dict[str, int], served: int, elapsed: float) -> str:
             f"{p['retrying']} | items {p['items']:5d} / served {served}")
 
 
+@dataclass
+class Accounting:
+    """Where every item upstream is: `stored`, or held back, counted per reason (with the users it holds back).
+    upstream == stored + sum(held) always; `balanced` when no item is unexplained and none is stored that the
+    sandbox never had."""
+
+    upstream: int = 0
+    stored: int = 0
+    held: dict[str, Counter[str]] = field(default_factory=dict)  # reason -> items held back, by user
+    strays: int = 0  # stored items the sandbox never had (a bug, were it ever > 0): outside the sum
+
+    @property
+    def balanced(self) -> bool:
+        return UNEXPLAINED not in self.held and self.strays == 0
+
+    def rows(self) -> list[tuple[int, str]]:
+        """(items, what) per line of the summary: stored, then each reason, the most items first."""
+        rows = [(self.stored, "stored")]
+        for reason, by_user in sorted(self.held.items(), key=lambda kv: -sum(kv[1].values())):
+            rows.append((sum(by_user.values()), f"{reason} ({', '.join(sorted(by_user))})"))
+        return rows
+
+
+UNEXPLAINED = "missing, no reason found: MISMATCH"
+
+
+def held_because(doc: dict[str, Any], missing: list[int], stored: set[int], now: datetime) -> str:
+    """Why the network `doc` has not stored the upstream items `missing` (their ids; `stored`: those it has),
+    read from its state in the database."""
+    reason = str(doc.get("disabledReason") or "")
+    if doc.get("disabled") and doc.get("unauthorized"):
+        return "held back by a revoked token: disabled after a second 401"
+    if doc.get("unauthorized"):
+        return "held back by a 401 being confirmed"
+    if doc.get("disabled"):
+        return "network disabled on purpose" if reason.startswith("operator:") else "network disabled after errors"
+    if doc.get("parkedAt"):
+        return "parked after rate limits in a row"
+    limited = doc.get("rateLimitedUntil")
+    if isinstance(limited, datetime) and aware(limited) > now:
+        return "rate-limited, due at the reset"
+    if int(doc.get("errors") or 0) > 0:
+        return "retrying after an error"
+    if doc.get("mode") == "initial":
+        return "history still being back-filled"
+    if min(missing) > max(stored, default=0):  # ids grow with time: all newer than anything stored
+        return "arrived upstream since its last run, not yet due"
+    return UNEXPLAINED
+
+
+async def account(store: Store, sandbox: Sandbox, now: datetime) -> Accounting:
+    """Every item upstream, from the sandbox's users and the database's networks and items (the demo's
+    services use the sandbox's item ids as their own)."""
+    acc = Accounting()
+    stored_ids: dict[Any, set[str]] = {}
+    async for item in store.items.find({}, projection={"network": 1, "itemId": 1}):
+        stored_ids.setdefault(item.get("network"), set()).add(str(item.get("itemId")))
+    acc.stored = sum(len(ids) for ids in stored_ids.values())
+    async for doc in store.networks.find({}):
+        user = sandbox.users.get(sandbox.key(str(doc.get("accessToken") or "")) or "")
+        stored = stored_ids.pop(doc["_id"], set())
+        upstream = {str(i["id"]): int(i["id"]) for i in user.items} if user is not None else {}
+        acc.upstream += len(upstream)
+        acc.strays += len(stored - upstream.keys())
+        missing = [n for key, n in upstream.items() if key not in stored]
+        if missing:
+            reason = held_because(doc, missing, {upstream[k] for k in stored if k in upstream}, now)
+            acc.held.setdefault(reason, Counter())[str(doc.get("user"))] += len(missing)
+    acc.strays += sum(len(ids) for ids in stored_ids.values())  # items of no network
+    acc.stored -= acc.strays
+    return acc
+
+
 async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = None, time_limit: float = 180.0,
                    echo: Callable[[str], None] = print, seed_value: int = 2026) -> bool:
     """Run the demo; True when every item the sandbox served is stored exactly once."""
@@ -134,7 +208,8 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     docs, trouble = seed(sandbox, users, rng, utcnow())
     await store.networks.insert_many(docs)
     echo(f"sandbox API on {server.url}; database: {mongodb_uri or 'mongomock-motor (in memory)'}")
-    echo(f"{users} networks seeded ({sum(len(u.items) for u in sandbox.users.values())} items upstream); "
+    seeded = sum(len(u.items) for u in sandbox.users.values())
+    echo(f"{users} networks seeded ({seeded:,} items upstream); "
          f"troublemakers: {', '.join(f'{u} ({k})' for u, k in sorted(trouble.items()))}")
     client = http.make_client(settings)
     executor = Executor(store, client, settings, sdk.discover())
@@ -196,10 +271,17 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     echo(f"  networks     normal {p['normal']}, unauthorized {p['unauthorized']}, disabled {p['disabled']}")
     echo(f"  runs         {sum(runs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(runs.items()))})")
     echo(f"  requests     {stats['requests']} served by the sandbox; faults injected {stats['faults']}")
-    echo(f"  items        {p['items']} stored, {served_unique} distinct items served: "
+    echo(f"  items        {p['items']:,} stored, {served_unique:,} distinct items served: "
          + ("equal" if p["items"] == served_unique else "MISMATCH"))
+    acc = await account(store, sandbox, utcnow())
+    echo(f"  upstream     {acc.upstream:,} items ({seeded:,} seeded + {acc.upstream - seeded:,} arrived in "
+         f"{cycle} normal cycles), each one stored or held back:")
+    for n, what in acc.rows():
+        echo(f"  {n:>12,}  {what}")
+    echo(f"  {acc.upstream:>12,}  = upstream" + ("" if acc.balanced else "  MISMATCH")
+         + (f"; and {acc.strays:,} stored items the sandbox never had: MISMATCH" if acc.strays else ""))
     echo(f"  time         {time.monotonic() - started:.1f}s" + ("" if ok else " (timed out before the end)"))
     if mongo is not None:
         await mongo.drop_database(db.name)
         await mongo.close()
-    return ok and p["items"] == served_unique
+    return ok and p["items"] == served_unique and acc.balanced
