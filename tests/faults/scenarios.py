@@ -304,7 +304,9 @@ def kill9(uri: str, size: str = "small", *, seed: int | None = None) -> dict[str
         for _ in range(2):
             daemons.start("initial")
         target, deadline = cfg["kills"], began + cfg["limit"]
-        next_kill = time.monotonic() + rng.uniform(1.5, 4.0)
+        # the kills come at random points of the back-fill's progress (shares of the pages served), not of the
+        # clock: however fast the machine, each one lands while pages are still being fetched
+        marks = sorted(rng.uniform(0.05, 0.85) for _ in range(target))
         # progress is read from the sandbox (free); the database (shared with the daemons) is asked only
         # once every page has been served at least once
         while world.served() < world.total_items or world.finished() < world.users:
@@ -313,18 +315,13 @@ def kill9(uri: str, size: str = "small", *, seed: int | None = None) -> dict[str
                 timed_out = True
                 break
             daemons.revive()
-            if kills < target and now >= next_kill and daemons.alive():
+            if kills < target and world.served() >= marks[kills] * world.total_items and daemons.alive():
                 victim = rng.choice(daemons.alive())
                 held += _leases_of_pid(world, victim.pid)
                 daemons.kill(victim)
                 daemons.start(victim.mode)
                 kills += 1
-                # spread the remaining kills over the work still to do, estimated from the progress so far
-                served, elapsed = world.served(), now - began
-                left = (world.total_items - served) * elapsed / served if served else 20.0
-                spacing = min(max(left / (target - kills + 1), 2.0), 15.0)
-                next_kill = now + rng.uniform(0.4, 1.0) * spacing
-            time.sleep(0.5 if world.served() < world.total_items else 1.0)
+            time.sleep(0.2 if world.served() < world.total_items else 1.0)
     finally:
         daemons.stop_all()
         try:
