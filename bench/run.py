@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: every scenario in one run, a table of figures, and bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py            # full size (about 5 minutes on 2 cores, mongo-java-server)
+    .venv/bin/python bench/run.py            # full size (about 10 minutes on 2 cores, mongo-java-server)
     .venv/bin/python bench/run.py --quick    # small size, run by .ci/run to keep it working
 
 Everything is local: the sandbox API (a real HTTP server on 127.0.0.1, its own process, 100 ms of
@@ -19,6 +19,8 @@ Scenarios (the issue "Benchmarks with figures"):
   memory   10 consecutive cycles of `cycle` in one daemon process (normal mode, new items each cycle)
   fleet    1, 2 and 4 daemon processes sharing one cycle: wall time, duplicate runs, lost items
   curve    runs per second at concurrency 1, 8, 32, 128, 512, with where the CPU went
+  steady   the steady state: normal runs that find nothing (a 304, an empty page) or a few new items, every
+           service of the sandbox, the daemon beside ceiling A', for each HTTP transport (bench/steady.py)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import steady as steady_scenario  # noqa: E402  (bench/steady.py, beside this script)
 from pymongo import MongoClient  # noqa: E402
 
 from collector.http import CONNECTIONS_PER_CLIENT  # noqa: E402
@@ -57,12 +60,14 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"networks": 3000, "full_networks": 1000, "concurrency": 256, "old_sample": 30,
              "scale": (10_000, 100_000, 1_000_000), "due": 3000, "claim_seconds": 10.0, "cycles": 10,
              "memory_networks": 1000, "fleet": (1, 2, 4), "fleet_networks": 1000, "curve": (1, 8, 32, 128, 512),
-             "curve_networks": 1000},
+             "curve_networks": 1000, "steady_networks": 20_000, "steady_due": 5000, "steady_concurrency": 256,
+             "steady_stall": 60.0, "steady_paced_seconds": 30.0},
     "quick": {"networks": 300, "full_networks": 300, "concurrency": 64, "old_sample": 10, "scale": (1_000, 10_000),
               "due": 300, "claim_seconds": 10.0, "cycles": 3, "memory_networks": 300, "fleet": (1, 2),
-              "fleet_networks": 300, "curve": (1, 32, 128), "curve_networks": 300},
+              "fleet_networks": 300, "curve": (1, 32, 128), "curve_networks": 300, "steady_networks": 1000,
+              "steady_due": 1000, "steady_concurrency": 256, "steady_stall": 30.0, "steady_paced_seconds": 5.0},
 }
-SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve")
+SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady")
 # full_networks: the cycle with full-size payloads. An in-memory engine holds every stored document in the JVM:
 # mongo-java-server takes about 35 KB of heap for one ~5.5 KB item, so 3,000 networks of 100 would need ~10 GB
 
@@ -366,7 +371,7 @@ def scenario_curve(env: Env) -> dict[str, Any]:
 
 
 RUNNERS = {"cycle": scenario_cycle, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
-           "curve": scenario_curve}
+           "curve": scenario_curve, "steady": steady_scenario.scenario}
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -377,7 +382,8 @@ def machine(env: Env) -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor())
     mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                if line.startswith("MemTotal"))
-    versions = {name: importlib.metadata.version(name) for name in ("collector-daemon", "httpx", "pymongo")}
+    versions = {name: importlib.metadata.version(name) for name in ("collector-daemon", "httpx", "httpx-aiohttp",
+                                                                     "aiohttp", "pymongo")}
     with MongoClient(env.uri) as client:
         info = client.admin.command("buildInfo")
     server = f"FerretDB {info['ferretdbVersion']}" if "ferretdbVersion" in info else f"MongoDB {info.get('version')}"
@@ -433,6 +439,8 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
                              f"not met ({busy(fleet[procs])} of {os.cpu_count()} cores busy)"))
         bad = sum(r["duplicate_runs"] + max(r["lost"], 0) + r["crashed"] for r in results["fleet"]["rows"])
         rows.append(("fleet: duplicate runs + lost items + crashes", str(bad), "0", "met" if bad == 0 else "not met"))
+    if "steady" in results:
+        rows += steady_scenario.summary(results["steady"])
     return rows
 
 
@@ -454,6 +462,7 @@ def problems(results: dict[str, Any], size: dict[str, Any]) -> list[str]:
         if r["duplicate_runs"] or r["lost"] or r["crashed"] or r["runs"] != size["fleet_networks"]:
             out.append(f"fleet of {r['procs']}: {r['runs']} runs, {r['duplicate_runs']} duplicate, {r['lost']} "
                        f"items lost, {r['crashed']} processes exited badly")
+    out += steady_scenario.problems(results.get("steady", {}))
     return out
 
 
@@ -474,7 +483,9 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
     lines = [f"# Benchmark results ({size_name} size)", "",
              f"Command: `{command}` — {total:.0f} s in all, {info['date']}, commit {info['commit']}.", "",
              f"Machine: {info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}; "
-             f"Python {info['python']}, collector {info['versions']['collector']}, httpx {info['versions']['httpx']}, "
+             f"Python {info['python']}, collector {info['versions']['collector-daemon']}, httpx "
+             f"{info['versions']['httpx']} (the daemon's transport, unless said otherwise: aiohttp "
+             f"{info['versions']['aiohttp']} through httpx-aiohttp {info['versions']['httpx-aiohttp']}), "
              f"PyMongo {info['versions']['pymongo']}; database {info['database']}; the sandbox API in its own "
              f"process, {LATENCY * 1000:.0f} ms latency per request, pages of 100 compact GitHub-shaped items "
              "(about 250 bytes of JSON each, the raw payload stored) unless said otherwise.", ""]
@@ -490,8 +501,8 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                   f"{size['concurrency']}; wall time until the last run is persisted (for the ceilings: the last "
                   "page parsed / inserted).", ""]
         rows = []
-        for key, label in (("ceiling_a_pool", "ceiling A, pooled: httpx clients of 8 connections, no database"),
-                           ("ceiling_b_pool", "ceiling B, pooled: httpx clients of 8 connections + insert_many"),
+        for key, label in (("ceiling_a_pool", "ceiling A, pooled: the daemon's clients of 8 connections, no database"),
+                           ("ceiling_b_pool", "ceiling B, pooled: the daemon's clients of 8 connections + insert_many"),
                            ("collector", "collector (the daemon)"),
                            ("full_ceiling_b_pool", f"{full_label(r)}: ceiling B, pooled"),
                            ("full_collector", f"{full_label(r)}: collector (the daemon)")):
@@ -572,6 +583,8 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                             f"{r['runs'] / r['wall'] / r['ideal']:.0%}", f"{r['cpu'] / r['wall']:.2f}",
                             f"{r['db_cpu'] / r['wall']:.2f}", f"{r['sandbox_cpu'] / r['wall']:.2f}"]
                            for r in results["curve"]["rows"]])
+    if "steady" in results:
+        lines += steady_scenario.section(results["steady"], LATENCY, md_table)
     history = ROOT / "bench" / "optimizations.md"  # hand-kept: the profile and the before/after figures
     if history.exists():
         lines += ["", history.read_text().rstrip()]

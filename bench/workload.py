@@ -6,7 +6,8 @@ Prints one JSON object (the figures) as its last line. Variants:
   collector   the real daemon (collector.app.run_daemon, as `collector --mode M` runs it) until every
               seeded network has had its run persisted; --cycles K repeats that K times in one process
               (normal mode: new items arrive upstream before each cycle), RSS read after each cycle
-  ceiling_a   a bare httpx client fetching and parsing the same pages at the same concurrency (no database)
+  ceiling_a   the daemon's pooled clients (its transport) fetching and parsing the same pages at the same concurrency
+              (no database)
   ceiling_b   ceiling_a plus one insert_many of each page's items through PyMongo async (the least storage
               work possible: no claim, no state, no duplicate check)
   old         the replaced system's way: one network after another, one lookup (and insert) per item
@@ -23,6 +24,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 from pymongo import AsyncMongoClient, monitoring  # noqa: E402
 
-from collector import config, logs  # noqa: E402
+from collector import config, http, logs  # noqa: E402
 from collector.documents import item_key  # noqa: E402
 from collector.sdk import parse_time  # noqa: E402
 from collector.store import Store  # noqa: E402
@@ -93,11 +95,10 @@ def item_doc(token: str, entry: dict[str, Any], now: datetime) -> dict[str, Any]
 
 
 async def ceiling(args: argparse.Namespace, store: bool) -> dict[str, Any]:
-    """--clients 1: one httpx client with every connection; more: that many clients sharing them, a
-    request on the least busy one (what collector.http.ClientPool does)."""
+    """--clients 1: one client with every connection; more: that many clients sharing them, a request on the
+    least busy one (what collector.http.ClientPool does)."""
     shards = max(1, args.clients)
     per = max(1, args.concurrency // shards)
-    limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
     mongo = AsyncMongoClient(args.uri, tz_aware=True) if store else None
     # a database of its own with the daemon's indexes (Store.ensure_indexes): ceiling B pays for the same index
     # maintenance per insert as the daemon does
@@ -123,7 +124,11 @@ async def ceiling(args: argparse.Namespace, store: bool) -> dict[str, Any]:
                 now = datetime.now(UTC)
                 await items.insert_many([item_doc(token, e, now) for e in page], ordered=False)
 
-    clients = [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(shards)]
+    # the daemon's clients (collector.http.make_client): its transport (`[http] transport`), `shards` of `per`
+    # connections; requests sent with their plain httpx API
+    settings = settings_for(args)
+    clients = http.make_client(replace(settings, http=replace(settings.http, max_connections=shards * per,
+                                                                total_timeout=60.0)), per_client=per).clients
     busy = [0] * shards
     if mongo is not None:
         await mongo.admin.command("ping")  # connected before the clock starts, like the daemon

@@ -112,7 +112,7 @@ class HttpSettings:
     user_agent: str = "collector/0.1"
     allow_private: bool = False  # the egress policy (collector/egress.py)
     allow: tuple[str, ...] = ()
-    transport: str = "httpx"  # what carries the requests: collector/http.py TRANSPORTS
+    transport: str = "aiohttp"  # what carries the requests: collector/http.py TRANSPORTS
 
 
 @dataclass(frozen=True)

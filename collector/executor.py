@@ -7,6 +7,7 @@ idempotent, so nothing is lost and nothing is duplicated).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -53,6 +54,14 @@ from collector.states import Kind, Outcome, State, Transition, transition
 from collector.store import Lease, Store, service_of
 
 log = structlog.get_logger("collector.run")
+# `inside` is a pure function of two URLs, and a fleet's runs ask it the same few pairs (a service's first-page URL
+# under its base): remembered, the URL parsing of every run (4 % of the daemon's CPU in the steady-state profile,
+# bench/optimizations.md) becomes a lookup. URLs carry no credential (sdk.Request)
+_inside_cached = functools.lru_cache(maxsize=4096)(inside)
+
+
+def _inside(url: Any, base: Any) -> bool:
+    return _inside_cached(url, base) if isinstance(url, str) and isinstance(base, str) else inside(url, base)
 
 
 @dataclass(frozen=True)
@@ -196,8 +205,10 @@ class Executor:
                 log.warning("network disabled", **fields)
             elif not step.success:
                 log.info("run failed", **fields)
-            else:
+            elif new_items or step.mode != mode:
                 log.info("run", **fields)
+            else:  # nothing new (most runs of a fleet in its steady state): a line at debug, not rendered at info
+                log.debug("run", **fields)
             return RunResult(doc.get("_id"), service, outcome, step, new_items, saved, incident)
         finally:
             logs.reset_run_secrets(secrets)
@@ -310,7 +321,7 @@ class Executor:
         # one check for every connector: the network's credentials go only to its own API, whatever built the URL
         # (a stored cursor, a Link header); then its credentials, as the connector carries them (a header the
         # request sets itself wins)
-        if not inside(request.url, connector.base(ctx)):
+        if not _inside(request.url, connector.base(ctx)):
             raise ForeignHost(f"refused to send the network's credentials to {origin(request.url)}: "
                               "outside the configured base URL")
         request = replace(request, headers={**connector.auth_headers(ctx), **request.headers})

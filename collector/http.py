@@ -16,6 +16,7 @@ import math
 import ssl
 import zlib
 from collections.abc import Iterator
+from http.cookiejar import DefaultCookiePolicy
 
 import httpcore
 import httpx
@@ -177,7 +178,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 def _client(settings: Settings, connections: int, transport: httpx.AsyncBaseTransport,
             tls: ssl.SSLContext) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         verify=tls,
         timeout=httpx.Timeout(
             connect=settings.http.connect_timeout,
@@ -190,17 +191,28 @@ def _client(settings: Settings, connections: int, transport: httpx.AsyncBaseTran
         follow_redirects=False,
         transport=transport,
     )
+    # no cookie is kept: a client serves many networks, and one user's session cookie must never ride on another
+    # user's request (build() sends none either; aiohttp's own jar is a DummyCookieJar: collector/transport.py)
+    client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return client
 
 
 def build(client: httpx.AsyncClient, request: Request) -> httpx.Request:
-    """The httpx request for a connector's Request. httpx (0.28) replaces a URL's query string with
+    """The httpx request for a connector's Request: the client's headers (User-Agent, Accept-Encoding) and
+    timeouts, never a cookie (no client keeps one: see _client). httpx (0.28) replaces a URL's query string with
     `params` instead of merging them; a next-page link keeps its query, explicit params win."""
-    url = httpx.URL(request.url)
-    if request.params:
-        url = url.copy_merge_params(dict(request.params))
+    if not request.params:
+        url = httpx.URL(request.url)
+    elif "?" in request.url:
+        url = httpx.URL(request.url).copy_merge_params(dict(request.params))
+    else:  # the same URL in one parse instead of two
+        url = httpx.URL(request.url, params=dict(request.params))
+    headers = httpx.Headers(client.headers)
+    headers.update(request.headers)
+    extensions = {"timeout": client.timeout.as_dict()}
     if request.form is not None:
-        return client.build_request(request.method, url, headers=dict(request.headers), data=dict(request.form))
-    return client.build_request(request.method, url, headers=dict(request.headers))
+        return httpx.Request(request.method, url, headers=headers, data=dict(request.form), extensions=extensions)
+    return httpx.Request(request.method, url, headers=headers, extensions=extensions)
 
 
 async def _read(client: httpx.AsyncClient, request: Request, max_bytes: int) -> httpx.Response:

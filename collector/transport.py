@@ -19,7 +19,11 @@ What holds whatever the transport (tests/unit/test_http_transports.py runs both)
 - *Errors*: every aiohttp error becomes the httpx error httpcore raises for the same failure (a refused or
   unresolvable host: ConnectError; a server that closes mid-reply: RemoteProtocolError; a read stall: ReadTimeout;
   a malformed reply, a header line over 8190 bytes: RemoteProtocolError), so runs end in the same outcomes.
-- *No redirects, no proxies, nothing from the environment*: as the httpx clients (trust_env off, no proxy).
+- *No redirects, no proxies, nothing from the environment, no cookies*: as the httpx clients (trust_env off, no
+  proxy; a DummyCookieJar: a session serves many networks, one user's cookie never rides on another's request).
+- *One request sent once*: aiohttp's silent second try of a GET whose connection the server closed is off.
+- *Response heads*: aiohttp's parser refuses a header line over 8190 bytes or more than 128 header lines (httpcore:
+  a head over 100 KiB): a malformed reply (RemoteProtocolError), the run a transient `connection` failure.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from collector.egress import Address, EgressRefused, Policy
 
 # aiohttp's own names for the pieces overridden here: checked at import, so a release that renames them fails
 # loudly instead of leaving the policy unenforced
-if not hasattr(aiohttp.TCPConnector, "_resolve_host"):  # pragma: no cover
-    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: collector's egress policy cannot hook this release")
+if not hasattr(aiohttp.TCPConnector, "_resolve_host") or "_retry_connection" not in aiohttp.ClientSession.ATTRS:
+    raise ImportError("aiohttp.TCPConnector._resolve_host or ClientSession._retry_connection is gone: collector "
+                      "cannot hook this release of aiohttp")  # pragma: no cover
 
 
 def literal(host: str) -> Address | None:
@@ -137,7 +142,7 @@ class _Stream(httpx.AsyncByteStream):
             await self.inner.aclose()
 
 
-class GuardedAiohttpTransport(AiohttpTransport):  # type: ignore[misc]
+class GuardedAiohttpTransport(AiohttpTransport):
     """httpx-aiohttp's transport over one aiohttp session whose connector is a GuardedConnector (made on the first
     request, inside the running loop)."""
 
@@ -145,7 +150,12 @@ class GuardedAiohttpTransport(AiohttpTransport):  # type: ignore[misc]
         def session() -> aiohttp.ClientSession:
             connector = GuardedConnector(policy, connect_timeout, ssl=tls, limit=limits.max_connections or 0,
                                          keepalive_timeout=limits.keepalive_expiry)
-            return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+            session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
+                                            cookie_jar=aiohttp.DummyCookieJar())
+            # no silent second try of a GET whose connection the server closed (RFC 9112 9.3.1 allows it; httpcore
+            # does not): a reset fails the run as it does with httpx, and a request is sent once
+            session._retry_connection = False
+            return session
 
         super().__init__(verify=tls, limits=limits, trust_env=False, client=session)
 

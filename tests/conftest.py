@@ -3,6 +3,7 @@ the API replies Likeastore recorded (read-only, from ../shared/fixtures/likeasto
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -36,6 +37,33 @@ from collector.demo import mongomock_compat  # noqa: E402
 mongomock_compat()  # mongomock's bulk builder predates PyMongo 4.9 (test-only shim, also used by the demo)
 
 
+def _one_default_tls_context() -> None:
+    """Every httpx client built with the default verification loads the CA bundle again (~20 ms of CPU), and the
+    local tests build hundreds (an engine each) to speak plain HTTP to loopback or respx. The default context is
+    built once per test process and shared, as an SSLContext may be; any other `verify` is built as asked."""
+    import functools
+
+    from httpx._transports import default
+
+    build = getattr(default, "create_ssl_context", None)
+    if build is None or getattr(build, "_collector_shared", False):
+        return
+    @functools.cache
+    def shared(trust_env: bool, cafile: str | None, capath: str | None) -> Any:  # what httpx reads: the same
+        return build(verify=True, cert=None, trust_env=trust_env)
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None:
+            return shared(trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    create_ssl_context._collector_shared = True  # type: ignore[attr-defined]
+    default.create_ssl_context = create_ssl_context
+
+
+_one_default_tls_context()
+
+
 class Clock:
     """A clock the test moves by hand."""
 
@@ -60,9 +88,17 @@ def rng() -> random.Random:
     return random.Random(7)
 
 
+_SETTINGS: dict[str, config.Settings] = {}
+
+
 def make_settings(**over: Any) -> config.Settings:
-    """Test settings: the package's defaults and its test environment (collector/defaults.test.toml), then `over`."""
-    return config.load(environment="test", overrides=over, environ={})
+    """Test settings: the package's defaults and its test environment (collector/defaults.test.toml), then `over`.
+    Loaded once per distinct `over` in a test process (a load reads and checks the TOML files: ~20 ms, and the local
+    tests ask for settings hundreds of times); each caller gets its own copy."""
+    key = json.dumps(over, sort_keys=True, default=repr)
+    if key not in _SETTINGS:
+        _SETTINGS[key] = config.load(environment="test", overrides=over, environ={})
+    return copy.deepcopy(_SETTINGS[key])
 
 
 @pytest.fixture
@@ -134,10 +170,20 @@ def stackexchange_page(name: str, has_more: bool | None = None, quota_remaining:
 # -- which tests run where -----------------------------------------------------------------------
 # Tests under tests/integration, tests/e2e and tests/faults need the wire server (and start real processes):
 # they carry the `wire` marker. scripts/test.sh runs the rest in parallel (pytest-xdist) with `--tests local`,
-# then these with `--tests wire`, serially, with the server up. `slow` marks the few local tests that take
-# seconds: `-m "not slow"` is the quick loop.
+# then these with `--tests wire`, serially, with the server up. `slow` marks the tests that take seconds (the few
+# local ones, the wire tests that start daemons or run a fault scenario): `-m "not slow"` is the quick loop.
+# A phase does not even import the other phase's test modules (their collection, assertion rewriting included,
+# was seconds of each process's start).
 
 WIRE_DIRS = ("integration", "e2e", "faults")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With --tests local or wire, the directories of the other phase are not collected at all."""
+    which = config.getoption("--tests")
+    if which == "all" or not collection_path.is_dir() or collection_path.parent != ROOT / "tests":
+        return None
+    return True if (collection_path.name in WIRE_DIRS) != (which == "wire") else None
 
 
 def pytest_addoption(parser):

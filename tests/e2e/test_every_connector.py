@@ -7,9 +7,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from collector import sdk
 from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import daemon, stop, wait_for
+
+pytestmark = pytest.mark.slow  # real daemon processes: seconds (the quick loop: -m "not slow")
 
 PAGE_CAP = 10
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import daemon, stop, wait_for
+
+pytestmark = pytest.mark.slow  # real daemon processes: seconds (the quick loop: -m "not slow")
 
 FAST = ["--set", "schedule.normal_interval=1.0", "--set", "schedule.backoff_base=0.5",
         "--set", "schedule.rate_limit_slack=0.2", "--set", "schedule.jitter=0.0",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
+import pytest
+
 from collector import sdk
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
@@ -27,6 +29,7 @@ def test_the_example_plugin_is_discovered_with_its_package():
     assert "collector-hackernews 0.1.0" in line and "HN Search API" in line
 
 
+@pytest.mark.slow  # real processes: seconds (the quick loop: -m "not slow")
 def test_the_daemons_run_the_plugin_back_fill_then_new_items(wire_uri, sync_db):
     db = sync_db
     server = Server(Sandbox()).start()

@@ -8,8 +8,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import daemon, stop, wait_for
+
+pytestmark = pytest.mark.slow  # real daemon processes: seconds (the quick loop: -m "not slow")
 
 PAGE_CAP = 5
 TTL = 1.5

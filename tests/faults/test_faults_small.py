@@ -11,6 +11,8 @@ import pytest
 from tests.faults import scenarios
 from tests.harness import load_devdb
 
+pytestmark = pytest.mark.slow  # fault scenarios with real daemons: seconds each (the quick loop: -m "not slow")
+
 
 def assert_clean(row: dict) -> None:
     assert tuple(row) == scenarios.ROW_KEYS

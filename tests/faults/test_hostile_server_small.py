@@ -11,6 +11,8 @@ import pytest
 from tests.faults import hostile_server
 from tests.faults.scenarios import ROW_KEYS
 
+pytestmark = pytest.mark.slow  # a fault scenario with a real daemon: seconds (the quick loop: -m "not slow")
+
 
 @pytest.fixture(scope="module")
 def report(wire_uri):

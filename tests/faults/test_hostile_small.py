@@ -11,6 +11,8 @@ from collector.sandbox import FAULTS
 from tests.faults import hostile
 from tests.faults.hostile import MINUTE, SLACK, TOTAL_TIMEOUT, TWO_DAYS
 
+pytestmark = pytest.mark.slow  # a fault scenario with real daemons: seconds (the quick loop: -m "not slow")
+
 # end state: (mode, disabled, unauthorized, errors, lastError.kind, lastOutcome.kind)
 RECOVERED = ("normal", False, False, 0)  # + the fault's error kind, then a page: errors reset by the success
 WAITING = ("initial", False, False, 0, "rate_limited", "rate_limited")  # same mode, errors unchanged, due later

@@ -12,6 +12,8 @@ import pytest
 from tests.faults import refresh_outage
 from tests.faults.scenarios import FAILURE_KEYS, ROW_KEYS
 
+pytestmark = pytest.mark.slow  # a fault scenario with real daemons: seconds (the quick loop: -m "not slow")
+
 CFG = refresh_outage.SIZES["small"]
 
 

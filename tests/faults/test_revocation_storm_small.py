@@ -10,6 +10,8 @@ import pytest
 from tests.faults import revocation_storm
 from tests.faults.scenarios import FAILURE_KEYS, ROW_KEYS
 
+pytestmark = pytest.mark.slow  # a fault scenario with real daemons: seconds (the quick loop: -m "not slow")
+
 CFG = revocation_storm.SIZES["small"]
 
 

@@ -23,6 +23,7 @@ def sandbox():
     server.stop()
 
 
+@pytest.mark.slow  # a daemon run for seconds (the quick loop: -m "not slow")
 async def test_a_clock_ten_minutes_ahead_steals_no_lease_and_runs_nothing_early(wire_db, sandbox):
     now = datetime.now(UTC)
     for token in ("held", "later", "due"):

@@ -16,6 +16,8 @@ import pytest
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real daemon and CLI processes: seconds each (the quick loop: -m "not slow")
+
 
 def daemon(mode: str, uri: str, dbname: str, sandbox_url: str, *extra: str, stdout: Any = subprocess.PIPE,
            ) -> subprocess.Popen:

@@ -44,6 +44,7 @@ def test_a_fresh_server_reports_what_pymongo_needs_and_what_it_lacks(own):
     assert own.engine.startswith("mongo-java-server ")
 
 
+@pytest.mark.slow  # real processes: seconds (the quick loop: -m "not slow")
 def test_an_outage_cuts_every_connection_and_the_same_data_comes_back_on_the_same_port(own):
     with client(own.uri) as c:
         c.t.docs.insert_many([{"_id": i} for i in range(100)])
@@ -60,6 +61,7 @@ def test_an_outage_cuts_every_connection_and_the_same_data_comes_back_on_the_sam
         own.resume()
 
 
+@pytest.mark.slow  # real processes: seconds (the quick loop: -m "not slow")
 def test_start_and_stop_through_a_state_file_leave_nothing_behind(tmp_path):
     state = tmp_path / "db.json"
     env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}

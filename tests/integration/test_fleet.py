@@ -12,9 +12,13 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
+
+pytestmark = pytest.mark.slow  # real daemon processes: seconds each (the quick loop: -m "not slow")
 
 HEARTBEAT, TTL, LEASE = 0.5, 2.0, 4.0
 FLEET = ["--set", f"fleet.heartbeat_interval={HEARTBEAT}", "--set", f"fleet.ttl={TTL}",
@@ -45,7 +49,7 @@ def test_four_daemons_status_and_a_kill_9_taken_over(wire_uri, sync_db):
         token = f"fleet-{i:02d}-{uuid.uuid4().hex[:8]}"
         tokens.append(token)
         mode = "initial" if i < 32 else "normal"
-        box.add_user("github", token, items=12 if mode == "initial" else 2)  # 6 pages to back-fill
+        box.add_user("github", token, items=8 if mode == "initial" else 2)  # 4 pages to back-fill
         docs.append({"user": f"user{i}", "service": "github", "accessToken": token, "mode": mode,
                      "scheduledTo": now, "cursor": {}})
     db.networks.insert_many(docs)
@@ -121,7 +125,7 @@ def test_four_daemons_status_and_a_kill_9_taken_over(wire_uri, sync_db):
             return db.items.count_documents({}) == sum(box.stats()["unique_served"].values())
 
         wait_for(stored_equals_served, 30, "items stored == items served")
-        assert db.items.count_documents({}) == 32 * 12 + 16 * 2
+        assert db.items.count_documents({}) == 32 * 8 + 16 * 2
     finally:
         results = [stop(p) for p in procs.values()]
         if victim is not None and victim.poll() is None:

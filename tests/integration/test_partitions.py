@@ -19,7 +19,13 @@ from collector.store import with_slot
 from tests.integration.test_daemons import daemon, wait_for
 from tests.integration.test_fleet import status_json
 
-FAST = ["--set", "fleet.heartbeat_interval=0.5", "--set", "fleet.ttl=2.0", "--set", "daemon.poll_interval=0.5"]
+pytestmark = pytest.mark.slow  # real daemon processes: seconds each (the quick loop: -m "not slow")
+
+# Stack Overflow at the process's concurrency (16) like GitHub: at its default (8) the service is full while runs of it
+# are due, so each fill ends "drained" and the next waits claim_interval: 8 runs per 0.25 s, two thirds of the
+# services test's time, and nothing these tests are about
+FAST = ["--set", "fleet.heartbeat_interval=0.5", "--set", "fleet.ttl=2.0", "--set", "daemon.poll_interval=0.5",
+        "--set", "services.stackoverflow.concurrency=16"]
 
 
 class Daemon:

@@ -27,6 +27,8 @@ from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
 
+pytestmark = pytest.mark.slow  # real daemon processes: seconds each (the quick loop: -m "not slow")
+
 
 @pytest.fixture
 def sandbox():

@@ -108,6 +108,7 @@ def sandbox():
     server.stop()
 
 
+@pytest.mark.slow  # real processes: seconds (the quick loop: -m "not slow")
 def test_after_the_daemons_runs_no_credential_is_plaintext(wire_uri, sandbox, sync_db, tmp_path):
     db, key = sync_db, str(tmp_path / "master-key")
     keyset = ("--set", f"secrets.master_key_file={key}")

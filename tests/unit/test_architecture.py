@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("scheduler", {"scheduler"}),
     ("executor", {"executor"}),
     ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
-                             "http", "states", "offload", "outcomes", "incidents", "refresh", "secrets"}),
+                             "http", "transport", "states", "offload", "outcomes", "incidents", "refresh", "secrets"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
     ("config", {"config", "config_schema", "selectors", "egress"}),

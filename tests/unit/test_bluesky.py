@@ -81,7 +81,8 @@ C1, C2 = "1764000000000::bafyreic1", "1763000000000::bafyreic2"
 
 @pytest.fixture
 def settings():
-    return make_settings(services={"bluesky": {"base_url": API}})
+    # respx mocks httpx's own transport (httpcore): the daemon's clients over it here
+    return make_settings(http={"transport": "httpx"}, services={"bluesky": {"base_url": API}})
 
 
 async def make_engine(mock_db, settings, clock, token: str = TOKEN):

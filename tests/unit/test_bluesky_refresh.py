@@ -42,7 +42,8 @@ ROTATED = jwt("com.atproto.refresh", 90 * 86400, jti="refresh-2")
 
 @pytest.fixture
 def settings():
-    return make_settings(services={"bluesky": {"base_url": API}})  # no token_url, no client_id: none needed
+    # no token_url, no client_id: none needed; respx mocks httpx's own transport (aiohttp: the real-server tests below)
+    return make_settings(http={"transport": "httpx"}, services={"bluesky": {"base_url": API}})
 
 
 @pytest.fixture

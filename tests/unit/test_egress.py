@@ -193,7 +193,7 @@ def test_server_url_leaves_loopback_and_private_addresses_to_the_connect_time_ch
 
 
 def test_every_client_of_the_pool_connects_through_the_policy():
-    pool = http.make_client(make_settings(http={"max_connections": 24, "allow_private": True}))
+    pool = http.make_client(make_settings(http={"transport": "httpx", "max_connections": 24, "allow_private": True}))
     backends = [c._transport._pool._network_backend for c in pool.clients]
     assert len(backends) == 3 and all(isinstance(b, egress.GuardedBackend) for b in backends)
     assert all(b.policy.allow_private for b in backends)

@@ -17,6 +17,8 @@ from collector import http, sdk
 from tests.conftest import make_settings
 
 URL = "https://api.test/x"
+# respx mocks httpx's own transport (httpcore); both transports against real servers: test_http_transports.py
+HTTPX = {"transport": "httpx"}
 MIB = 1 << 20
 
 
@@ -54,7 +56,7 @@ def raw(body: bytes, **headers: str) -> httpx.Response:
 async def fetch(response: httpx.Response, max_bytes: int = 1000) -> httpx.Response:
     with respx.mock() as api:
         api.get(URL).mock(return_value=response)
-        async with http.make_client(make_settings()) as pool:
+        async with http.make_client(make_settings(http=HTTPX)) as pool:
             return await http.fetch(pool, sdk.Request(URL), max_bytes=max_bytes, total_timeout=5)
 
 
@@ -135,7 +137,7 @@ async def test_a_body_over_the_cap_on_the_wire_is_cut_off_without_a_length():
 async def test_the_clients_advertise_only_what_the_engine_decodes():
     with respx.mock() as api:
         route = api.get(URL).mock(return_value=httpx.Response(200))
-        async with http.make_client(make_settings()) as pool:
+        async with http.make_client(make_settings(http=HTTPX)) as pool:
             await http.fetch(pool, sdk.Request(URL), max_bytes=1000, total_timeout=5)
     assert route.calls.last.request.headers["accept-encoding"] == "gzip, deflate"
 

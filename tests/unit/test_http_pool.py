@@ -12,14 +12,16 @@ from collector import http
 from collector.sdk import Request
 from tests.conftest import make_settings
 
+HTTPX = {"transport": "httpx"}  # httpx's own pool is inspected, and respx mocks it (aiohttp: test_http_transports.py)
+
 
 def test_max_connections_are_spread_over_clients_of_a_few_connections():
-    pool = http.make_client(make_settings(http={"max_connections": 256}))
+    pool = http.make_client(make_settings(http={**HTTPX, "max_connections": 256}))
     assert len(pool.clients) == 32
     assert {c._transport._pool._max_connections for c in pool.clients} == {8}
-    small = http.make_client(make_settings(http={"max_connections": 10}))
+    small = http.make_client(make_settings(http={**HTTPX, "max_connections": 10}))
     assert [c._transport._pool._max_connections for c in small.clients] == [5, 5]  # never more than asked
-    one = http.make_client(make_settings(http={"max_connections": 3}))
+    one = http.make_client(make_settings(http={**HTTPX, "max_connections": 3}))
     assert len(one.clients) == 1 and one.clients[0]._transport._pool._max_connections == 3
     assert all(c.headers["user-agent"] == "collector/0.1" for c in pool.clients)
 
@@ -27,7 +29,7 @@ def test_max_connections_are_spread_over_clients_of_a_few_connections():
 def test_the_clients_share_one_tls_context_that_verifies_certificates():
     import ssl
 
-    pool = http.make_client(make_settings(http={"max_connections": 256}))
+    pool = http.make_client(make_settings(http={**HTTPX, "max_connections": 256}))
     contexts = {id(c._transport._pool._ssl_context) for c in pool.clients}
     assert len(contexts) == 1
     tls = pool.clients[0]._transport._pool._ssl_context
@@ -35,7 +37,7 @@ def test_the_clients_share_one_tls_context_that_verifies_certificates():
 
 
 async def test_requests_go_to_the_client_with_the_fewest_in_flight_and_are_counted_back():
-    settings = make_settings(http={"max_connections": 32})
+    settings = make_settings(http={**HTTPX, "max_connections": 32})
     release = asyncio.Event()
     seen: list[list[int]] = []
 
@@ -61,7 +63,7 @@ async def test_requests_go_to_the_client_with_the_fewest_in_flight_and_are_count
 
 
 async def test_a_failed_request_gives_its_slot_back():
-    async with http.make_client(make_settings(http={"max_connections": 16})) as pool:
+    async with http.make_client(make_settings(http={**HTTPX, "max_connections": 16})) as pool:
         with respx.mock() as api:
             api.get("https://api.test/boom").mock(side_effect=httpx.ConnectError("refused"))
             for _ in range(3):

@@ -72,7 +72,8 @@ TOP = "t3_" + base36(108)
 
 @pytest.fixture
 def settings():
-    return make_settings(http={"user_agent": UA},
+    # respx mocks httpx's own transport (httpcore): the daemon's clients over it here
+    return make_settings(http={"user_agent": UA, "transport": "httpx"},
                          services={"reddit_saved": {"base_url": API}, "reddit_upvoted": {"base_url": API}})
 
 
