@@ -152,6 +152,15 @@ def lines(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def summary(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """bench/run.py's headline rows: fewer requests per new item, at active users' p50 freshness."""
+    fewer, ratio = result.get("fewer_requests_per_item") or 0.0, result.get("active_p50_ratio")
+    return [("polling: adaptive, fewer API requests per new item than fixed", f"{fewer:.0%}", ">= 50 %",
+             "met" if fewer >= 0.5 else "not met"),
+            ("polling: active users' p50 delay, adaptive / fixed", f"x{ratio}", "<= x1.0",
+             "met" if ratio is not None and ratio <= 1.0 else "not met")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

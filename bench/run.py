@@ -21,6 +21,8 @@ Scenarios (the issue "Benchmarks with figures"):
   curve    runs per second at concurrency 1, 8, 32, 128, 512, with where the CPU went
   steady   the steady state: normal runs that find nothing (a 304, an empty page) or a few new items, every
            service of the sandbox, the daemon beside ceiling A', for each HTTP transport (bench/steady.py)
+  polling  adaptive polling against a fixed interval on a modelled population, every poll through the daemon's
+           state machine: requests per new item, how late items are stored (bench/polling.py; no database)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import polling as polling_scenario  # noqa: E402  (bench/polling.py, beside this script)
 import steady as steady_scenario  # noqa: E402  (bench/steady.py, beside this script)
 from pymongo import MongoClient  # noqa: E402
 
@@ -67,7 +70,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "fleet_networks": 300, "curve": (1, 32, 128), "curve_networks": 300, "steady_networks": 1000,
               "steady_due": 1000, "steady_concurrency": 256, "steady_stall": 30.0, "steady_paced_seconds": 5.0},
 }
-SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady")
+SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady", "polling")
 # full_networks: the cycle with full-size payloads. An in-memory engine holds every stored document in the JVM:
 # mongo-java-server takes about 35 KB of heap for one ~5.5 KB item, so 3,000 networks of 100 would need ~10 GB
 
@@ -371,7 +374,8 @@ def scenario_curve(env: Env) -> dict[str, Any]:
 
 
 RUNNERS = {"cycle": scenario_cycle, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
-           "curve": scenario_curve, "steady": steady_scenario.scenario}
+           "curve": scenario_curve, "steady": steady_scenario.scenario,
+           "polling": lambda env: polling_scenario.run(quick=env.size is SIZES["quick"])}
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -441,6 +445,8 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
         rows.append(("fleet: duplicate runs + lost items + crashes", str(bad), "0", "met" if bad == 0 else "not met"))
     if "steady" in results:
         rows += steady_scenario.summary(results["steady"])
+    if "polling" in results:
+        rows += polling_scenario.summary(results["polling"])
     return rows
 
 
@@ -585,6 +591,9 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                            for r in results["curve"]["rows"]])
     if "steady" in results:
         lines += steady_scenario.section(results["steady"], LATENCY, md_table)
+    if "polling" in results:
+        lines += ["", "## 7. Adaptive polling", "", polling_scenario.__doc__.split("\n\n", 1)[1].split("`python")[0]
+                  .strip(), "", "```", *polling_scenario.lines(results["polling"]), "```"]
     history = ROOT / "bench" / "optimizations.md"  # hand-kept: the profile and the before/after figures
     if history.exists():
         lines += ["", history.read_text().rstrip()]
