@@ -21,6 +21,9 @@ Scenarios (the issue "Benchmarks with figures"):
   curve    runs per second at concurrency 1, 8, 32, 128, 512, with where the CPU went
   steady   the steady state: normal runs that find nothing (a 304, an empty page) or a few new items, every
            service of the sandbox, the daemon beside ceiling A', for each HTTP transport (bench/steady.py)
+  peer     the steady workload run by the way a Python team would build it with a job queue: arq workers over
+           Redis, a cron enqueuer, httpx (over aiohttp, as the daemon) and PyMongo (bench/peers/; skipped, saying
+           why, without redis-server or arq)
   polling  adaptive polling against a fixed interval on a modelled population, every poll through the daemon's
            state machine: requests per new item, how late items are stored (bench/polling.py; no database)
 """
@@ -70,7 +73,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "fleet_networks": 300, "curve": (1, 32, 128), "curve_networks": 300, "steady_networks": 1000,
               "steady_due": 1000, "steady_concurrency": 256, "steady_stall": 30.0, "steady_paced_seconds": 5.0},
 }
-SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady", "polling")
+SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady", "peer", "polling")
 # full_networks: the cycle with full-size payloads. An in-memory engine holds every stored document in the JVM:
 # mongo-java-server takes about 35 KB of heap for one ~5.5 KB item, so 3,000 networks of 100 would need ~10 GB
 
@@ -373,8 +376,27 @@ def scenario_curve(env: Env) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def scenario_peer(env: Env) -> dict[str, Any]:
+    """The arq peer on the steady workload (bench/peers/try_peer.py measure): its first pass, then the steady one."""
+    from bench.peers.arq_peer import peer_missing
+    from bench.peers.try_peer import measure
+
+    why = peer_missing()
+    if why:
+        env.notes.append(f"peer skipped: {why}")
+        return {"skipped": why}
+    n = env.size["steady_due"]
+    db = "bench_peer"
+    env.reset()
+    try:
+        return measure(env.uri, env.db_pids, env.sandbox, env.sandbox_proc.pid, db, n, env.size["steady_concurrency"],
+                       http_transport="aiohttp", job_logs=False)
+    finally:
+        env.drop(db)
+
+
 RUNNERS = {"cycle": scenario_cycle, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
-           "curve": scenario_curve, "steady": steady_scenario.scenario,
+           "curve": scenario_curve, "steady": steady_scenario.scenario, "peer": scenario_peer,
            "polling": lambda env: polling_scenario.run(quick=env.size is SIZES["quick"])}
 
 
@@ -445,6 +467,12 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
         rows.append(("fleet: duplicate runs + lost items + crashes", str(bad), "0", "met" if bad == 0 else "not met"))
     if "steady" in results:
         rows += steady_scenario.summary(results["steady"])
+    steady, peer = results.get("steady", {}), results.get("peer", {}).get("steady")
+    daemon = steady_scenario.passes(steady, "aiohttp").get("backlog") if steady else None
+    if peer and daemon:
+        ratio = steady_scenario.rate(daemon) / peer["runs_per_s"] if peer["runs_per_s"] else 0.0
+        rows.append(("steady: daemon runs/s / the arq peer's (aiohttp both)", f"{ratio:.2f}x", ">= 1.0x",
+                     "met" if ratio >= 1.0 else "not met (sections 6 and 7: what bounds the daemon here)"))
     if "polling" in results:
         rows += polling_scenario.summary(results["polling"])
     return rows
@@ -469,6 +497,7 @@ def problems(results: dict[str, Any], size: dict[str, Any]) -> list[str]:
             out.append(f"fleet of {r['procs']}: {r['runs']} runs, {r['duplicate_runs']} duplicate, {r['lost']} "
                        f"items lost, {r['crashed']} processes exited badly")
     out += steady_scenario.problems(results.get("steady", {}))
+    out += [f"peer: {p}" for p in results.get("peer", {}).get("problems", [])]
     return out
 
 
@@ -591,8 +620,26 @@ def report(results: dict[str, Any], info: dict[str, Any], size_name: str, comman
                            for r in results["curve"]["rows"]])
     if "steady" in results:
         lines += steady_scenario.section(results["steady"], LATENCY, md_table)
+    peer = results.get("peer", {})
+    if peer.get("steady"):
+        p, first = peer["steady"], peer["first"]
+        lines += ["", "## 7. The arq peer, same workload", "",
+                  f"{peer['networks']:,} networks of section 6's mix, arq {p['versions'].get('arq', '?')} workers over "
+                  "Redis (one worker process, max_jobs = the daemon's concurrency), a cron enqueuer, httpx over "
+                  "aiohttp and PyMongo into the same engine (bench/peers/arq_peer.py: a benchmark harness, not product "
+                  "code). First pass (cursors, ETags) then the steady pass, measured:", ""]
+        lines += md_table(["pass", "runs", "runs/s", "peer CPU µs/run", "Redis CPU µs/run", "db commands/run",
+                           "engine CPU µs/run", "lag p50 / p99 s", "failed", "duplicate runs"],
+                          [[name, f["runs"], f["runs_per_s"], f["cpu_per_run_us"], f["redis_cpu_per_run_us"],
+                            f["db_commands_per_run"], round(f["db_cpu_s"] / max(f["runs"], 1) * 1e6),
+                            f"{f['lag_p50_s']} / {f['lag_p99_s']}", f["failed"], f["duplicate_runs"]]
+                           for name, f in (("first", first), ("steady", p))])
+        lines += ["", "What the peer does not guarantee (the daemon does):", ""]
+        lines += [f"- {line}" for line in p["not_guaranteed"]]
+    elif peer.get("skipped"):
+        lines += ["", "## 7. The arq peer", "", f"Skipped: {peer['skipped']}"]
     if "polling" in results:
-        lines += ["", "## 7. Adaptive polling", "", polling_scenario.__doc__.split("\n\n", 1)[1].split("`python")[0]
+        lines += ["", "## 8. Adaptive polling", "", polling_scenario.__doc__.split("\n\n", 1)[1].split("`python")[0]
                   .strip(), "", "```", *polling_scenario.lines(results["polling"]), "```"]
     history = ROOT / "bench" / "optimizations.md"  # hand-kept: the profile and the before/after figures
     if history.exists():

@@ -45,7 +45,7 @@ stale_distribution() {
   (cd / && "$VENV/bin/python" -c 'import importlib.metadata as m; m.distribution("collector")' 2>/dev/null)
 }
 install_project() {
-  if ! pip install --no-index --no-build-isolation -e '.[test,demo]'; then
+  if ! pip install --no-index --no-build-isolation -e '.[test,demo,bench]'; then
     echo "(if a dependency is missing above: pyproject.toml has one that $LOCK lacks: run scripts/lock.sh)"
     return 1
   fi
@@ -61,6 +61,6 @@ rm -rf collector.egg-info  # the build metadata of the old name, read from the c
 if stale_distribution; then
   step "removed the distribution's old name (collector)" pip uninstall --yes collector
 fi
-step "collector-daemon, editable, extras test and demo (nothing fetched)" install_project
+step "collector-daemon, editable, extras test, demo and bench (nothing fetched)" install_project
 rm -f "$VENV"/.installed-* && touch "$stamp"
 echo "bootstrap: $VENV ready in $(seconds "$began")"

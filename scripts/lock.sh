@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the pinned, hash-checked installs from pyproject.toml; run it after changing a dependency there
 # (the package's own ranges stay open for library users: only these files pin):
-#   requirements/test.lock  the test and CI virtualenv (scripts/bootstrap.sh): the `test` and `demo` extras, the
+#   requirements/test.lock  the test and CI virtualenv (scripts/bootstrap.sh): the `test`, `demo`, `bench` extras, the
 #                           build backend of [build-system] requires (the project is installed without build
 #                           isolation, so nothing unpinned is fetched) and pip
 #   requirements/demo.lock  what `pip install "collector-daemon[demo]"` brings, at the same versions
@@ -23,7 +23,7 @@ fi
 build_requires=$("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 common=(--quiet --generate-hashes --python-version 3.11 --python-platform linux --custom-compile-command scripts/lock.sh)
 printf '%s\npip\n' "$build_requires" |
-  "$tools/bin/uv" pip compile pyproject.toml - --extra test --extra demo "${common[@]}" "$@" -o requirements/test.lock
+  "$tools/bin/uv" pip compile pyproject.toml - --extra test --extra demo --extra bench "${common[@]}" "$@" -o requirements/test.lock
 "$tools/bin/uv" pip compile pyproject.toml --extra demo -c requirements/test.lock "${common[@]}" "$@" \
   -o requirements/demo.lock
 for lock in requirements/test.lock requirements/demo.lock; do

@@ -95,6 +95,43 @@ def show(label: str, fig: dict[str, Any], extra: dict[str, float]) -> None:
           f"peak RSS {fig['rss_peak_mib']} MiB")
 
 
+def measure(uri: str, db_pids: list[int], sandbox: str, sandbox_pid: int, db: str, networks: int, concurrency: int,
+            verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Seed `networks`, run the peer's first pass (cursors and ETags stored), give 5 % of the users 1-3 new items,
+    make every network due and measure the steady pass: {first, steady, added, problems} (what must hold: every new
+    item stored, no failed or duplicate run, every network run). bench/run.py's `peer` scenario calls this."""
+    tokens = seed(uri, db, sandbox, networks)
+    n = len(tokens)
+
+    def measured(label: str) -> dict[str, Any]:
+        before = {"db": sum(proc_cpu(p) for p in db_pids), "sandbox": proc_cpu(sandbox_pid)}
+        fig = run_peer(uri, db, sandbox_base_urls(sandbox), n, concurrency, 600.0, **kwargs)
+        extra = {"db": sum(proc_cpu(p) for p in db_pids) - before["db"],
+                 "sandbox": proc_cpu(sandbox_pid) - before["sandbox"]}
+        if verbose:
+            show(label, fig, extra)
+        return {**fig, "db_cpu_s": round(extra["db"], 3), "sandbox_cpu_s": round(extra["sandbox"], 3)}
+
+    first = measured(f"first pass ({n} networks: every GitHub page a 200, cursors and ETags stored)")
+    rng = random.Random(29)
+    fresh = rng.sample(tokens, max(1, round(n * 0.05)))
+    added = 0
+    for token in fresh:
+        count = rng.randint(1, 3)
+        control(sandbox, f"users/{token}/add", {"count": count})
+        added += count
+    due_again(uri, db)
+    time.sleep(0.1)
+    steady = measured(f"steady pass ({n} networks: GitHub 304, others empty pages, {len(fresh)} users with "
+                      f"{added} new items)")
+    problems = []
+    if steady["new_items"] != added:
+        problems.append(f"new items stored {steady['new_items']}, added upstream {added}")
+    if steady["failed"] or steady["duplicate_runs"] or steady["runs"] < n:
+        problems.append(f"{steady['failed']} failed, {steady['duplicate_runs']} duplicate, {steady['runs']}/{n} runs")
+    return {"networks": n, "first": first, "steady": steady, "added": added, "problems": problems}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", type=int, default=2000)
@@ -121,38 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         if not sandbox.startswith("http://"):
             raise RuntimeError("the sandbox API did not start")
         print(f"try_peer: database {server.uri.split('@')[-1]} ({server.engine}), sandbox {sandbox}", flush=True)
-        tokens = seed(server.uri, db, sandbox, args.networks)
-        n = len(tokens)
-        kwargs = {"workers": args.workers, "poll_delay": args.poll_delay, "job_logs": not args.no_job_logs,
-                  "http_transport": args.transport}
-
-        def measured(label: str) -> dict[str, Any]:
-            pids = [server.pid] if server.pid else []
-            before = {"db": sum(proc_cpu(p) for p in pids), "sandbox": proc_cpu(sandbox_proc.pid)}
-            fig = run_peer(server.uri, db, sandbox_base_urls(sandbox), n, args.concurrency, 600.0, **kwargs)
-            extra = {"db": sum(proc_cpu(p) for p in pids) - before["db"],
-                     "sandbox": proc_cpu(sandbox_proc.pid) - before["sandbox"]}
-            show(label, fig, extra)
-            return {**fig, "db_cpu_s": round(extra["db"], 3), "sandbox_cpu_s": round(extra["sandbox"], 3)}
-
-        first = measured(f"first pass ({n} networks: every GitHub page a 200, cursors and ETags stored)")
-        rng = random.Random(29)
-        fresh = rng.sample(tokens, max(1, round(n * 0.05)))
-        added = 0
-        for token in fresh:
-            count = rng.randint(1, 3)
-            control(sandbox, f"users/{token}/add", {"count": count})
-            added += count
-        due_again(server.uri, db)
-        time.sleep(0.1)
-        steady = measured(f"steady pass ({n} networks: GitHub 304, others empty pages, {len(fresh)} users with "
-                          f"{added} new items)")
-        problems = []
-        if steady["new_items"] != added:
-            problems.append(f"new items stored {steady['new_items']}, added upstream {added}")
-        if steady["failed"] or steady["duplicate_runs"] or steady["runs"] < n:
-            problems.append(f"{steady['failed']} failed, {steady['duplicate_runs']} duplicate, "
-                            f"{steady['runs']}/{n} runs")
+        result = measure(server.uri, [server.pid] if server.pid else [], sandbox, sandbox_proc.pid, db,
+                         args.networks, args.concurrency, workers=args.workers, poll_delay=args.poll_delay,
+                         job_logs=not args.no_job_logs, http_transport=args.transport, verbose=True)
+        first, steady, added, problems = result["first"], result["steady"], result["added"], result["problems"]
         print("\nnot guaranteed by the peer (the daemon does):")
         for line in steady["not_guaranteed"]:
             print(f"  - {line}")
