@@ -48,8 +48,9 @@ def _one_default_tls_context() -> None:
     build = getattr(default, "create_ssl_context", None)
     if build is None or getattr(build, "_collector_shared", False):
         return
-    @functools.cache
-    def shared(trust_env: bool, cafile: str | None, capath: str | None) -> Any:  # what httpx reads: the same
+
+    @functools.cache  # keyed by what httpx reads from the environment for the default context
+    def shared(trust_env: bool, cafile: str | None, capath: str | None) -> Any:
         return build(verify=True, cert=None, trust_env=trust_env)
 
     def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
