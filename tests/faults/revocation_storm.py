@@ -14,7 +14,7 @@ ending marked or disabled, is `stuck`), and every daemon ran throughout (crashes
 The timing settings (small and full alike): once every run is refused, a process declares the incident when
 incident_min_refused (10) distinct networks of its window were refused (and more than incident_share of those
 answered): with about 20 GitHub networks per normal daemon, each run every 5 s, about half an interval into the
-storm (measured: 2.9 s at the small size). unauthorized_recheck (5 s) must be longer than that, or the networks
+storm (measured: 1.6-2.9 s at the small size). unauthorized_recheck (5 s) must be longer than that, or the networks
 refused first get their second 401, and are disabled, before the declaration. The defaults keep that order: ten
 networks' first refusals come well within unauthorized_recheck (600 s) for any service that runs ten networks in
 that time. The daemons run a window and an interval before the storm, so that their windows are full, as in a
