@@ -54,6 +54,7 @@ import polling as polling_scenario  # noqa: E402  (bench/polling.py, beside this
 import steady as steady_scenario  # noqa: E402  (bench/steady.py, beside this script)
 from pymongo import MongoClient  # noqa: E402
 
+from bench.workload import proc_cpu  # noqa: E402
 from collector.http import CONNECTIONS_PER_CLIENT  # noqa: E402
 from collector.sandbox.payloads import github_repository  # noqa: E402
 from tests.harness import load_devdb  # noqa: E402  (scripts/devdb.py, imported by path)
@@ -84,15 +85,6 @@ def networks_of(cycle: dict[str, Any], key: str, size: dict[str, Any]) -> int:
 
 
 # -- the environment: database, sandbox, CPU of the processes around us ----------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds of a process and of its children that have exited (utime+stime+cutime+cstime)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 from pymongo import AsyncMongoClient, UpdateOne, monitoring  # noqa: E402
 
+from bench.workload import CommandCounter, cpu_s, proc_cpu  # noqa: E402
 from collector import config, http, logs, sdk  # noqa: E402
 from collector.model import Network  # noqa: E402
 
@@ -48,20 +49,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
-
-
-def cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds of a process and of its children (utime+stime+cutime+cstime), 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def watched(pids: str) -> float:
@@ -87,22 +74,6 @@ def settings_for(args: argparse.Namespace, mode: str) -> config.Settings:
         "services": services,
     }
     return config.load(environment="production", overrides=over, environ={})
-
-
-class CommandCounter(monitoring.CommandListener):
-    """Every command the daemon sends the database, by name."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def quantile(values: list[float], q: float) -> float:

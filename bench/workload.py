@@ -60,6 +60,15 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children that have exited (utime+stime+cutime+cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def settings_for(args: argparse.Namespace) -> config.Settings:
     """Production settings pointed at the sandbox and the bench database, at the asked concurrency."""
     over = {
