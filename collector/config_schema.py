@@ -100,6 +100,9 @@ class Schedule:
     incident_max: float = 21600.0
     normal_interval_min: float = 300.0
     normal_interval_max: float = 3600.0
+    reconcile_interval: float = 86400.0  # removals (collector/reconcile.py); 0: never
+    reconcile_pages: int = 10
+    reconcile_quota: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,28 @@ class SecretsSettings:
 
 
 @dataclass(frozen=True)
+class ChangesSettings:
+    """[changes]: the change feed (collector/changes.py)."""
+    enabled: bool = True
+    publish_interval: float = 1.0
+    batch: int = 1000
+    lock_ttl: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """[webhooks]: the change feed POSTed to one HTTPS endpoint (collector/webhooks.py). An empty url: off."""
+    url: str = ""
+    secret: str = ""
+    batch: int = 100
+    timeout: float = 10.0
+    concurrency: int = 4
+    backoff_base: float = 5.0
+    backoff_cap: float = 3600.0
+    dead_after: float = 86400.0
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
     level: str = "info"
@@ -133,6 +158,7 @@ class LogSettings:
 SECTIONS: dict[str, type] = {
     "database": DatabaseSettings, "daemon": DaemonSettings, "fleet": FleetSettings, "metrics": MetricsSettings,
     "schedule": Schedule, "http": HttpSettings, "secrets": SecretsSettings, "log": LogSettings,
+    "changes": ChangesSettings, "webhooks": WebhookSettings,
 }
 
 
@@ -163,6 +189,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    changes: ChangesSettings = field(default_factory=ChangesSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     services: dict[str, ServiceSettings] = field(default_factory=dict)
     # which networks this process claims, from [daemon] services, exclude_services and partition
     selectors: Selectors = field(default_factory=Selectors)

@@ -21,7 +21,7 @@ import structlog
 from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
-from collector import http, logs, offload, outcomes
+from collector import http, logs, offload, outbox, outcomes
 from collector.config import Settings
 from collector.incidents import Incidents
 from collector.model import (
@@ -163,7 +163,7 @@ class Executor:
             # Retry-After counts from its response (a slow request must not eat into the wait)
             answered = max(now, self.clock())
             try:
-                new_items = await self.store.save_items(doc, items, now) if items else 0
+                new_items = await self.store.save_items(doc, items, now, run=lease.id) if items else 0
             except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
                 log.error("items refused by the database", error=logs.describe(exc))
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
@@ -263,7 +263,10 @@ class Executor:
             fields.update(parkedAt=now, parkedReason=logs.scrub(step.reason))
         else:
             unset += ["parkedAt", "parkedReason"]
-        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc)
+        became = "unauthorized" if step.disabled and step.unauthorized else "disabled" if step.disabled else \
+            "parked" if step.parked else (step.mode if step.success else str(doc.get("mode")))
+        change = (became, now) if became != outbox.label(doc) else None  # the change feed (collector/changes.py)
+        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc, change=change)
 
     async def _service_streak(self, service: str, outcome: Outcome, now: datetime) -> int:
         """App-wide limits in a row of this service (from its pause document), for a limit of the whole app:

@@ -26,7 +26,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from collector import leases
+from collector import leases, outbox
 from collector.batch import GroupCommit, Guarded, transient
 from collector.documents import bson_safe, item_key, key_prefix, mongo_safe, refresh_update
 from collector.operations import Operations
@@ -85,8 +85,9 @@ def with_slot(doc: dict[str, Any]) -> dict[str, Any]:
 
 class Store(Pauses, Operations, Registry):
     def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000, write_concern: str | int | None = None,
-                 write_timeout: float = 60.0):
+                 write_timeout: float = 60.0, feed: bool = False):
         self.db = db
+        self.feed = feed  # item writes record their change for the change feed (collector/outbox.py, changes.py)
         self.write_batch = max(1, write_batch)
         # leases, states, pauses and items: acknowledged by `write_concern` members (settings: "majority", so
         # a failover's rollback cannot undo a lease or a saved state); None: the client's default
@@ -253,16 +254,18 @@ class Store(Pauses, Operations, Registry):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime) -> int:
+    async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime, run: str = "") -> int:
         """Store a page of items keyed by `item_key` (their _id: one document per (service, user, itemId), or per
         (service, user, server, itemId) for items whose ids are per server: Item.scope, from the connector's
         item_scope, stored as `server`); returns how many were new. New items are the common case (a page of
         history, a normal run that stops at the first known item): they go in one unordered insert_many per
         `write_batch`, the cheapest write there is. The ones that exist already (a page run again after a crash, an
         item on two pages) come back as duplicate-key errors and are updated in place by bulk upserts, so a page
-        written twice is stored once, with its fields refreshed."""
+        written twice is stored once, with its fields refreshed. With the change feed on, a new item carries the entry
+        of its addition (`run`: the run's lease id), and a known item marked removed is restored."""
         if not items:
             return 0
+        added = outbox.fields(outbox.ADDED, run, now) if self.feed and run else None
         user, service = network["user"], network["service"]
         prefixes: dict[str | None, str] = {}  # one key prefix per page: its items share their network's scope
         docs = []
@@ -284,6 +287,8 @@ class Store(Pauses, Operations, Registry):
             }
             if scope is not None:
                 doc["server"] = scope
+            if added is not None:
+                doc.update(added)
             if self.store_raw and item.raw is not None:
                 doc["raw"] = mongo_safe(item.raw)
             docs.append(doc)
@@ -309,7 +314,13 @@ class Store(Pauses, Operations, Registry):
             # unordered: every document without a write error went in. Read off the errors, not `nInserted`,
             # which a server may count as attempts (mongo-java-server does)
             inserted = len(docs) - len({e["index"] for e in errors})
-            return inserted + await self._upsert([refresh_update(docs[e["index"]]) for e in errors])
+            known = [docs[e["index"]] for e in errors]
+            if outbox.OUTBOX in known[0]:  # collected again after it was removed upstream: restored
+                await self.items.bulk_write([UpdateOne(
+                    {"_id": doc["_id"], "removedAt": {"$exists": True}},
+                    {"$unset": {"removedAt": ""}, **outbox.push(outbox.RESTORED, doc[outbox.PENDING][0]["r"],
+                                                                doc["updatedAt"])}) for doc in known], ordered=False)
+            return inserted + await self._upsert([refresh_update(doc) for doc in known])
 
     async def _upsert(self, ops: list[UpdateOne]) -> int:
         try:
@@ -324,14 +335,18 @@ class Store(Pauses, Operations, Registry):
             return int(exc.details.get("nUpserted", 0)) + int(retried.upserted_count)
 
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
-                         unset: Iterable[str] = (), inc: dict[str, int] | None = None) -> bool:
+                         unset: Iterable[str] = (), inc: dict[str, int] | None = None,
+                         change: tuple[str, datetime] | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost. Saves that
         arrive together go as one bulk (collector.batch.GroupCommit); `lastLease` (the lease id) tells a
-        read-back which of them were applied."""
+        read-back which of them were applied. `change` (kind, at): what the network became, for the change feed,
+        recorded by the same update (collector/outbox.py)."""
         update: dict[str, Any] = {"$set": {**fields, "lastLease": lease.id},
                                   "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
+        if change is not None and self.feed:
+            update.update(outbox.push(change[0], lease.id, change[1]))
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))
 
