@@ -17,7 +17,7 @@ import structlog
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from collector import http, logs, sdk
+from collector import changes, http, logs, sdk
 from collector.clock import ServerClock
 from collector.config import Settings
 from collector.executor import Executor
@@ -111,8 +111,11 @@ async def make_store(db: Any, settings: Settings, *, check: bool = False) -> Sto
             info = {}
         check_server(info)
     store = Store(db, store_raw=settings.database.store_raw, write_batch=settings.database.write_batch,
-                  write_concern=settings.database.write_concern, write_timeout=max(settings.database.timeout * 6, 60.0))
+                  write_concern=settings.database.write_concern, write_timeout=max(settings.database.timeout * 6, 60.0),
+                  feed=settings.changes.enabled)
     await store.ensure_indexes(settings.selectors)
+    if settings.changes.enabled:
+        await changes.ensure_indexes(db)
     return store
 
 
@@ -225,6 +228,8 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
                   asyncio.create_task(server_clock.run(db), name="server clock"),
                   asyncio.create_task(watchdog_loop(notifier, scheduler.alive, lambda: describe(scheduler)),
                                       name="watchdog")]
+    if settings.changes.enabled:  # the change feed: events of what the runs wrote (collector/changes.py)
+        background.append(asyncio.create_task(changes.Publisher(db, settings, clock).run(), name="change feed"))
     notifier.ready(describe(scheduler))
     if on_ready:
         on_ready(scheduler)

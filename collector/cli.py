@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from collector import changes_cli, config_cli, logs, migrations, model, sdk
 from collector import config as config_mod
-from collector import config_cli, logs, migrations, model, sdk
 from collector.config import MODES
 from collector.selectors import SLOTS
 
@@ -368,3 +368,4 @@ def networks_reset(ctx: click.Context, network_id: str) -> None:
 main.add_command(secrets_command(load_settings, _run))  # `collector secrets ...` (collector/secrets_cli.py)
 main.add_command(migrations.command(load_settings, _run))  # `collector migrate ...` (collector/migrations.py)
 main.add_command(config_cli.command())  # `collector config show [--sources]` (collector/config_cli.py)
+main.add_command(changes_cli.command(load_settings, _run))  # `collector changes --user U` (collector/changes_cli.py)

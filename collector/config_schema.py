@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 
 from collector.egress import parse_allow
 from collector.selectors import SelectorError, Selectors
+from collector.webhook_rules import webhook_problem
 
 ENV_PREFIX = "COLLECTOR_"
 MODES = ("initial", "normal")
@@ -393,3 +394,5 @@ def _check(s: Settings) -> None:
     if s.secrets.require_encrypted and not s.secrets.master_key_file.strip():
         raise ConfigError(f"{at('secrets', 'require_encrypted')}: [secrets] require_encrypted needs "
                           "master_key_file: no network could run without it")
+    if problem := webhook_problem(s.webhooks.url, s.webhooks.secret):
+        raise ConfigError(f"{at('webhooks', 'url')}: [webhooks] {problem}")

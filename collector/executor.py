@@ -265,7 +265,8 @@ class Executor:
             unset += ["parkedAt", "parkedReason"]
         became = "unauthorized" if step.disabled and step.unauthorized else "disabled" if step.disabled else \
             "parked" if step.parked else (step.mode if step.success else str(doc.get("mode")))
-        change = (became, now) if became != outbox.label(doc) else None  # the change feed (collector/changes.py)
+        # what the application must act on (the user must reconnect, ...): an event of the change feed (changes.py)
+        change = (became, now, logs.scrub(step.reason)) if became != outbox.label(doc) else None
         return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc, change=change)
 
     async def _service_streak(self, service: str, outcome: Outcome, now: datetime) -> int:

@@ -35,8 +35,9 @@ def label(doc: dict[str, Any]) -> str:
     return str(doc.get("mode"))
 
 
-def entry(kind: str, run: str, at: datetime) -> dict[str, Any]:
-    return {"k": kind, "r": run, "at": at}
+def entry(kind: str, run: str, at: datetime, why: str | None = None) -> dict[str, Any]:
+    """`why`: a network change's reason, as the event reports it."""
+    return {"k": kind, "r": run, "at": at, **({"why": why} if why is not None else {})}
 
 
 def fields(kind: str, run: str, at: datetime) -> dict[str, Any]:
@@ -44,9 +45,9 @@ def fields(kind: str, run: str, at: datetime) -> dict[str, Any]:
     return {PENDING: [entry(kind, run, at)], OUTBOX: at}
 
 
-def push(kind: str, run: str, at: datetime) -> dict[str, Any]:
+def push(kind: str, run: str, at: datetime, why: str | None = None) -> dict[str, Any]:
     """The update operators that record a change made by the same update (merge them into it)."""
-    return {"$push": {PENDING: entry(kind, run, at)}, "$min": {OUTBOX: at}}
+    return {"$push": {PENDING: entry(kind, run, at, why)}, "$min": {OUTBOX: at}}
 
 
 def merge(update: dict[str, Any], kind: str, run: str, at: datetime) -> dict[str, Any]:

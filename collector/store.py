@@ -336,17 +336,17 @@ class Store(Pauses, Operations, Registry):
 
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None,
-                         change: tuple[str, datetime] | None = None) -> bool:
+                         change: tuple[str, datetime, str] | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost. Saves that
         arrive together go as one bulk (collector.batch.GroupCommit); `lastLease` (the lease id) tells a
-        read-back which of them were applied. `change` (kind, at): what the network became, for the change feed,
+        read-back which of them were applied. `change` (kind, at, why): what the network became, for the change feed,
         recorded by the same update (collector/outbox.py)."""
         update: dict[str, Any] = {"$set": {**fields, "lastLease": lease.id},
                                   "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
         if change is not None and self.feed:
-            update.update(outbox.push(change[0], lease.id, change[1]))
+            update.update(outbox.push(change[0], lease.id, change[1], change[2]))
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))
 

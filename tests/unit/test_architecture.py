@@ -18,14 +18,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "collector"
 
 # highest first
 LAYERS: list[tuple[str, set[str]]] = [
-    ("entry points", {"__main__", "cli", "secrets_cli", "migrations", "config_cli"}),
+    ("entry points", {"__main__", "cli", "secrets_cli", "migrations", "config_cli", "changes_cli"}),
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
-    ("fleet and observability", {"fleet", "status", "metrics", "notify"}),
+    ("fleet and observability", {"fleet", "status", "metrics", "notify", "changes"}),
     ("scheduler", {"scheduler"}),
     ("executor", {"executor"}),
     ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
-                             "http", "transport", "states", "offload", "outcomes", "incidents", "refresh", "secrets"}),
+                             "http", "transport", "states", "offload", "outcomes", "incidents", "refresh", "secrets",
+                             "outbox"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
     ("config", {"config", "config_schema", "selectors", "egress"}),

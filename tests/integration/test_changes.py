@@ -1,0 +1,210 @@
+"""The change feed on both databases (mongomock-motor and the wire server): entries written with their change,
+events published once each, in a per-user sequence, whatever crashed or raced (collector/changes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from collector import changes, outbox
+from collector.changes import Publisher
+from collector.sdk import Item
+from collector.store import Lease, Store
+from tests.conftest import Clock, make_settings
+
+
+async def _setup(db, clock, **over):
+    store = Store(db, feed=True)
+    await store.ensure_indexes()
+    await changes.ensure_indexes(db)
+    settings = make_settings(**over)
+    return store, Publisher(db, settings, clock)
+
+
+def _network(nid="n1", user="u1", service="github", **fields):
+    return {"_id": nid, "user": user, "service": service, "mode": "initial", **fields}
+
+
+async def _events(db, user="u1"):
+    return await changes.read(db, user)
+
+
+async def _pending(db):
+    return [d async for d in db.items.find({outbox.OUTBOX: {"$exists": True}})] + \
+        [d async for d in db.networks.find({outbox.OUTBOX: {"$exists": True}})]
+
+
+async def test_new_items_become_events_in_order_once(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    net = _network()
+    new = await store.save_items(net, [Item(id=str(i), title=f"t{i}") for i in range(5)], clock.now, run="run-1")
+    assert new == 5
+    assert len(await _pending(any_db)) == 5  # each new item carries its entry, written with it
+    # the same page again (a run repeated after a crash): nothing new, no second entry
+    clock.advance(1)
+    assert await store.save_items(net, [Item(id=str(i)) for i in range(5)], clock.now, run="run-2") == 0
+    assert await pub.publish() == 5
+    events = await _events(any_db)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert {e["item"]["id"] for e in events} == {str(i) for i in range(5)}
+    assert {e["kind"] for e in events} == {"item.added"}
+    assert all(e["_id"].endswith(":added:run-1") for e in events)
+    assert await _pending(any_db) == []
+    assert await pub.publish() == 0 and len(await _events(any_db)) == 5
+
+
+async def test_sequences_are_per_user_and_grow(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await store.save_items(_network("a", "ua"), [Item(id="1"), Item(id="2")], clock.now, run="r1")
+    await store.save_items(_network("b", "ub"), [Item(id="1")], clock.now, run="r1")
+    await pub.publish()
+    clock.advance(5)
+    await store.save_items(_network("a", "ua"), [Item(id="3")], clock.now, run="r2")
+    await pub.publish()
+    assert [e["seq"] for e in await _events(any_db, "ua")] == [1, 2, 3]
+    assert [e["seq"] for e in await _events(any_db, "ub")] == [1]
+    assert [e["item"]["id"] for e in await changes.read(any_db, "ua", since=2)] == ["3"]
+
+
+async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await store.save_items(_network(), [Item(id="1"), Item(id="2")], clock.now, run="r1")
+
+    async def no_clear(docs):  # the process dies between the insert and the clear
+        raise RuntimeError("killed")
+
+    pub._clear = no_clear  # type: ignore[method-assign]
+    try:
+        await pub.publish()
+    except RuntimeError:
+        pass
+    assert len(await _events(any_db)) == 2 and len(await _pending(any_db)) == 2
+    again = Publisher(any_db, make_settings(), clock)
+    await again.publish()
+    events = await _events(any_db)
+    assert len(events) == 2 and [e["seq"] for e in events] == [1, 2]  # the same ids: no duplicate
+    assert await _pending(any_db) == []
+
+
+async def test_a_held_lock_defers_that_user_only(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await any_db.feeds.insert_one({"_id": "ua", "seq": 7, "lock": {"id": "other", "until": clock.now + timedelta(30)}})
+    await store.save_items(_network("a", "ua"), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_network("b", "ub"), [Item(id="1")], clock.now, run="r1")
+    await pub.publish()
+    assert await _events(any_db, "ua") == [] and len(await _events(any_db, "ub")) == 1
+    assert len(await _pending(any_db)) == 1  # ua's entry waits
+    clock.advance(31 * 86400)  # the holder died: its lock expires
+    await pub.publish()
+    assert [e["seq"] for e in await _events(any_db, "ua")] == [8]
+    assert await _pending(any_db) == []
+
+
+async def test_a_change_made_while_publishing_keeps_its_entry(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    write = pub._write
+
+    async def meanwhile(by_user, ranges, until):
+        written = await write(by_user, ranges, until)
+        key = (await any_db.items.find_one())["_id"]  # the item is removed upstream during the round
+        await any_db.items.update_one({"_id": key}, {"$set": {"removedAt": clock.now},
+                                                     **outbox.push(outbox.REMOVED, "rec1", clock.now)})
+        return written
+
+    pub._write = meanwhile  # type: ignore[method-assign]
+    await pub.publish()
+    assert len(await _pending(any_db)) == 1
+    pub._write = write  # type: ignore[method-assign]
+    await pub.publish()
+    assert [e["kind"] for e in await _events(any_db)] == ["item.added", "item.removed"]
+    assert await _pending(any_db) == []
+
+
+async def test_network_state_changes_are_events(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": clock.now}))
+    lease = Lease("L1", "o", clock.now)
+    assert await store.save_state("n1", lease, {"disabled": True, "unauthorized": True},
+                                  change=("unauthorized", clock.now, "token refused twice"))
+    await pub.publish()
+    [event] = await _events(any_db)
+    assert event["kind"] == "network.unauthorized" and event["network"] == "n1"
+    assert event["reason"] == "token refused twice" and event["_id"] == "n1:unauthorized:L1"
+
+
+async def test_racing_publishers_write_each_event_once_in_sequence(any_db):
+    clock = Clock()
+    store, _ = await _setup(any_db, clock, changes={"batch": 7})
+    for n in range(6):
+        await store.save_items(_network(f"n{n}", f"u{n % 3}"), [Item(id=f"{n}-{i}") for i in range(10)],
+                               clock.now, run=uuid.uuid4().hex)
+    settings = make_settings(changes={"batch": 7})
+    pubs = [Publisher(any_db, settings, clock) for _ in range(3)]
+    for _ in range(40):
+        await asyncio.gather(*(p.publish() for p in pubs))
+        if not await _pending(any_db):
+            break
+    assert await _pending(any_db) == []
+    for user in ("u0", "u1", "u2"):
+        events = await _events(any_db, user)
+        assert len(events) == 20 and len({e["_id"] for e in events}) == 20
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(set(seqs))
+
+
+async def test_restored_when_collected_again_after_removal(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    net = _network()
+    await store.save_items(net, [Item(id="1")], clock.now, run="r1")
+    await any_db.items.update_one({}, {"$set": {"removedAt": clock.now}})
+    clock.advance(60)
+    assert await store.save_items(net, [Item(id="1")], clock.now, run="r2") == 0
+    doc = await any_db.items.find_one()
+    assert "removedAt" not in doc
+    await pub.publish()
+    assert [e["kind"] for e in await _events(any_db)] == ["item.added", "item.restored"]
+
+
+async def test_entries_nobody_wrote_are_cleared_not_reread(any_db):
+    clock = Clock()
+    _, pub = await _setup(any_db, clock)
+    await any_db.networks.insert_one(_network(outbox=clock.now, pending=["junk", {"k": 1}]))
+    await any_db.networks.insert_one(_network("n2", user={"not": "hashable"}, outbox=clock.now,
+                                              pending=[outbox.entry("disabled", "L", clock.now)]))
+    await pub.publish()
+    assert await _pending(any_db) == [] and await any_db.changes.count_documents({}) == 0
+
+
+async def test_feed_off_writes_no_entries(any_db):
+    clock = Clock()
+    store = Store(any_db)
+    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    assert await _pending(any_db) == []
+
+
+def test_the_changes_command_prints_a_users_feed_after_a_sequence_number(sync_db, wire_uri):
+    import json
+    from datetime import UTC, datetime
+
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    sync_db.changes.insert_many([{"_id": f"k{n}:added:r", "user": "u1", "seq": n, "kind": "item.added", "at": at,
+                                  "item": {"id": str(n)}} for n in (1, 2, 5)] +
+                                [{"_id": "x:added:r", "user": "u2", "seq": 3, "kind": "item.added", "at": at}])
+    args = ["--mongodb-uri", wire_uri, "--set", f"database.name={sync_db.name}", "changes", "--user", "u1"]
+    out = CliRunner().invoke(main, [*args, "--since", "1"])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines()]
+    assert [(e["seq"], e["item"]["id"], e["at"]) for e in lines] == [(2, "2", at.isoformat()), (5, "5", at.isoformat())]
