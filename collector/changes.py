@@ -54,6 +54,7 @@ class Entry:
     kind: str
     run: str
     event: dict[str, Any]  # the event's fields other than _id, user, seq
+    position: int = 0  # in its document's entries: changes of one document at one moment keep their order
 
     @property
     def id(self) -> str:
@@ -68,7 +69,7 @@ async def ensure_indexes(db: Any) -> None:
 
 def _entries(doc: dict[str, Any], source: str) -> list[Entry]:
     found = []
-    for raw in doc.get(outbox.PENDING) or ():
+    for position, raw in enumerate(doc.get(outbox.PENDING) or ()):
         if not isinstance(raw, dict) or not isinstance(raw.get("at"), datetime):
             continue
         kind = str(raw.get("k"))
@@ -79,7 +80,7 @@ def _entries(doc: dict[str, Any], source: str) -> list[Entry]:
                 **({"server": doc["server"]} if doc.get("server") else {})})
         else:
             event.update(kind=f"network.{kind}", network=doc["_id"], reason=raw.get("why"))
-        found.append(Entry(doc.get("user"), raw["at"], source, doc["_id"], kind, str(raw.get("r")), event))
+        found.append(Entry(doc.get("user"), raw["at"], source, doc["_id"], kind, str(raw.get("r")), event, position))
     return found
 
 
@@ -165,7 +166,7 @@ class Publisher:
         """Insert the events of the users won, in sequence order; returns the users whose events are all written."""
         events = []
         for user, first in ranges.items():
-            ordered = sorted(by_user[user], key=lambda e: (e.at, e.source, str(e.key), e.kind, e.run))
+            ordered = sorted(by_user[user], key=lambda e: (e.at, e.source, str(e.key), e.position))
             events += [{"_id": e.id, "user": user, "seq": first + n, **e.event}
                        for n, e in enumerate(ordered)]
         ids = [e["_id"] for e in events]

@@ -3,11 +3,12 @@ Part of the Store (a mixin: `Store` is these parts over one database)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from collector import leases
+from collector import leases, outbox
 from collector.documents import public_view
 from collector.selectors import SLOTS, slot_number
 
@@ -16,6 +17,11 @@ STATES = ("active", "disabled", "unauthorized", "parked")
 
 class Operations:
     networks: Any
+    feed: bool  # the change feed is on: what an operator or the repair does to a network is an event too
+
+    def _told(self, update: dict[str, Any], kind: str, now: datetime, why: str) -> dict[str, Any]:
+        """`update`, recording the network's change for the change feed (collector/outbox.py) when it is on."""
+        return outbox.merge(update, kind, f"op-{uuid.uuid4().hex}", now, why) if self.feed else update
 
     async def list_networks(self, user: str | None = None, service: str | None = None, mode: str | None = None,
                             state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -87,6 +93,8 @@ class Operations:
                 unset = [*(["slot"] if junk_slot else []), *(["lease"] if junk_lease else [])]
                 if unset:
                     update["$unset"] = dict.fromkeys(unset, "")
+                if reason is not None:
+                    update = self._told(update, "disabled", now, reason)
                 # only a document nobody holds (re-checked by the server, atomically): still the junk lease it
                 # had, or no lease or an expired one (a process killed during a run); a claim that won it meanwhile
                 # wrote a live lease, which this no longer matches, and the run it started settles the document
@@ -98,7 +106,8 @@ class Operations:
 
     async def enable(self, network_id: Any, now: datetime) -> bool:
         """Clear disabled/unauthorized/errors and make the network due now."""
-        result = await self.networks.update_one({"_id": network_id}, _enable_update(now))
+        result = await self.networks.update_one({"_id": network_id},
+                                                self._told(_enable_update(now), "enabled", now, "operator: enabled"))
         return bool(result.matched_count == 1)
 
     async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
@@ -114,20 +123,23 @@ class Operations:
         if dry_run:
             sample = await self.networks.find(query).limit(10).to_list(None)
             return await self.networks.count_documents(query), [public_view(d) for d in sample]
-        result = await self.networks.update_many(query, _enable_update(now))
+        result = await self.networks.update_many(query, self._told(_enable_update(now), "enabled", now,
+                                                                  "operator: enabled"))
         return result.modified_count, []
 
     async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
-        result = await self.networks.update_one({"_id": network_id}, {"$set": {
-            "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}})
+        result = await self.networks.update_one({"_id": network_id}, self._told({"$set": {
+            "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}},
+            "disabled", now, f"operator: {reason}"))
         return bool(result.matched_count == 1)
 
     async def reset(self, network_id: Any, now: datetime) -> bool:
         """Back to initial mode from the start of the history (items already stored stay)."""
-        result = await self.networks.update_one({"_id": network_id}, {
+        result = await self.networks.update_one({"_id": network_id}, self._told({
             "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
                      "unauthorized": False},
-            "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}})
+            "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}}, "initial", now,
+            "operator: reset"))
         return bool(result.matched_count == 1)
 
 

@@ -50,10 +50,10 @@ def push(kind: str, run: str, at: datetime, why: str | None = None) -> dict[str,
     return {"$push": {PENDING: entry(kind, run, at, why)}, "$min": {OUTBOX: at}}
 
 
-def merge(update: dict[str, Any], kind: str, run: str, at: datetime) -> dict[str, Any]:
+def merge(update: dict[str, Any], kind: str, run: str, at: datetime, why: str | None = None) -> dict[str, Any]:
     """`update` (an update document of operators) recording a change of `kind` as well."""
     merged = {op: dict(values) for op, values in update.items()}
-    for op, values in push(kind, run, at).items():
+    for op, values in push(kind, run, at, why).items():
         merged.setdefault(op, {}).update(values)
     return merged
 

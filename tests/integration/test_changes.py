@@ -208,3 +208,20 @@ def test_the_changes_command_prints_a_users_feed_after_a_sequence_number(sync_db
     assert out.exit_code == 0, out.output
     lines = [json.loads(line) for line in out.output.splitlines()]
     assert [(e["seq"], e["item"]["id"], e["at"]) for e in lines] == [(2, "2", at.isoformat()), (5, "5", at.isoformat())]
+
+
+async def test_operator_actions_and_repairs_are_events(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    await any_db.networks.insert_one(_network(mode="normal", scheduledTo=clock.now))
+    await any_db.networks.insert_one(_network("junk", mode="sideways", scheduledTo=clock.now))
+    assert await store.reset("n1", clock.now)
+    assert await store.enable("n1", clock.now)
+    assert await store.disable("n1", "customer left", clock.now)  # at one moment: in the order made
+    clock.advance(1)
+    await store.repair(clock.now, ("initial", "normal"))
+    await pub.publish()
+    events = await _events(any_db)
+    assert [(e["network"], e["kind"]) for e in events] == [
+        ("n1", "network.initial"), ("n1", "network.enabled"), ("n1", "network.disabled"), ("junk", "network.disabled")]
+    assert events[2]["reason"] == "operator: customer left" and "malformed" in events[3]["reason"]
