@@ -74,7 +74,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "fleet_networks": 300, "curve": (1, 32, 128), "curve_networks": 300, "steady_networks": 1000,
               "steady_due": 1000, "steady_concurrency": 256, "steady_stall": 30.0, "steady_paced_seconds": 5.0},
 }
-SCENARIOS = ("cycle", "scale", "memory", "fleet", "curve", "steady", "peer", "polling")
+SCENARIOS = ("cycle", "feed", "scale", "memory", "fleet", "curve", "steady", "peer", "polling")
 # full_networks: the cycle with full-size payloads. An in-memory engine holds every stored document in the JVM:
 # mongo-java-server takes about 35 KB of heap for one ~5.5 KB item, so 3,000 networks of 100 would need ~10 GB
 
@@ -252,6 +252,21 @@ def daemon_cycle(env: Env, db: str, n: int, c: int, prefix: str = "c") -> dict[s
     return fig
 
 
+def scenario_feed(env: Env) -> dict[str, Any]:
+    """The compact cycle without the change feed, then with it (collector/changes.py): the wall time until every
+    run is persisted and, with the feed, every event published."""
+    n, c = env.size["networks"], env.size["concurrency"]
+    res: dict[str, Any] = {}
+    for feed in ("off", "on"):
+        env.reset()
+        env.seed("bench_feed", "f", n)
+        res[feed] = env.work("collector", "bench_feed", "f", networks=n, concurrency=c, feed=feed)
+        env.drop("bench_feed")
+    off, on = res["off"]["wall"], res["on"]["wall"]
+    res["overhead"] = round(on / off - 1, 3) if off else 0.0
+    return res
+
+
 def scenario_scale(env: Env) -> dict[str, Any]:
     """Networks stored grow 10k -> 100k -> 1M; each time `due` of them are due and unleased."""
     due, rows = env.size["due"], []
@@ -387,7 +402,7 @@ def scenario_peer(env: Env) -> dict[str, Any]:
         env.drop(db)
 
 
-RUNNERS = {"cycle": scenario_cycle, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
+RUNNERS = {"cycle": scenario_cycle, "feed": scenario_feed, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
            "curve": scenario_curve, "steady": steady_scenario.scenario, "peer": scenario_peer,
            "polling": lambda env: polling_scenario.run(quick=env.size is SIZES["quick"])}
 
@@ -436,6 +451,10 @@ def summarize(results: dict[str, Any], size: dict[str, Any]) -> list[tuple[str, 
             ratio = r[f"{prefix}ceiling_b_pool"]["wall"] / col["wall"] if col["wall"] else 0
             rows.append((f"cycle{label}: throughput / ceiling B (pooled clients)", f"{ratio:.2f}", ">= 0.8",
                          "met" if ratio >= 0.8 else "not met"))
+    if "feed" in results:
+        f = results["feed"]
+        rows.append((f"change feed: cycle wall time with / without ({f['on']['events']} events)",
+                     f"{f['overhead'] * 100:+.1f} %", "<= +10 %", "met" if f["overhead"] <= 0.10 else "not met"))
     if "scale" in results:
         rates = [row["claims_per_s"] for row in results["scale"]["rows"]]
         spread = max(rates) / min(rates) if min(rates) else float("inf")

@@ -78,6 +78,7 @@ def settings_for(args: argparse.Namespace) -> config.Settings:
         "http": {"max_connections": max(args.concurrency, 16), "allow": ["127.0.0.1"]},
         "log": {"format": "json", "level": "info"},
         "services": {"github": {"base_url": args.sandbox, "concurrency": args.concurrency}},
+        "changes": {"enabled": args.feed == "on"},  # the change feed (collector/changes.py)
     }
     return config.load(environment="production", overrides=over, environ={})
 
@@ -207,7 +208,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     logs.configure("json", "info", stream=log_file)
     scheduler_box: list[Any] = []
     ready = asyncio.Event()
-    walls, rss, cpus, items = [], [], [], []
+    walls, rss, cpus, items, runs_walls = [], [], [], [], []
     mongo = AsyncMongoClient(args.uri, tz_aware=True)
     networks = mongo[args.db]["networks"]
 
@@ -225,7 +226,12 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
             target = done_before + args.networks
             while sum(scheduler.stats.runs.values()) < target:  # noqa: ASYNC110  (the daemon's own counter)
                 await asyncio.sleep(0.01)
+            runs_done = time.perf_counter() - t0
+            while settings.changes.enabled and await mongo[args.db]["outbox"].find_one(  # every event published
+                    {}, projection={"_id": 1}) is not None:
+                await asyncio.sleep(0.05)
             walls.append(time.perf_counter() - t0)
+            runs_walls.append(runs_done)
             cpus.append(cpu_s() - cpu0)
             items.append(scheduler.stats.items_new - items0)
             rss.append(round(rss_mb(), 1))
@@ -236,6 +242,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = await run_daemon(settings, args.mode,
                                  on_ready=lambda sched: (scheduler_box.append(sched), ready.set()))
     await driver
+    events = await mongo[args.db]["changes"].count_documents({})
     await mongo.close()
     log_file.close()
     # the daemon's own commands: less the bench driver's (one update_many per cycle after the first, on `mongo`)
@@ -243,6 +250,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     return {"commands": {k: v for k, v in sorted(commands.counts.items()) if v > 0},
             "runs": sum(scheduler.stats.runs.values()), "outcomes": dict(scheduler.stats.runs),
             "items": sum(items), "wall": walls[0], "cpu": cpus[0], "walls": [round(w, 2) for w in walls],
+            "runs_wall": runs_walls[0], "events": events,
             "cpus": [round(c, 2) for c in cpus], "cycle_items": items, "rss_cycles": rss,
             "crashes": scheduler.stats.crashes}
 
@@ -290,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--due", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--log", default="")
+    parser.add_argument("--feed", choices=("on", "off"), default="on", help="collector: the change feed")
     parser.add_argument("--clients", type=int, default=1, help="ceilings: httpx clients sharing the connections")
     args = parser.parse_args(argv)
     runner = {"collector": collector_cycles, "ceiling_a": lambda a: ceiling(a, store=False),

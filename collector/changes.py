@@ -1,24 +1,27 @@
 """The change feed: what the application built on the items must hear of, in order, per user.
 
-Writers record each change with its outbox entry in the same single-document update (collector/outbox.py). The
-publisher, one task per process, turns entries into events of the `changes` collection:
+Writers mark each change in the document it changes, by the same single-document write, after writing a pointer to
+it (collector/outbox.py). The publisher, one task per process, turns the marked changes into events of the `changes`
+collection:
 
-  1. read the documents with entries (`outbox` is a sparse index), the oldest first, up to `batch`;
-  2. per user, take the user's feed lock and reserve as many sequence numbers as the user has entries, in ONE
-     update of the user's `feeds` document (`{_id: user, seq, lock}`; upserted): a user's events are written by
-     one process at a time, so the numbers of a user's events grow in the order they become visible;
-  3. insert the events not written already (an event's id is `<document key>:<kind>:<run>`: an entry published
-     twice, after a crash between steps 4 and 5, is one event), in sequence order;
-  4. remove the entries from their documents, each document only if its entries are still the ones read (a change
-     made meanwhile keeps its entry for the next round);
+  1. read pointers, the oldest first, up to `batch`; skip those of runs still in flight (their network's lease is
+     live and is the pointer's);
+  2. follow each to the documents it names (by _id) and keep the changes marked by its run: items `addedBy`, in
+     `removedBy` or `restoredBy` the run, a network's `pending` entries of the run; drop those published already (an
+     event's id is `<document key>:<kind>:<run>`);
+  3. per user, take the user's feed lock and reserve one sequence number per event in ONE update of the user's
+     `feeds` document (`{_id: user, seq, lock}`, upserted): a user's events are written by one process at a time,
+     so a user's numbers grow in the order its events become visible;
+  4. insert the events; remove the network entries published; delete the pointers whose writer is done;
   5. release the locks.
 
-A crash anywhere leaves the entries in place (published again, under the same ids) or reserved numbers unused
-(gaps: sequence numbers grow, they are not contiguous). No event is written without its change (an entry exists
-only beside its change), no change stays without its event (its entry stays until the event is written). A
-reader follows a user's feed with `find({user, seq: {$gt: last}}).sort(seq)` (`collector changes`).
-What this rests on, like the leases (DESIGN.md): a publisher paused past its lock's `lock_ttl` between checking its
-lock and inserting could insert numbers below those of a successor; it checks the lock a margin before it expires.
+A crash anywhere leaves pointers in place (followed again; their events keep their ids: a duplicate is dropped) or
+reserved numbers unused (gaps: sequence numbers grow, they are not contiguous). No event without its change (an event
+is made only of a marked change found in the database), no change without its event (its pointer stays until the
+change's event is written). A reader follows a user's feed with `find({user, seq: {$gt: last}}).sort(seq)`
+(`collector changes`). What this rests on, like the leases (DESIGN.md): a publisher paused past its lock's
+`lock_ttl` between checking its lock and inserting could insert numbers below a successor's; it checks the lock a
+margin before it expires. A run's writes are over when its lease is released or another process holds it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING, UpdateMany, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from collector import logs, outbox
@@ -49,12 +52,11 @@ ITEM_FIELDS = ("user", "service", "network", "itemId", "title", "url", "server")
 class Entry:
     user: Any
     at: datetime
-    source: str  # "items" or "networks"
-    key: Any  # the document's _id
+    key: Any  # the changed document's _id
     kind: str
     run: str
     event: dict[str, Any]  # the event's fields other than _id, user, seq
-    position: int = 0  # in its document's entries: changes of one document at one moment keep their order
+    position: int = 0  # changes made at one moment keep the order in which they were found
 
     @property
     def id(self) -> str:
@@ -63,25 +65,7 @@ class Entry:
 
 async def ensure_indexes(db: Any) -> None:
     await db[CHANGES].create_index([("user", ASCENDING), ("seq", ASCENDING)], name="user_seq", unique=True)
-    for name in ("items", "networks"):
-        await db[name].create_index([(outbox.OUTBOX, ASCENDING)], name=outbox.OUTBOX, sparse=True)
-
-
-def _entries(doc: dict[str, Any], source: str) -> list[Entry]:
-    found = []
-    for position, raw in enumerate(doc.get(outbox.PENDING) or ()):
-        if not isinstance(raw, dict) or not isinstance(raw.get("at"), datetime):
-            continue
-        kind = str(raw.get("k"))
-        event: dict[str, Any] = {"service": doc.get("service"), "at": raw["at"]}
-        if source == "items":
-            event.update(kind=f"item.{kind}", network=doc.get("network"), item={
-                "id": doc.get("itemId"), "key": doc["_id"], "title": doc.get("title"), "url": doc.get("url"),
-                **({"server": doc["server"]} if doc.get("server") else {})})
-        else:
-            event.update(kind=f"network.{kind}", network=doc["_id"], reason=raw.get("why"))
-        found.append(Entry(doc.get("user"), raw["at"], source, doc["_id"], kind, str(raw.get("r")), event, position))
-    return found
+    await db[outbox.POINTERS].create_index([("at", ASCENDING)], name="at")
 
 
 def _hashable(value: Any) -> bool:
@@ -90,6 +74,45 @@ def _hashable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _item_entry(pointer: dict[str, Any], doc: dict[str, Any]) -> Entry | None:
+    """The change `pointer` names in item `doc`, if the item carries its run's mark."""
+    kind, run = pointer["kind"], pointer["run"]
+    mark = doc.get(outbox.MARKS[kind])
+    if not (mark == run if kind == outbox.ADDED else isinstance(mark, list) and run in mark):
+        return None
+    item = {"id": doc.get("itemId"), "key": doc["_id"], "title": doc.get("title"), "url": doc.get("url"),
+            **({"server": doc["server"]} if doc.get("server") else {})}
+    return Entry(doc.get("user"), pointer["at"], doc["_id"], kind, run,
+                 {"kind": f"item.{kind}", "service": doc.get("service"), "network": doc.get("network"),
+                  "at": pointer["at"], "item": item})
+
+
+def _network_entries(pointer: dict[str, Any], doc: dict[str, Any]) -> list[Entry]:
+    """The changes of `pointer`'s run recorded on network `doc`: its state changes, and the items its state save
+    reported added (the fast path: the items need not be read)."""
+    found = []
+    for position, raw in enumerate(doc.get(outbox.PENDING) or ()):
+        if not (isinstance(raw, dict) and raw.get("r") == pointer["run"] and isinstance(raw.get("at"), datetime)):
+            continue
+        if raw.get("k") == outbox.ADDED and isinstance(raw.get("items"), list):
+            for n, item in enumerate(raw["items"]):
+                if isinstance(item, dict) and _hashable(item.get("key")):
+                    found.append(Entry(doc.get("user"), raw["at"], item["key"], outbox.ADDED, pointer["run"],
+                                       {"kind": "item.added", "service": doc.get("service"), "network": doc["_id"],
+                                        "at": raw["at"], "item": item}, n))
+        elif raw.get("k") != outbox.ADDED:
+            found.append(Entry(doc.get("user"), raw["at"], doc["_id"], str(raw.get("k")), pointer["run"],
+                               {"kind": f"network.{raw.get('k')}", "service": doc.get("service"), "network": doc["_id"],
+                                "at": raw["at"], "reason": raw.get("why")}, position))
+    return found
+
+
+def _reported(doc: dict[str, Any] | None, run: str) -> bool:
+    """Whether network `doc` carries the report of what `run` added."""
+    return any(isinstance(raw, dict) and raw.get("r") == run and raw.get("k") == outbox.ADDED
+               for raw in (doc or {}).get(outbox.PENDING) or ())
 
 
 class Publisher:
@@ -105,47 +128,93 @@ class Publisher:
         while True:
             try:
                 full = await self.publish() >= self.settings.batch
-            except PyMongoError as exc:  # the database is away: the entries wait where they are
+            except PyMongoError as exc:  # the database is away: the pointers wait where they are
                 log.warning("publishing the change feed failed", error=logs.describe(exc))
                 full = False
             await asyncio.sleep(0 if full else self.settings.publish_interval)
 
     async def publish(self) -> int:
-        """One round; returns how many entries it read (what it could not publish waits for the next)."""
+        """One round; returns how many pointers it read (what it could not publish waits for the next)."""
         now = self.clock()
-        docs: list[tuple[dict[str, Any], str]] = []
-        for source, projection in (("items", ITEM_FIELDS), ("networks", ("user", "service"))):
-            cursor = self.db[source].find({outbox.OUTBOX: {"$lte": now}},
-                                          projection={outbox.PENDING: 1, **{f: 1 for f in projection}})
-            docs += [(doc, source) async for doc in cursor.sort(outbox.OUTBOX, ASCENDING).limit(self.settings.batch)]
+        pointers = [p async for p in self.db[outbox.POINTERS].find({"at": {"$lte": now}}).sort("at", ASCENDING)
+                    .limit(self.settings.batch)]
+        if not pointers:
+            return 0
+        networks = {doc["_id"]: doc async for doc in self.db.networks.find(
+            {"_id": {"$in": list({p.get("network") for p in pointers if _hashable(p.get("network"))})}},
+            projection={"lease": 1, outbox.PENDING: 1, "user": 1, "service": 1})}
+        ready = [p for p in pointers if not self._in_flight(p, networks.get(p.get("network")), now)]
+        # the items a pointer names are read only where no report tells what they are: a run that died or lost its
+        # lease before its state save, a removal or a restoration
+        unreported = {p["_id"]: p for p in ready if p.get("kind") in outbox.MARKS and not (
+            p["kind"] == outbox.ADDED and _reported(networks.get(p.get("network")), p.get("run")))}
+        keys = list({k for p in unreported.values() for k in p.get("keys") or () if _hashable(k)})
+        items = {doc["_id"]: doc async for doc in self.db.items.find(
+            {"_id": {"$in": keys}}, projection={"network": 1, "user": 1, "service": 1, "itemId": 1, "title": 1,
+                                                "url": 1, "server": 1, **dict.fromkeys(outbox.MARKS.values(), 1)})} \
+            if keys else {}
+        entries: dict[str, list[Entry]] = {}  # by pointer
+        seen_runs: set[tuple[Any, str]] = set()  # (network, run) whose entries a pointer of this round gathered
+        for p in ready:
+            found: list[Entry] = []
+            if p["_id"] in unreported:
+                found += [e for e in (_item_entry(p, items[k]) for k in p.get("keys") or () if _hashable(k) and
+                                      k in items) if e is not None]
+            net = networks.get(p.get("network"))
+            if net is not None and (net["_id"], p.get("run")) not in seen_runs:
+                seen_runs.add((net["_id"], p.get("run")))
+                found += _network_entries(p, net)
+            entries[p["_id"]] = [replace(e, position=len(entries) * 100_000 + n) for n, e in enumerate(found)]
+        # an event written already (a round that died before retiring its pointers) is not looked for: its insert
+        # is refused as a duplicate and the number reserved for it stays unused
         by_user: dict[Any, list[Entry]] = defaultdict(list)
-        junk = []
-        for doc, source in docs:
-            entries = _entries(doc, source)
-            if not entries or not _hashable(doc.get("user")):  # nothing this daemon wrote: cleared, not re-read
-                junk.append((doc, source))
-            for entry in entries if _hashable(doc.get("user")) else ():
-                by_user[entry.user].append(entry)
-        if junk:
-            log.warning("outbox entries without a change (not written by the daemon) removed", documents=len(junk))
-            await self._clear(junk)
-        if not by_user:
-            return len(docs)
-        lock = uuid.uuid4().hex
-        until = now + timedelta(seconds=self.settings.lock_ttl)
-        try:
-            ranges = await self._reserve(by_user, lock, now, until)
-            if ranges:
-                written = await self._write(by_user, ranges, until)
-                await self._clear([(doc, source) for doc, source in docs
-                                  if _hashable(doc.get("user")) and doc.get("user") in written])
-        finally:
-            await self.db[FEEDS].update_many({"_id": {"$in": list(by_user)}, "lock.id": lock}, {"$unset": {"lock": ""}})
-        return len(docs)
+        for entry in {e.id: e for found in entries.values() for e in found if _hashable(e.user)}.values():
+            by_user[entry.user].append(entry)
+        written: set[Any] = set()
+        if by_user:
+            lock = uuid.uuid4().hex
+            until = now + timedelta(seconds=self.settings.lock_ttl)
+            try:
+                ranges = await self._reserve(by_user, lock, now, until)
+                if ranges:
+                    written = await self._write(by_user, ranges, until)
+            finally:
+                await self.db[FEEDS].update_many({"_id": {"$in": list(by_user)}, "lock.id": lock},
+                                                 {"$unset": {"lock": ""}})
+        done = [p for p in ready if all(e.user in written for e in entries[p["_id"]]
+                                        if _hashable(e.user)) and self._over(p, networks.get(p.get("network")), now,
+                                                                             bool(entries[p["_id"]]))]
+        await self._retire(done, entries)
+        return len(pointers)
+
+    @staticmethod
+    def _in_flight(pointer: dict[str, Any], network: dict[str, Any] | None, now: datetime) -> bool:
+        """The pointer's run may still be writing: its network's lease is live and is the run's."""
+        lease = (network or {}).get("lease")
+        return bool(pointer.get("lease")) and isinstance(lease, dict) and lease.get("id") == pointer["lease"] \
+            and isinstance(lease.get("until"), datetime) and lease["until"] > now
+
+    @staticmethod
+    def _over(pointer: dict[str, Any], network: dict[str, Any] | None, now: datetime, found: bool) -> bool:
+        """The pointer's writer is done: its run's lease released or held by another (not in flight: checked),
+        the change it points at found (an operator's action), or its `until` passed (a writer that died)."""
+        lease = (network or {}).get("lease")
+        released = bool(pointer.get("lease")) and (not isinstance(lease, dict) or lease.get("id") != pointer["lease"])
+        until = pointer.get("until")
+        return released or found or not isinstance(until, datetime) or until <= now
+
+    async def _retire(self, done: list[dict[str, Any]], entries: dict[str, list[Entry]]) -> None:
+        """Delete the pointers `done`, after removing the network entries they published."""
+        ops = [UpdateOne({"_id": key}, {"$pull": {outbox.PENDING: {"r": {"$in": sorted(runs)}}}})
+               for key, runs in _network_runs(done, entries).items()]
+        if ops:
+            await self.db.networks.bulk_write(ops, ordered=False)
+        if done:
+            await self.db[outbox.POINTERS].delete_many({"_id": {"$in": [p["_id"] for p in done]}})
 
     async def _reserve(self, by_user: dict[Any, list[Entry]], lock: str, now: datetime,
                        until: datetime) -> dict[Any, int]:
-        """Lock each user's feed (unless another process holds it) and reserve one number per entry; returns the
+        """Lock each user's feed (unless another process holds it) and reserve one number per event; returns the
         first number of each user won."""
         free = {"$or": [{"lock": {"$exists": False}}, {"lock.until": {"$lte": now}}]}
         ops = []
@@ -164,48 +233,35 @@ class Publisher:
 
     async def _write(self, by_user: dict[Any, list[Entry]], ranges: dict[Any, int], until: datetime) -> set[Any]:
         """Insert the events of the users won, in sequence order; returns the users whose events are all written."""
-        events = []
-        for user, first in ranges.items():
-            ordered = sorted(by_user[user], key=lambda e: (e.at, e.source, str(e.key), e.position))
-            events += [{"_id": e.id, "user": user, "seq": first + n, **e.event}
-                       for n, e in enumerate(ordered)]
-        ids = [e["_id"] for e in events]
-        known = {doc["_id"] async for doc in self.db[CHANGES].find({"_id": {"$in": ids}}, projection={"_id": 1})}
-        fresh = [e for e in events if e["_id"] not in known]
         margin = timedelta(seconds=min(5.0, self.settings.lock_ttl / 4))
         if self.clock() > until - margin:  # too late: a successor may own these users by the time this lands
             log.warning("change feed lock nearly expired before writing: round abandoned", users=len(ranges))
             return set()
-        if not fresh:
-            return set(ranges)
         published = self.clock()
-        for event in fresh:
-            event["published"] = published
+        events = []
+        for user, first in ranges.items():
+            ordered = sorted(by_user[user], key=lambda e: (e.at, e.position))
+            events += [{"_id": e.id, "user": user, "seq": first + n, **e.event, "published": published}
+                       for n, e in enumerate(ordered)]
         try:
-            await self.db[CHANGES].insert_many(fresh, ordered=True)
-        except BulkWriteError as exc:  # a stale round's events (its lock expired under it): the rest waits
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            await self.db[CHANGES].insert_many(events, ordered=False)
+        except BulkWriteError as exc:  # an event another round wrote meanwhile: the same event, kept once
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                 raise
-            stopped = fresh[min(e["index"] for e in errors)]["user"]
             self.published += int(exc.details.get("nInserted", 0))
-            log.warning("change feed events already written by another round: that user's round abandoned")
-            return set(ranges) - {stopped} - {e["user"] for e in fresh[min(e["index"] for e in errors):]}
-        self.published += len(fresh)
+            return set(ranges)
+        self.published += len(events)
         return set(ranges)
 
-    async def _clear(self, docs: list[tuple[dict[str, Any], str]]) -> None:
-        """Remove the published entries: per document, only if its entries are still those read."""
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for doc, source in docs:
-            groups[(source, repr(doc.get(outbox.PENDING)))].append(doc)
-        ops: dict[str, list[UpdateMany]] = defaultdict(list)
-        for (source, _), same in groups.items():
-            ops[source].append(UpdateMany({"_id": {"$in": [d["_id"] for d in same]},
-                                          outbox.PENDING: same[0].get(outbox.PENDING)},
-                                         {"$unset": {outbox.PENDING: "", outbox.OUTBOX: ""}}))
-        for source, updates in ops.items():
-            await self.db[source].bulk_write(updates, ordered=False)
+
+def _network_runs(done: list[dict[str, Any]], entries: dict[str, list[Entry]]) -> dict[Any, set[str]]:
+    """network _id -> the runs whose entries on it were published (by the pointers `done`)."""
+    runs: dict[Any, set[str]] = defaultdict(set)
+    for p in done:
+        for e in entries[p["_id"]]:
+            if e.event["kind"].startswith("network."):
+                runs[e.key].add(e.run)
+    return runs
 
 
 async def read(db: Any, user: Any, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

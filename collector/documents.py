@@ -108,8 +108,8 @@ def item_key(user: Any, service: str, item_id: str, prefix: str | None = None, s
 
 
 # identity and first sighting: never rewritten (`server`: a scoped item's, collector/sdk.py Connector.item_scope);
-# the change feed's entry of its creation (collector/outbox.py) goes in only with the document
-_INSERT_ONLY = ("user", "service", "server", "itemId", "collectedAt", "pending", "outbox")
+# the change feed's mark of the run that added it (collector/outbox.py) goes in only with the document
+_INSERT_ONLY = ("user", "service", "server", "itemId", "collectedAt", "addedBy")
 
 
 def refresh_update(doc: dict[str, Any]) -> UpdateOne:

@@ -149,6 +149,7 @@ class Executor:
             # the credentials decrypted in memory for this run, the plaintext ones sealed (collector/secrets.py)
             opened = await open_for_run(self.vault, self.store, doc)
             items: list[Item] = []
+            added = outbox.Added()  # what the item writes added, for the change feed
             if isinstance(opened, Outcome):
                 outcome = opened
             else:
@@ -163,12 +164,12 @@ class Executor:
             # Retry-After counts from its response (a slow request must not eat into the wait)
             answered = max(now, self.clock())
             try:
-                new_items = await self.store.save_items(doc, items, now, run=lease.id) if items else 0
+                new_items = await self.store.save_items(doc, items, now, run=lease.id, added=added) if items else 0
             except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
                 log.error("items refused by the database", error=logs.describe(exc))
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the database refused the items: {logs.describe(exc)}")
-                items, new_items = [], 0
+                items, new_items, added = [], 0, outbox.Added(complete=False)
             outcome = replace(outcome, new=new_items)  # adaptive polling counts what was new to the store
             state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
                           await self._service_streak(service, outcome, answered), auth_failures(doc),
@@ -188,7 +189,7 @@ class Executor:
             if step.user_paused_until is not None:  # this user's quota on this app: their other networks wait too
                 await self.store.defer_user(doc.get("user"), service, doc.get("_id"), step.user_paused_until)
             try:
-                saved = await self._save(doc, lease, outcome, step, new_items, now)
+                saved = await self._save(doc, lease, outcome, step, new_items, now, added, bool(items))
             except (OverflowError, InvalidDocument) as exc:
                 # the new state holds a value BSON cannot (a connector's cursor with an integer past 64 bits):
                 # saved as a failed run without it, so the network is not re-run forever by lease expiry
@@ -196,7 +197,7 @@ class Executor:
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the new state cannot be stored: {logs.describe(exc)}")
                 step = transition(state, outcome, answered, schedule, self.rng)
-                saved = await self._save(doc, lease, outcome, step, new_items, now)
+                saved = await self._save(doc, lease, outcome, step, new_items, now, added, bool(items))
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
                           next=step.scheduled_to.isoformat() if step.scheduled_to else None)
             if not saved:
@@ -215,7 +216,8 @@ class Executor:
             structlog.contextvars.unbind_contextvars("network", "user", "service", "mode")
 
     async def _save(self, doc: dict[str, Any], lease: Lease, outcome: Outcome, step: Transition,
-                    new_items: int, now: datetime) -> bool:
+                    new_items: int, now: datetime, added: outbox.Added | None = None, pointed: bool = False) -> bool:
+        """`added`: what the run's item writes added (reported to the change feed); `pointed`: they wrote a pointer."""
         fields: dict[str, Any] = {
             "scheduledTo": step.scheduled_to,
             "errors": step.errors,
@@ -265,9 +267,13 @@ class Executor:
             unset += ["parkedAt", "parkedReason"]
         became = "unauthorized" if step.disabled and step.unauthorized else "disabled" if step.disabled else \
             "parked" if step.parked else (step.mode if step.success else str(doc.get("mode")))
-        # what the application must act on (the user must reconnect, ...): an event of the change feed (changes.py)
-        change = (became, now, logs.scrub(step.reason)) if became != outbox.label(doc) else None
-        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc, change=change)
+        # what the application must act on (the user must reconnect, ...) and what was added: the change feed's
+        reported = added.entry(lease.id, now) if added is not None else None
+        entries = [reported] if reported is not None else []
+        if became != outbox.label(doc):
+            entries.append(outbox.entry(became, lease.id, now, logs.scrub(step.reason)))
+        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc, entries=entries,
+                                           point=None if pointed else doc)
 
     async def _service_streak(self, service: str, outcome: Outcome, now: datetime) -> int:
         """App-wide limits in a row of this service (from its pause document), for a limit of the whole app:

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import UpdateOne
+
 from collector import leases, outbox
 from collector.documents import public_view
-from collector.selectors import SLOTS, slot_number
+from collector.selectors import SLOTS, slot_number, user_slot
 
 STATES = ("active", "disabled", "unauthorized", "parked")
 
@@ -19,9 +21,18 @@ class Operations:
     networks: Any
     feed: bool  # the change feed is on: what an operator or the repair does to a network is an event too
 
-    def _told(self, update: dict[str, Any], kind: str, now: datetime, why: str) -> dict[str, Any]:
-        """`update`, recording the network's change for the change feed (collector/outbox.py) when it is on."""
-        return outbox.merge(update, kind, f"op-{uuid.uuid4().hex}", now, why) if self.feed else update
+    async def _told(self, query: dict[str, Any], update: dict[str, Any], kind: str, now: datetime, why: str,
+                    many: bool = False) -> Any:
+        """Apply `update` to the networks of `query`, recording the change for the change feed (collector/outbox.py)
+        when it is on: a pointer to each network first, then the entry in the same update as the change."""
+        if self.feed:
+            run = f"op-{uuid.uuid4().hex}"
+            targets = [doc async for doc in self.networks.find(query, projection={"user": 1, "service": 1})]
+            if targets:
+                await self.networks.database[outbox.POINTERS].insert_many(
+                    [outbox.pointer(outbox.STATE, run, doc, now) for doc in targets])
+            update = outbox.merge(update, outbox.push(kind, run, now, why))
+        return await (self.networks.update_many if many else self.networks.update_one)(query, update)
 
     async def list_networks(self, user: str | None = None, service: str | None = None, mode: str | None = None,
                             state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -93,21 +104,35 @@ class Operations:
                 unset = [*(["slot"] if junk_slot else []), *(["lease"] if junk_lease else [])]
                 if unset:
                     update["$unset"] = dict.fromkeys(unset, "")
-                if reason is not None:
-                    update = self._told(update, "disabled", now, reason)
                 # only a document nobody holds (re-checked by the server, atomically): still the junk lease it
                 # had, or no lease or an expired one (a process killed during a run); a claim that won it meanwhile
                 # wrote a live lease, which this no longer matches, and the run it started settles the document
                 guard = leases.malformed() if junk_lease else leases.unheld(now)
-                result = await self.networks.update_one({"_id": doc["_id"], **guard}, update)
+                if reason is not None:
+                    result = await self._told({"_id": doc["_id"], **guard}, update, "disabled", now, reason)
+                else:
+                    result = await self.networks.update_one({"_id": doc["_id"], **guard}, update)
                 if result.modified_count:
                     done.append((doc["_id"], ", ".join(sorted([*fields, *unset]))))
         return done
 
+    async def stamp_slots(self, mode: str, limit: int = 1000) -> int:
+        """Give a `slot` to networks of `mode` written without one (by an application that inserts network
+        documents itself): a partitioned process claims only networks with a slot of its partition. Read
+        through the due_slot index (a missing slot is its null prefix); one bulk of updates by _id. Returns how
+        many were stamped."""
+        docs = [doc async for doc in self.networks.find({"mode": mode, "slot": None}, projection={"user": 1})
+                .limit(limit)]
+        if not docs:
+            return 0
+        result = await self.networks.bulk_write(
+            [UpdateOne({"_id": doc["_id"], "slot": None}, {"$set": {"slot": user_slot(doc.get("user"))}})
+             for doc in docs], ordered=False)
+        return int(result.modified_count)
+
     async def enable(self, network_id: Any, now: datetime) -> bool:
         """Clear disabled/unauthorized/errors and make the network due now."""
-        result = await self.networks.update_one({"_id": network_id},
-                                                self._told(_enable_update(now), "enabled", now, "operator: enabled"))
+        result = await self._told({"_id": network_id}, _enable_update(now), "enabled", now, "operator: enabled")
         return bool(result.matched_count == 1)
 
     async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
@@ -123,23 +148,22 @@ class Operations:
         if dry_run:
             sample = await self.networks.find(query).limit(10).to_list(None)
             return await self.networks.count_documents(query), [public_view(d) for d in sample]
-        result = await self.networks.update_many(query, self._told(_enable_update(now), "enabled", now,
-                                                                  "operator: enabled"))
+        result = await self._told(query, _enable_update(now), "enabled", now, "operator: enabled", many=True)
         return result.modified_count, []
 
     async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
-        result = await self.networks.update_one({"_id": network_id}, self._told({"$set": {
+        result = await self._told({"_id": network_id}, {"$set": {
             "disabled": True, "disabledReason": f"operator: {reason}", "disabledAt": now, "scheduledTo": None}},
-            "disabled", now, f"operator: {reason}"))
+            "disabled", now, f"operator: {reason}")
         return bool(result.matched_count == 1)
 
     async def reset(self, network_id: Any, now: datetime) -> bool:
         """Back to initial mode from the start of the history (items already stored stay)."""
-        result = await self.networks.update_one({"_id": network_id}, self._told({
+        result = await self._told({"_id": network_id}, {
             "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
                      "unauthorized": False},
             "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}}, "initial", now,
-            "operator: reset"))
+            "operator: reset")
         return bool(result.matched_count == 1)
 
 

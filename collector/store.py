@@ -21,18 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from bson.errors import InvalidDocument
-from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo import ASCENDING
+from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from collector import leases, outbox
 from collector.batch import GroupCommit, Guarded, transient
-from collector.documents import bson_safe, item_key, key_prefix, mongo_safe, refresh_update
+from collector.items import ItemWrites
 from collector.operations import Operations
 from collector.pauses import Pauses
 from collector.registry import Registry
-from collector.sdk import Item
 from collector.selectors import Selectors, user_slot
 
 NETWORKS, ITEMS, SERVICES, COLLECTORS, FIGURES = "networks", "items", "services", "collectors", "figures"
@@ -83,11 +81,11 @@ def with_slot(doc: dict[str, Any]) -> dict[str, Any]:
     return doc if "slot" in doc else {**doc, "slot": user_slot(doc.get("user"))}
 
 
-class Store(Pauses, Operations, Registry):
+class Store(ItemWrites, Pauses, Operations, Registry):
     def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000, write_concern: str | int | None = None,
                  write_timeout: float = 60.0, feed: bool = False):
         self.db = db
-        self.feed = feed  # item writes record their change for the change feed (collector/outbox.py, changes.py)
+        self.feed = feed  # writes record their change for the change feed (collector/outbox.py, changes.py)
         self.write_batch = max(1, write_batch)
         # leases, states, pauses and items: acknowledged by `write_concern` members (settings: "majority", so
         # a failover's rollback cannot undo a lease or a saved state); None: the client's default
@@ -96,6 +94,7 @@ class Store(Pauses, Operations, Registry):
             durable["write_concern"] = WriteConcern(w=write_concern, wtimeout=int(write_timeout * 1000))
         self.networks = db.get_collection(NETWORKS, **durable)
         self.items = db.get_collection(ITEMS, **durable)
+        self.pointers = db.get_collection(outbox.POINTERS, **durable)
         self.services = db.get_collection(SERVICES, **durable)
         self.collectors = db[COLLECTORS]
         self.figures = db[FIGURES]  # fleet-wide figures one process computes for all (Registry.shared_figures)
@@ -254,99 +253,22 @@ class Store(Pauses, Operations, Registry):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime, run: str = "") -> int:
-        """Store a page of items keyed by `item_key` (their _id: one document per (service, user, itemId), or per
-        (service, user, server, itemId) for items whose ids are per server: Item.scope, from the connector's
-        item_scope, stored as `server`); returns how many were new. New items are the common case (a page of
-        history, a normal run that stops at the first known item): they go in one unordered insert_many per
-        `write_batch`, the cheapest write there is. The ones that exist already (a page run again after a crash, an
-        item on two pages) come back as duplicate-key errors and are updated in place by bulk upserts, so a page
-        written twice is stored once, with its fields refreshed. With the change feed on, a new item carries the entry
-        of its addition (`run`: the run's lease id), and a known item marked removed is restored."""
-        if not items:
-            return 0
-        added = outbox.fields(outbox.ADDED, run, now) if self.feed and run else None
-        user, service = network["user"], network["service"]
-        prefixes: dict[str | None, str] = {}  # one key prefix per page: its items share their network's scope
-        docs = []
-        for item in items:
-            scope = item.scope
-            prefix = prefixes.get(scope)
-            if prefix is None:
-                prefix = prefixes[scope] = key_prefix(user, service, scope)
-            doc: dict[str, Any] = {
-                "_id": item_key(user, service, item.id, prefix),
-                "user": user, "service": service, "itemId": item.id,
-                "network": network["_id"],
-                "title": item.title,
-                "url": item.url,
-                "author": item.author,
-                "created": item.created,
-                "collectedAt": now,
-                "updatedAt": now,
-            }
-            if scope is not None:
-                doc["server"] = scope
-            if added is not None:
-                doc.update(added)
-            if self.store_raw and item.raw is not None:
-                doc["raw"] = mongo_safe(item.raw)
-            docs.append(doc)
-        new = 0
-        for start in range(0, len(docs), self.write_batch):
-            batch = docs[start:start + self.write_batch]
-            try:
-                new += await self._insert(batch)
-            except (OverflowError, InvalidDocument):
-                # a value BSON cannot hold (an integer past 64 bits in a payload, an object a connector left
-                # in `raw`): those values are stored as their text and the page goes in whole. Rare, so the
-                # check is paid only then; what was sent before the error comes back as duplicates (upserted).
-                new += await self._insert([bson_safe(doc) for doc in batch])
-        return new
-
-    async def _insert(self, docs: list[dict[str, Any]]) -> int:
-        try:
-            return len((await self.items.insert_many(docs, ordered=False)).inserted_ids)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            # unordered: every document without a write error went in. Read off the errors, not `nInserted`,
-            # which a server may count as attempts (mongo-java-server does)
-            inserted = len(docs) - len({e["index"] for e in errors})
-            known = [docs[e["index"]] for e in errors]
-            if outbox.OUTBOX in known[0]:  # collected again after it was removed upstream: restored
-                await self.items.bulk_write([UpdateOne(
-                    {"_id": doc["_id"], "removedAt": {"$exists": True}},
-                    {"$unset": {"removedAt": ""}, **outbox.push(outbox.RESTORED, doc[outbox.PENDING][0]["r"],
-                                                                doc["updatedAt"])}) for doc in known], ordered=False)
-            return inserted + await self._upsert([refresh_update(doc) for doc in known])
-
-    async def _upsert(self, ops: list[UpdateOne]) -> int:
-        try:
-            return int((await self.items.bulk_write(ops, ordered=False)).upserted_count)
-        except BulkWriteError as exc:
-            # two processes upserting the same new item race on the unique key: the loser gets
-            # E11000 and retries those operations once, which now match and update
-            errors = exc.details.get("writeErrors", [])
-            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            retried = await self.items.bulk_write([ops[e["index"]] for e in errors], ordered=False)
-            return int(exc.details.get("nUpserted", 0)) + int(retried.upserted_count)
-
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None,
-                         change: tuple[str, datetime, str] | None = None) -> bool:
+                         entries: Sequence[dict[str, Any]] = (), point: dict[str, Any] | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost. Saves that
         arrive together go as one bulk (collector.batch.GroupCommit); `lastLease` (the lease id) tells a
-        read-back which of them were applied. `change` (kind, at, why): what the network became, for the change feed,
-        recorded by the same update (collector/outbox.py)."""
+        read-back which of them were applied. `entries`: the run's changes for the change feed, recorded by the same
+        update (collector/outbox.py); `point`: the network document, when no pointer to it was written yet."""
         update: dict[str, Any] = {"$set": {**fields, "lastLease": lease.id},
                                   "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
-        if change is not None and self.feed:
-            update.update(outbox.push(change[0], lease.id, change[1], change[2]))
+        if entries and self.feed:
+            if point is not None:
+                await self.pointers.insert_one(outbox.pointer(outbox.STATE, lease.id, point, entries[0]["at"],
+                                                              lease=lease.id))
+            update.update(outbox.push_all(entries))
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))
 
@@ -370,20 +292,6 @@ class Store(Pauses, Operations, Registry):
 
     async def insert_network(self, doc: dict[str, Any]) -> Any:
         return (await self.networks.insert_one(with_slot(doc))).inserted_id
-
-    async def stamp_slots(self, mode: str, limit: int = 1000) -> int:
-        """Give a `slot` to networks of `mode` written without one (by an application that inserts network
-        documents itself): a partitioned process claims only networks with a slot of its partition. Read
-        through the due_slot index (a missing slot is its null prefix); one bulk of updates by _id. Returns how
-        many were stamped."""
-        docs = [doc async for doc in self.networks.find({"mode": mode, "slot": None}, projection={"user": 1})
-                .limit(limit)]
-        if not docs:
-            return 0
-        result = await self.networks.bulk_write(
-            [UpdateOne({"_id": doc["_id"], "slot": None}, {"$set": {"slot": user_slot(doc.get("user"))}})
-             for doc in docs], ordered=False)
-        return int(result.modified_count)
 
     async def seal_credentials(self, network_id: Any, changes: dict[str, tuple[Any, Any]]) -> bool:
         """Replace credentials by their sealed values (collector/secrets.py), `{field: (old, new)}`, if the network

@@ -31,8 +31,8 @@ async def _events(db, user="u1"):
 
 
 async def _pending(db):
-    return [d async for d in db.items.find({outbox.OUTBOX: {"$exists": True}})] + \
-        [d async for d in db.networks.find({outbox.OUTBOX: {"$exists": True}})]
+    """The pointers not retired yet (collector/outbox.py)."""
+    return [d async for d in db[outbox.POINTERS].find()]
 
 
 async def test_new_items_become_events_in_order_once(any_db):
@@ -41,11 +41,12 @@ async def test_new_items_become_events_in_order_once(any_db):
     net = _network()
     new = await store.save_items(net, [Item(id=str(i), title=f"t{i}") for i in range(5)], clock.now, run="run-1")
     assert new == 5
-    assert len(await _pending(any_db)) == 5  # each new item carries its entry, written with it
+    assert len(await _pending(any_db)) == 1  # one pointer to the page, written first
+    assert {d[outbox.ADDED_BY] async for d in any_db.items.find()} == {"run-1"}  # each item marked with its run
     # the same page again (a run repeated after a crash): nothing new, no second entry
     clock.advance(1)
     assert await store.save_items(net, [Item(id=str(i)) for i in range(5)], clock.now, run="run-2") == 0
-    assert await pub.publish() == 5
+    assert await pub.publish() == 3  # run-1's pointer; run-2's, which leads to nothing added; and its restorations'
     events = await _events(any_db)
     assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
     assert {e["item"]["id"] for e in events} == {str(i) for i in range(5)}
@@ -74,15 +75,15 @@ async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice
     store, pub = await _setup(any_db, clock)
     await store.save_items(_network(), [Item(id="1"), Item(id="2")], clock.now, run="r1")
 
-    async def no_clear(docs):  # the process dies between the insert and the clear
+    async def no_retire(done, entries):  # the process dies between the insert and the retirement of the pointers
         raise RuntimeError("killed")
 
-    pub._clear = no_clear  # type: ignore[method-assign]
+    pub._retire = no_retire  # type: ignore[method-assign]
     try:
         await pub.publish()
     except RuntimeError:
         pass
-    assert len(await _events(any_db)) == 2 and len(await _pending(any_db)) == 2
+    assert len(await _events(any_db)) == 2 and len(await _pending(any_db)) == 1
     again = Publisher(any_db, make_settings(), clock)
     await again.publish()
     events = await _events(any_db)
@@ -98,7 +99,7 @@ async def test_a_held_lock_defers_that_user_only(any_db):
     await store.save_items(_network("b", "ub"), [Item(id="1")], clock.now, run="r1")
     await pub.publish()
     assert await _events(any_db, "ua") == [] and len(await _events(any_db, "ub")) == 1
-    assert len(await _pending(any_db)) == 1  # ua's entry waits
+    assert len(await _pending(any_db)) == 1  # ua's pointer waits
     clock.advance(31 * 86400)  # the holder died: its lock expires
     await pub.publish()
     assert [e["seq"] for e in await _events(any_db, "ua")] == [8]
@@ -114,8 +115,10 @@ async def test_a_change_made_while_publishing_keeps_its_entry(any_db):
     async def meanwhile(by_user, ranges, until):
         written = await write(by_user, ranges, until)
         key = (await any_db.items.find_one())["_id"]  # the item is removed upstream during the round
+        await any_db[outbox.POINTERS].insert_one(outbox.pointer(outbox.REMOVED, "rec1", _network(), clock.now,
+                                                                keys=[key]))
         await any_db.items.update_one({"_id": key}, {"$set": {"removedAt": clock.now},
-                                                     **outbox.push(outbox.REMOVED, "rec1", clock.now)})
+                                                     **outbox.mark(outbox.REMOVED, "rec1")})
         return written
 
     pub._write = meanwhile  # type: ignore[method-assign]
@@ -132,12 +135,13 @@ async def test_network_state_changes_are_events(any_db):
     store, pub = await _setup(any_db, clock)
     await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": clock.now}))
     lease = Lease("L1", "o", clock.now)
-    assert await store.save_state("n1", lease, {"disabled": True, "unauthorized": True},
-                                  change=("unauthorized", clock.now, "token refused twice"))
+    assert await store.save_state("n1", lease, {"disabled": True, "unauthorized": True}, point=_network(),
+                                  entries=[outbox.entry("unauthorized", "L1", clock.now, "token refused twice")])
     await pub.publish()
     [event] = await _events(any_db)
     assert event["kind"] == "network.unauthorized" and event["network"] == "n1"
     assert event["reason"] == "token refused twice" and event["_id"] == "n1:unauthorized:L1"
+    assert await _pending(any_db) == [] and (await any_db.networks.find_one())[outbox.PENDING] == []
 
 
 async def test_racing_publishers_write_each_event_once_in_sequence(any_db):
@@ -174,21 +178,39 @@ async def test_restored_when_collected_again_after_removal(any_db):
     assert [e["kind"] for e in await _events(any_db)] == ["item.added", "item.restored"]
 
 
-async def test_entries_nobody_wrote_are_cleared_not_reread(any_db):
+async def test_pointers_to_nothing_are_retired_without_events(any_db):
     clock = Clock()
-    _, pub = await _setup(any_db, clock)
-    await any_db.networks.insert_one(_network(outbox=clock.now, pending=["junk", {"k": 1}]))
-    await any_db.networks.insert_one(_network("n2", user={"not": "hashable"}, outbox=clock.now,
-                                              pending=[outbox.entry("disabled", "L", clock.now)]))
+    store, pub = await _setup(any_db, clock)
+    await any_db.networks.insert_one(_network(pending=["junk", {"k": 1}, outbox.entry("disabled", "other", clock.now)]))
+    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    await any_db.items.update_one({}, {"$set": {outbox.ADDED_BY: "someone else"}})  # not this run's addition
+    gone = clock.now - timedelta(seconds=1)
+    await any_db[outbox.POINTERS].insert_many([
+        {**outbox.pointer(outbox.ADDED, "r", _network(), clock.now, keys=[{"a": 1}, "missing"]), "until": gone},
+        {**outbox.pointer(outbox.STATE, "L", _network(), clock.now), "until": gone},  # its writer died before writing
+        {**outbox.pointer(outbox.STATE, "L", _network("nope"), clock.now), "until": gone}])
     await pub.publish()
     assert await _pending(any_db) == [] and await any_db.changes.count_documents({}) == 0
 
 
-async def test_feed_off_writes_no_entries(any_db):
+async def test_feed_off_writes_no_pointers_or_marks(any_db):
     clock = Clock()
     store = Store(any_db)
     await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
-    assert await _pending(any_db) == []
+    assert await _pending(any_db) == [] and outbox.ADDED_BY not in await any_db.items.find_one()
+
+
+async def test_a_run_in_flight_is_not_published_until_its_lease_is_released(any_db):
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    until = clock.now + timedelta(seconds=30)
+    await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": until}))
+    await store.save_items(_network(), [Item(id="1")], clock.now, run="L1")
+    await pub.publish()
+    assert await _events(any_db) == [] and len(await _pending(any_db)) == 1  # the run may write more
+    assert await store.save_state("n1", Lease("L1", "o", until), {"mode": "normal"})
+    await pub.publish()
+    assert len(await _events(any_db)) == 1 and await _pending(any_db) == []
 
 
 def test_the_changes_command_prints_a_users_feed_after_a_sequence_number(sync_db, wire_uri):
@@ -225,3 +247,24 @@ async def test_operator_actions_and_repairs_are_events(any_db):
     assert [(e["network"], e["kind"]) for e in events] == [
         ("n1", "network.initial"), ("n1", "network.enabled"), ("n1", "network.disabled"), ("junk", "network.disabled")]
     assert events[2]["reason"] == "operator: customer left" and "malformed" in events[3]["reason"]
+
+
+async def test_a_run_reports_what_it_added_with_its_state(any_db):
+    """The fast path: the state save carries the items the run added, in the order of the page."""
+    clock = Clock()
+    store, pub = await _setup(any_db, clock)
+    until = clock.now + timedelta(seconds=30)
+    await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": until}))
+    await store.save_items(_network(), [Item(id="old")], clock.now - timedelta(seconds=1), run="L0")
+    added = outbox.Added()
+    await store.save_items(_network(), [Item(id="b", title="B"), Item(id="old"), Item(id="a")], clock.now, run="L1",
+                           added=added)
+    assert [i["id"] for i in added.items] == ["b", "a"] and added.complete
+    assert await store.save_state("n1", Lease("L1", "o", until), {"mode": "normal"},
+                                  entries=[added.entry("L1", clock.now),
+                                           outbox.entry("normal", "L1", clock.now, "caught up")])
+    await pub.publish()
+    events = await _events(any_db)
+    assert [(e["kind"], e.get("item", {}).get("id")) for e in events] == [
+        ("item.added", "old"), ("item.added", "b"), ("item.added", "a"), ("network.normal", None)]
+    assert events[1]["item"]["title"] == "B" and await _pending(any_db) == []

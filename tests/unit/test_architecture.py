@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("executor", {"executor"}),
     ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
                              "http", "transport", "states", "offload", "outcomes", "incidents", "refresh", "secrets",
-                             "outbox"}),
+                             "outbox", "items"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
     ("config", {"config", "config_schema", "selectors", "egress"}),
