@@ -402,7 +402,8 @@ def scenario_peer(env: Env) -> dict[str, Any]:
         env.drop(db)
 
 
-RUNNERS = {"cycle": scenario_cycle, "feed": scenario_feed, "scale": scenario_scale, "memory": scenario_memory, "fleet": scenario_fleet,
+RUNNERS = {"cycle": scenario_cycle, "feed": scenario_feed, "scale": scenario_scale, "memory": scenario_memory,
+           "fleet": scenario_fleet,
            "curve": scenario_curve, "steady": steady_scenario.scenario, "peer": scenario_peer,
            "polling": lambda env: polling_scenario.run(quick=env.size is SIZES["quick"])}
 

@@ -17,7 +17,7 @@ import structlog
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from collector import changes, http, logs, sdk
+from collector import changes, http, logs, sdk, webhooks
 from collector.clock import ServerClock
 from collector.config import Settings
 from collector.executor import Executor
@@ -230,6 +230,9 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
                                       name="watchdog")]
     if settings.changes.enabled:  # the change feed: events of what the runs wrote (collector/changes.py)
         background.append(asyncio.create_task(changes.Publisher(db, settings, clock).run(), name="change feed"))
+    if settings.webhooks.url:  # the feed POSTed to an endpoint, its own task and client (collector/webhooks.py)
+        deliverer = webhooks.Deliverer(db, settings, clock, metrics=metrics)
+        background.append(asyncio.create_task(deliverer.run(), name="webhooks"))
     notifier.ready(describe(scheduler))
     if on_ready:
         on_ready(scheduler)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from collector import changes_cli, config_cli, logs, migrations, model, sdk
+from collector import changes_cli, config_cli, logs, migrations, model, sdk, webhooks_cli
 from collector import config as config_mod
 from collector.config import MODES
 from collector.selectors import SLOTS
@@ -369,3 +369,4 @@ main.add_command(secrets_command(load_settings, _run))  # `collector secrets ...
 main.add_command(migrations.command(load_settings, _run))  # `collector migrate ...` (collector/migrations.py)
 main.add_command(config_cli.command())  # `collector config show [--sources]` (collector/config_cli.py)
 main.add_command(changes_cli.command(load_settings, _run))  # `collector changes --user U` (collector/changes_cli.py)
+main.add_command(webhooks_cli.command(load_settings, _run))  # `collector webhooks retry` (webhooks_cli.py)

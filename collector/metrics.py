@@ -29,6 +29,7 @@ collector_database_up                               1 if the last database call 
                                                     (0 until the first call)
 collector_lease_lost_total                          state saves dropped because the lease was lost (the items
                                                     were kept; the page is re-run by the new lease holder)
+collector_webhook_deliveries_total{result}          webhook delivery attempts: ok, failed, dead (dead-lettered)
 
 Counters also expose the `*_created` series of the Prometheus client library.
 
@@ -188,6 +189,8 @@ class Metrics:
         self.database = Gauge("collector_database_up", "1 if the last database call succeeded.", registry=r)
         self.lease_lost = Counter("collector_lease_lost_total",
                                   "State saves dropped because the lease was lost.", registry=r)
+        self.webhooks = Counter("collector_webhook_deliveries_total", "Webhook delivery attempts, by result "
+                                "(ok, failed, dead: the failure that dead-lettered a user).", ["result"], registry=r)
 
         self.info.labels(mode=self._mode(mode), owner=str(owner), version=str(version)).set(1)
         for service in services:
@@ -234,6 +237,10 @@ class Metrics:
     def auth_incident(self, service: str) -> None:
         """A run declared a 401 storm on its service (collector/incidents.py)."""
         self.auth_incidents.labels(service=self._service(service)).inc()
+
+    def webhook_delivery(self, result: str) -> None:
+        """One webhook delivery attempt ended (collector/webhooks.py): ok, failed or dead."""
+        self.webhooks.labels(result=result if result in ("ok", "failed", "dead") else OTHER).inc()
 
     def database_up(self, ok: bool) -> None:
         self.database.set(1 if ok else 0)

@@ -10,6 +10,7 @@ from typing import Any
 from collector.model import aware, utcnow
 from collector.selectors import Selectors, assignment, slot_number
 from collector.store import Store
+from collector.webhooks import summary as webhook_summary
 
 OVERDUE_AFTER = 60.0  # a network due for longer than this, still unclaimed, is overdue
 LEASE_TTL = 300.0  # [daemon] lease_ttl's default
@@ -111,7 +112,8 @@ async def status(store: Store, now: datetime | None = None, overdue_after: float
     stuck = await store.held_beyond(now, horizon)
     return {"at": now, "processes": processes, "hosts": sorted(hosts.values(), key=lambda h: h["host"]),
             "backlog": backlog, "uncovered": gaps, "stuck": stuck, "stuckAfter": horizon, "paused": pauses,
-            "networks": await store.disabled_summary(), "overdueAfter": overdue_after}
+            "networks": await store.disabled_summary(), "overdueAfter": overdue_after,
+            "webhooks": await webhook_summary(store.db, now)}
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -203,4 +205,12 @@ def render(report: dict[str, Any]) -> str:
     reasons += [["confirming", r["count"], r["reason"][:100]] for r in confirming["reasons"]]
     if reasons:
         out += _table(["STATE", "COUNT", "TOP REASONS"], reasons)
+    hooks = report.get("webhooks") or {}
+    out += ["", f"WEBHOOKS  {hooks.get('pending', 0)} user(s) with events to deliver (oldest due "
+                f"{_ago(hooks.get('oldestDueSeconds'))}), {hooks.get('failing', 0)} failing, {hooks.get('dead', 0)} "
+                "dead-lettered (`collector webhooks retry [--user U]` clears them)"]
+    if letter := hooks.get("newestDead"):
+        since = letter.get("since")
+        since = aware(since).isoformat(timespec="seconds") if isinstance(since, datetime) else "?"
+        out.append(f"newest dead letter: user {letter.get('user')}, failing since {since}: {letter.get('error')}"[:200])
     return "\n".join(out)

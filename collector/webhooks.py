@@ -247,16 +247,16 @@ class Deliverer:
         except EgressRefused as exc:
             return Attempt(False, self._scrub(f"egress refused: {exc}"))
         except httpx.HTTPError as exc:
-            return Attempt(False, self._scrub(f"connection error: {logs.describe(exc, 200)}"))
+            return Attempt(False, self._scrub(f"connection error: {type(exc).__name__}: {exc}"))
         if 200 <= response.status_code < 300:
             return Attempt(True)
         return Attempt(False, f"HTTP {response.status_code}")
 
     def _scrub(self, text: str) -> str:
         """An error as stored: never the secret nor the URL (it may carry credentials), whatever a library says."""
-        for secret in (self.secret, self.url):
+        for secret in (self.url, str(httpx.URL(self.url)), self.secret):  # the URL as given and as httpx spells it
             if secret:
-                text = text.replace(secret, logs.REDACTED)
+                text = text.replace(secret, "<the endpoint>" if secret != self.secret else logs.REDACTED)
         return logs.clip(text, 300)
 
     async def run(self) -> None:
@@ -272,8 +272,10 @@ class Deliverer:
                 log.error("webhook delivery crashed", error=logs.describe(task.exception() or Exception()))
 
         try:
-            with contextlib.suppress(PyMongoError):
+            try:
                 await self.ensure_indexes()
+            except PyMongoError as exc:  # the claims work without it (slower): no reason not to deliver
+                log.warning("webhook index not created", index=DUE_INDEX, error=logs.describe(exc))
             while True:
                 wake.clear()
                 free = self.concurrency - len(self.inflight)
@@ -290,8 +292,10 @@ class Deliverer:
                     if claimed and len(claimed) == free:
                         await wake.wait()  # every slot busy: the next claim when one is free
                         continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that lands as `wake` is set
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.poll)
+                    async with asyncio.timeout(self.poll):
+                        await wake.wait()
         finally:
             for task in list(self.inflight):
                 task.cancel()

@@ -18,10 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "collector"
 
 # highest first
 LAYERS: list[tuple[str, set[str]]] = [
-    ("entry points", {"__main__", "cli", "secrets_cli", "migrations", "config_cli", "changes_cli"}),
+    ("entry points", {"__main__", "cli", "secrets_cli", "migrations", "config_cli", "changes_cli",
+                      "webhooks_cli"}),
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
-    ("fleet and observability", {"fleet", "status", "metrics", "notify", "changes"}),
+    ("fleet and observability", {"fleet", "status", "metrics", "notify", "changes", "webhooks"}),
     ("scheduler", {"scheduler"}),
     ("executor", {"executor"}),
     ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
@@ -29,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                              "outbox", "items"}),
     ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
     ("model", {"model"}),
-    ("config", {"config", "config_schema", "selectors", "egress"}),
+    ("config", {"config", "config_schema", "selectors", "egress", "webhook_rules"}),
 ]
 TOOLS = ("sandbox", "demo")  # beside the engine: only the entry points and the demo may import them
 
