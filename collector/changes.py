@@ -50,17 +50,12 @@ ITEM_FIELDS = ("user", "service", "network", "itemId", "title", "url", "server")
 
 @dataclass(frozen=True)
 class Entry:
+    """One event to publish: `id` its identity, `event` its fields other than _id, user, seq."""
     user: Any
     at: datetime
-    key: Any  # the changed document's _id
-    kind: str
-    run: str
-    event: dict[str, Any]  # the event's fields other than _id, user, seq
+    id: str
+    event: dict[str, Any]
     position: int = 0  # changes made at one moment keep the order in which they were found
-
-    @property
-    def id(self) -> str:
-        return outbox.event_id(self.key, self.kind, self.run)
 
 
 async def ensure_indexes(db: Any) -> None:
@@ -76,17 +71,34 @@ def _hashable(value: Any) -> bool:
     return True
 
 
-def _item_entry(pointer: dict[str, Any], doc: dict[str, Any]) -> Entry | None:
-    """The change `pointer` names in item `doc`, if the item carries its run's mark."""
-    kind, run = pointer["kind"], pointer["run"]
-    mark = doc.get(outbox.MARKS[kind])
-    if not (mark == run if kind == outbox.ADDED else isinstance(mark, list) and run in mark):
-        return None
-    item = {"id": doc.get("itemId"), "key": doc["_id"], "title": doc.get("title"), "url": doc.get("url"),
+def _summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """An item as events show it (outbox.Added.note makes the same of a document being inserted)."""
+    return {"key": doc["_id"], "id": doc.get("itemId"), "title": doc.get("title"), "url": doc.get("url"),
             **({"server": doc["server"]} if doc.get("server") else {})}
-    return Entry(doc.get("user"), pointer["at"], doc["_id"], kind, run,
-                 {"kind": f"item.{kind}", "service": doc.get("service"), "network": doc.get("network"),
-                  "at": pointer["at"], "item": item})
+
+
+def _items_event(pointer: dict[str, Any], kind: str, items: list[dict[str, Any]], ident: str, at: datetime,
+                 service: Any) -> Entry:
+    return Entry(pointer.get("user"), at, ident, {"kind": f"items.{kind}", "service": service,
+                                                 "network": pointer.get("network"), "at": at, "items": items})
+
+
+def _marked(pointer: dict[str, Any], items: dict[Any, dict[str, Any]]) -> list[Entry]:
+    """The items `pointer` leads to that carry its run's mark (the slow path: no report tells what they are), as one
+    event; its id names the pointer (a run may write several pointers of one kind: a listing page each). A pointer
+    without keys leads to its network's items."""
+    kind, run = pointer["kind"], pointer["run"]
+    found = []
+    keys = pointer.get("keys") or [k for k, doc in items.items() if doc.get("network") == pointer.get("network")]
+    for key in keys:
+        doc = items.get(key) if _hashable(key) else None
+        mark = (doc or {}).get(outbox.MARKS[kind])
+        if doc is not None and (mark == run if kind == outbox.ADDED else isinstance(mark, list) and run in mark):
+            found.append(_summary(doc))
+    if not found:
+        return []
+    ident = outbox.event_id(pointer.get("network"), kind, f"{run}:{pointer['_id']}")
+    return [_items_event(pointer, kind, found, ident, pointer["at"], pointer.get("service"))]
 
 
 def _network_entries(pointer: dict[str, Any], doc: dict[str, Any]) -> list[Entry]:
@@ -96,16 +108,16 @@ def _network_entries(pointer: dict[str, Any], doc: dict[str, Any]) -> list[Entry
     for position, raw in enumerate(doc.get(outbox.PENDING) or ()):
         if not (isinstance(raw, dict) and raw.get("r") == pointer["run"] and isinstance(raw.get("at"), datetime)):
             continue
-        if raw.get("k") == outbox.ADDED and isinstance(raw.get("items"), list):
-            for n, item in enumerate(raw["items"]):
-                if isinstance(item, dict) and _hashable(item.get("key")):
-                    found.append(Entry(doc.get("user"), raw["at"], item["key"], outbox.ADDED, pointer["run"],
-                                       {"kind": "item.added", "service": doc.get("service"), "network": doc["_id"],
-                                        "at": raw["at"], "item": item}, n))
-        elif raw.get("k") != outbox.ADDED:
-            found.append(Entry(doc.get("user"), raw["at"], doc["_id"], str(raw.get("k")), pointer["run"],
-                               {"kind": f"network.{raw.get('k')}", "service": doc.get("service"), "network": doc["_id"],
-                                "at": raw["at"], "reason": raw.get("why")}, position))
+        kind, ident = str(raw.get("k")), outbox.event_id(doc["_id"], str(raw.get("k")), pointer["run"])
+        if kind == outbox.ADDED:
+            items = [i for i in raw.get("items") or () if isinstance(i, dict)]
+            if items:
+                found.append(replace(_items_event({**pointer, "user": doc.get("user")}, kind, items, ident, raw["at"],
+                                                  doc.get("service")), position=position))
+        else:
+            found.append(Entry(doc.get("user"), raw["at"], ident, {
+                "kind": f"network.{kind}", "service": doc.get("service"), "network": doc["_id"], "at": raw["at"],
+                "reason": raw.get("why")}, position))
     return found
 
 
@@ -149,17 +161,20 @@ class Publisher:
         unreported = {p["_id"]: p for p in ready if p.get("kind") in outbox.MARKS and not (
             p["kind"] == outbox.ADDED and _reported(networks.get(p.get("network")), p.get("run")))}
         keys = list({k for p in unreported.values() for k in p.get("keys") or () if _hashable(k)})
-        items = {doc["_id"]: doc async for doc in self.db.items.find(
-            {"_id": {"$in": keys}}, projection={"network": 1, "user": 1, "service": 1, "itemId": 1, "title": 1,
-                                                "url": 1, "server": 1, **dict.fromkeys(outbox.MARKS.values(), 1)})} \
-            if keys else {}
+        # a pointer without keys (a run's additions) is followed by its network and its run's mark
+        runs = [{"network": p.get("network"), outbox.ADDED_BY: p.get("run")} for p in unreported.values()
+                if not p.get("keys") and _hashable(p.get("network"))]
+        clauses = ([{"_id": {"$in": keys}}] if keys else []) + runs
+        projection = {"network": 1, "user": 1, "service": 1, "itemId": 1, "title": 1, "url": 1, "server": 1,
+                      **dict.fromkeys(outbox.MARKS.values(), 1)}
+        items = {doc["_id"]: doc async for doc in self.db.items.find({"$or": clauses}, projection=projection)} \
+            if clauses else {}
         entries: dict[str, list[Entry]] = {}  # by pointer
         seen_runs: set[tuple[Any, str]] = set()  # (network, run) whose entries a pointer of this round gathered
         for p in ready:
             found: list[Entry] = []
             if p["_id"] in unreported:
-                found += [e for e in (_item_entry(p, items[k]) for k in p.get("keys") or () if _hashable(k) and
-                                      k in items) if e is not None]
+                found += _marked(p, items)
             net = networks.get(p.get("network"))
             if net is not None and (net["_id"], p.get("run")) not in seen_runs:
                 seen_runs.add((net["_id"], p.get("run")))
@@ -184,7 +199,7 @@ class Publisher:
         done = [p for p in ready if all(e.user in written for e in entries[p["_id"]]
                                         if _hashable(e.user)) and self._over(p, networks.get(p.get("network")), now,
                                                                              bool(entries[p["_id"]]))]
-        await self._retire(done, entries)
+        await self._retire(done)
         return len(pointers)
 
     @staticmethod
@@ -203,10 +218,10 @@ class Publisher:
         until = pointer.get("until")
         return released or found or not isinstance(until, datetime) or until <= now
 
-    async def _retire(self, done: list[dict[str, Any]], entries: dict[str, list[Entry]]) -> None:
+    async def _retire(self, done: list[dict[str, Any]]) -> None:
         """Delete the pointers `done`, after removing the network entries they published."""
         ops = [UpdateOne({"_id": key}, {"$pull": {outbox.PENDING: {"r": {"$in": sorted(runs)}}}})
-               for key, runs in _network_runs(done, entries).items()]
+               for key, runs in _network_runs(done).items()]
         if ops:
             await self.db.networks.bulk_write(ops, ordered=False)
         if done:
@@ -254,13 +269,12 @@ class Publisher:
         return set(ranges)
 
 
-def _network_runs(done: list[dict[str, Any]], entries: dict[str, list[Entry]]) -> dict[Any, set[str]]:
-    """network _id -> the runs whose entries on it were published (by the pointers `done`)."""
+def _network_runs(done: list[dict[str, Any]]) -> dict[Any, set[str]]:
+    """network _id -> the runs whose entries on it are published (by the pointers `done`)."""
     runs: dict[Any, set[str]] = defaultdict(set)
     for p in done:
-        for e in entries[p["_id"]]:
-            if e.event["kind"].startswith("network."):
-                runs[e.key].add(e.run)
+        if _hashable(p.get("network")) and isinstance(p.get("run"), str):
+            runs[p["network"]].add(p["run"])
     return runs
 
 

@@ -12,6 +12,7 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from collector import outbox
+from collector.batch import GroupInsert
 from collector.documents import bson_safe, item_key, key_prefix, mongo_safe, refresh_update
 from collector.sdk import Item
 
@@ -21,6 +22,7 @@ DUPLICATE_KEY = 11000
 class ItemWrites:
     items: Any
     pointers: Any
+    pointer_writes: GroupInsert
     feed: bool
     store_raw: bool
     write_batch: int
@@ -68,8 +70,8 @@ class ItemWrites:
         restore = None
         if feed:
             restore = (network, run, lease or run, now, added)
-            await self.pointers.insert_one(outbox.pointer(outbox.ADDED, run, network, now, lease=lease or run,
-                                                          keys=[doc["_id"] for doc in docs]))
+            # no keys: what a run added is found by its network and its mark, where no report tells (a run that died)
+            await self.pointer_writes.insert(outbox.pointer(outbox.ADDED, run, network, now, lease=lease or run))
         new = 0
         for start in range(0, len(docs), self.write_batch):
             batch = docs[start:start + self.write_batch]

@@ -26,11 +26,12 @@ from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from collector import leases, outbox
-from collector.batch import GroupCommit, Guarded, transient
+from collector.batch import GroupCommit, GroupInsert, Guarded, transient
 from collector.items import ItemWrites
 from collector.operations import Operations
 from collector.pauses import Pauses
 from collector.registry import Registry
+from collector.removals import Removals
 from collector.selectors import Selectors, user_slot
 
 NETWORKS, ITEMS, SERVICES, COLLECTORS, FIGURES = "networks", "items", "services", "collectors", "figures"
@@ -81,7 +82,7 @@ def with_slot(doc: dict[str, Any]) -> dict[str, Any]:
     return doc if "slot" in doc else {**doc, "slot": user_slot(doc.get("user"))}
 
 
-class Store(ItemWrites, Pauses, Operations, Registry):
+class Store(ItemWrites, Removals, Pauses, Operations, Registry):
     def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000, write_concern: str | int | None = None,
                  write_timeout: float = 60.0, feed: bool = False):
         self.db = db
@@ -95,6 +96,7 @@ class Store(ItemWrites, Pauses, Operations, Registry):
         self.networks = db.get_collection(NETWORKS, **durable)
         self.items = db.get_collection(ITEMS, **durable)
         self.pointers = db.get_collection(outbox.POINTERS, **durable)
+        self.pointer_writes = GroupInsert(self.pointers)  # one per run that writes items: grouped (batch.py)
         self.services = db.get_collection(SERVICES, **durable)
         self.collectors = db[COLLECTORS]
         self.figures = db[FIGURES]  # fleet-wide figures one process computes for all (Registry.shared_figures)
@@ -266,8 +268,8 @@ class Store(ItemWrites, Pauses, Operations, Registry):
             update["$inc"] = inc
         if entries and self.feed:
             if point is not None:
-                await self.pointers.insert_one(outbox.pointer(outbox.STATE, lease.id, point, entries[0]["at"],
-                                                              lease=lease.id))
+                await self.pointer_writes.insert(outbox.pointer(outbox.STATE, lease.id, point, entries[0]["at"],
+                                                                lease=lease.id))
             update.update(outbox.push_all(entries))
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))

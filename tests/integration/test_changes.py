@@ -30,6 +30,12 @@ async def _events(db, user="u1"):
     return await changes.read(db, user)
 
 
+def _flat(events):
+    """(kind, item id) of every item the events name, in order; (kind, None) for a network event."""
+    return [(e["kind"], i["id"]) for e in events for i in e.get("items") or [None] if i] + \
+        [(e["kind"], None) for e in events if e["kind"].startswith("network.")]
+
+
 async def _pending(db):
     """The pointers not retired yet (collector/outbox.py)."""
     return [d async for d in db[outbox.POINTERS].find()]
@@ -45,15 +51,14 @@ async def test_new_items_become_events_in_order_once(any_db):
     assert {d[outbox.ADDED_BY] async for d in any_db.items.find()} == {"run-1"}  # each item marked with its run
     # the same page again (a run repeated after a crash): nothing new, no second entry
     clock.advance(1)
-    assert await store.save_items(net, [Item(id=str(i)) for i in range(5)], clock.now, run="run-2") == 0
+    assert await store.save_items(net, [Item(id=str(i), title=f"t{i}") for i in range(5)], clock.now, run="run-2") == 0
     assert await pub.publish() == 3  # run-1's pointer; run-2's, which leads to nothing added; and its restorations'
-    events = await _events(any_db)
-    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
-    assert {e["item"]["id"] for e in events} == {str(i) for i in range(5)}
-    assert {e["kind"] for e in events} == {"item.added"}
-    assert all(e["_id"].endswith(":added:run-1") for e in events)
+    [event] = await _events(any_db)  # one event for the run's additions, naming each item in page order
+    assert event["seq"] == 1 and event["kind"] == "items.added" and event["network"] == "n1"
+    assert [i["id"] for i in event["items"]] == [str(i) for i in range(5)] and event["items"][2]["title"] == "t2"
+    assert event["_id"].startswith("n1:added:run-1:")
     assert await _pending(any_db) == []
-    assert await pub.publish() == 0 and len(await _events(any_db)) == 5
+    assert await pub.publish() == 0 and len(await _events(any_db)) == 1
 
 
 async def test_sequences_are_per_user_and_grow(any_db):
@@ -65,9 +70,9 @@ async def test_sequences_are_per_user_and_grow(any_db):
     clock.advance(5)
     await store.save_items(_network("a", "ua"), [Item(id="3")], clock.now, run="r2")
     await pub.publish()
-    assert [e["seq"] for e in await _events(any_db, "ua")] == [1, 2, 3]
+    assert [e["seq"] for e in await _events(any_db, "ua")] == [1, 2]
     assert [e["seq"] for e in await _events(any_db, "ub")] == [1]
-    assert [e["item"]["id"] for e in await changes.read(any_db, "ua", since=2)] == ["3"]
+    assert _flat(await changes.read(any_db, "ua", since=1)) == [("items.added", "3")]
 
 
 async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice(any_db):
@@ -75,7 +80,7 @@ async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice
     store, pub = await _setup(any_db, clock)
     await store.save_items(_network(), [Item(id="1"), Item(id="2")], clock.now, run="r1")
 
-    async def no_retire(done, entries):  # the process dies between the insert and the retirement of the pointers
+    async def no_retire(done):  # the process dies between the insert and the retirement of the pointers
         raise RuntimeError("killed")
 
     pub._retire = no_retire  # type: ignore[method-assign]
@@ -83,11 +88,12 @@ async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice
         await pub.publish()
     except RuntimeError:
         pass
-    assert len(await _events(any_db)) == 2 and len(await _pending(any_db)) == 1
+    assert len(await _events(any_db)) == 1 and len(await _pending(any_db)) == 1
     again = Publisher(any_db, make_settings(), clock)
     await again.publish()
     events = await _events(any_db)
-    assert len(events) == 2 and [e["seq"] for e in events] == [1, 2]  # the same ids: no duplicate
+    assert len(events) == 1 and [e["seq"] for e in events] == [1]  # the same id: no duplicate
+    assert _flat(events) == [("items.added", "1"), ("items.added", "2")]
     assert await _pending(any_db) == []
 
 
@@ -126,7 +132,7 @@ async def test_a_change_made_while_publishing_keeps_its_entry(any_db):
     assert len(await _pending(any_db)) == 1
     pub._write = write  # type: ignore[method-assign]
     await pub.publish()
-    assert [e["kind"] for e in await _events(any_db)] == ["item.added", "item.removed"]
+    assert _flat(await _events(any_db)) == [("items.added", "1"), ("items.removed", "1")]
     assert await _pending(any_db) == []
 
 
@@ -159,7 +165,9 @@ async def test_racing_publishers_write_each_event_once_in_sequence(any_db):
     assert await _pending(any_db) == []
     for user in ("u0", "u1", "u2"):
         events = await _events(any_db, user)
-        assert len(events) == 20 and len({e["_id"] for e in events}) == 20
+        assert len(events) == 2 and len({e["_id"] for e in events}) == 2  # one per run
+        assert sorted(i for _kind, i in _flat(events)) == sorted(f"{n}-{i}" for n in range(6) if n % 3 == int(user[1])
+                                                                 for i in range(10))
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(set(seqs))
 
@@ -175,7 +183,7 @@ async def test_restored_when_collected_again_after_removal(any_db):
     doc = await any_db.items.find_one()
     assert "removedAt" not in doc
     await pub.publish()
-    assert [e["kind"] for e in await _events(any_db)] == ["item.added", "item.restored"]
+    assert _flat(await _events(any_db)) == [("items.added", "1"), ("items.restored", "1")]
 
 
 async def test_pointers_to_nothing_are_retired_without_events(any_db):
@@ -265,6 +273,8 @@ async def test_a_run_reports_what_it_added_with_its_state(any_db):
                                            outbox.entry("normal", "L1", clock.now, "caught up")])
     await pub.publish()
     events = await _events(any_db)
-    assert [(e["kind"], e.get("item", {}).get("id")) for e in events] == [
-        ("item.added", "old"), ("item.added", "b"), ("item.added", "a"), ("network.normal", None)]
-    assert events[1]["item"]["title"] == "B" and await _pending(any_db) == []
+    assert [e["kind"] for e in events] == ["items.added", "items.added", "network.normal"]
+    assert _flat(events) == [("items.added", "old"), ("items.added", "b"), ("items.added", "a"),
+                             ("network.normal", None)]
+    assert events[1]["items"][0]["title"] == "B" and events[1]["_id"] == "n1:added:L1"
+    assert await _pending(any_db) == []
