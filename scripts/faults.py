@@ -26,6 +26,8 @@ Scenarios (tests/faults/scenarios.py, tests/faults/hostile.py):
   revocation_storm
             every GitHub request refused with 401 for longer than unauthorized_recheck: GitHub paused for an auth
             incident, nobody disabled, everything collected after it: tests/faults/revocation_storm.py
+  changes   the change feed under kill -9 during a back-fill, then while items arrive and are removed upstream:
+            one event per change, no event without its change, every removal found: tests/faults/changes.py
 
 Uses $MONGODB_URI when set, else starts its own mongo-java-server (scripts/devdb.py). The outage and refresh_outage
 scenarios always need a server of their own (one they can stop and start again): where scripts/devdb.py cannot start
@@ -50,11 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.faults import fleet, hostile_server, refresh_outage, revocation_storm, scenarios  # noqa: E402
+from tests.faults import changes, fleet, hostile_server, refresh_outage, revocation_storm, scenarios  # noqa: E402
 from tests.harness import load_devdb  # noqa: E402
 
 FLEET = ("backlog", "poison", "api_outage", "clock_skew")
-NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET, "hostile_server", "refresh_outage", "revocation_storm")
+NAMES = ("kill9", "outage", "hostile", "secrets", *FLEET, "hostile_server", "refresh_outage", "revocation_storm",
+         "changes")
 # the scenarios that stop and start their server: (server, size, seed) -> row
 OWN_SERVER = {"outage": lambda server, size, seed: scenarios.outage(server, size),
               "refresh_outage": lambda server, size, seed: refresh_outage.run(server, size, seed=seed)}
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = None
     try:
-        if {"kill9", "hostile", "secrets", "hostile_server", "revocation_storm", *FLEET} & set(wanted):
+        if {"kill9", "hostile", "secrets", "hostile_server", "revocation_storm", "changes", *FLEET} & set(wanted):
             shared = devdb.start_server()  # $MONGODB_URI when set
             where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"{shared.engine} at {shared.uri}"
             print(f"database: {where}", flush=True)
@@ -153,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                 report(revocation_storm.run(shared.uri, args.size))
             except Exception as exc:
                 report(error_row("revocation_storm", exc, began))
+        if "changes" in wanted:
+            began = time.monotonic()
+            try:
+                report(changes.changes(shared.uri, args.size, seed=args.seed))
+            except Exception as exc:
+                report(error_row("changes", exc, began))
         for name, scenario in OWN_SERVER.items():
             if name not in wanted:
                 continue

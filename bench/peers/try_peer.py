@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,15 @@ def seed(uri: str, db: str, sandbox: str, total: int) -> list[str]:
     return tokens
 
 
-def due_again(uri: str, db: str) -> None:
+def due_again(uri: str, db: str, tokens: list[str] | None = None) -> None:
+    """Every network due now, or only those of `tokens` (the others tomorrow)."""
+    now = datetime.now(UTC)
     with MongoClient(uri, tz_aware=True) as client:
-        client[db].networks.update_many({}, {"$set": {"scheduledTo": datetime.now(UTC)}})
+        if tokens is None:
+            client[db].networks.update_many({}, {"$set": {"scheduledTo": now}})
+            return
+        client[db].networks.update_many({}, {"$set": {"scheduledTo": now + timedelta(days=1)}})
+        client[db].networks.update_many({"accessToken": {"$in": tokens}}, {"$set": {"scheduledTo": now}})
 
 
 def show(label: str, fig: dict[str, Any], extra: dict[str, float]) -> None:
@@ -96,10 +102,12 @@ def show(label: str, fig: dict[str, Any], extra: dict[str, float]) -> None:
 
 
 def measure(uri: str, db_pids: list[int], sandbox: str, sandbox_pid: int, db: str, networks: int, concurrency: int,
-            verbose: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Seed `networks`, run the peer's first pass (cursors and ETags stored), give 5 % of the users 1-3 new items,
-    make every network due and measure the steady pass: {first, steady, added, problems} (what must hold: every new
-    item stored, no failed or duplicate run, every network run). bench/run.py's `peer` scenario calls this."""
+            verbose: bool = False, due: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Seed `networks`, run the peer's first pass over all of them (cursors and ETags stored), give 5 % of the `due`
+    users 1-3 new items, make `due` of the networks due (all by default; the rest tomorrow: the collection the
+    engine searches is as large as the daemon's) and measure the steady pass: {first, steady, added, problems}
+    (what must hold: every new item stored, no failed or duplicate run, every due network run). bench/run.py's
+    `peer` scenario calls this."""
     tokens = seed(uri, db, sandbox, networks)
     n = len(tokens)
 
@@ -114,22 +122,24 @@ def measure(uri: str, db_pids: list[int], sandbox: str, sandbox_pid: int, db: st
 
     first = measured(f"first pass ({n} networks: every GitHub page a 200, cursors and ETags stored)")
     rng = random.Random(29)
-    fresh = rng.sample(tokens, max(1, round(n * 0.05)))
+    chosen = tokens if due is None or due >= n else rng.sample(tokens, due)
+    fresh = rng.sample(chosen, max(1, round(len(chosen) * 0.05)))
     added = 0
     for token in fresh:
         count = rng.randint(1, 3)
         control(sandbox, f"users/{token}/add", {"count": count})
         added += count
-    due_again(uri, db)
+    due_again(uri, db, None if chosen is tokens else chosen)
     time.sleep(0.1)
-    steady = measured(f"steady pass ({n} networks: GitHub 304, others empty pages, {len(fresh)} users with "
-                      f"{added} new items)")
+    n = len(chosen)
+    steady = measured(f"steady pass ({n} due of {len(tokens)} networks: GitHub 304, others empty pages, {len(fresh)} "
+                      f"users with {added} new items)")
     problems = []
     if steady["new_items"] != added:
         problems.append(f"new items stored {steady['new_items']}, added upstream {added}")
     if steady["failed"] or steady["duplicate_runs"] or steady["runs"] < n:
         problems.append(f"{steady['failed']} failed, {steady['duplicate_runs']} duplicate, {steady['runs']}/{n} runs")
-    return {"networks": n, "first": first, "steady": steady, "added": added, "problems": problems}
+    return {"networks": len(tokens), "due": n, "first": first, "steady": steady, "added": added, "problems": problems}
 
 
 def main(argv: list[str] | None = None) -> int:

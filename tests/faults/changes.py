@@ -70,8 +70,11 @@ def audit(db: Any) -> dict[str, Any]:
             "removed": sum(1 for d in items.values() if d.get("removedAt") is not None)}
 
 
-def changes(uri: str, size: str = "small", *, seed: int | None = None) -> dict[str, Any]:
+def changes(uri: str, size: str = "small", *, seed: int | None = None,
+            details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scenario; `details` (optional) gets the audit's figures and the removals made upstream."""
     cfg = CHANGES[size]
+    details = {} if details is None else details
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
     began = time.monotonic()
@@ -129,6 +132,7 @@ def changes(uri: str, size: str = "small", *, seed: int | None = None) -> dict[s
             audited = audit(world.db)
         finally:
             world.close()
+    details.update(audited, removed_upstream=removed_upstream, timed_out=timed_out)
     figures["lost"] += audited["missing"]
     figures["duplicated"] += audited["doubles"]
     notes = (f"{world.users} users x {cfg['pages']} pages, then {cfg['added']} new items each and {removed_upstream} "
