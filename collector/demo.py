@@ -4,8 +4,9 @@ Starts the sandbox API on 127.0.0.1, a database (mongomock-motor in memory unles
 given: in-memory storage is fine for a demo, it is not the production path), seeds networks
 across services with a few troublemakers (a rate-limited user, a revoked token, a flapping 5xx),
 runs the initial and normal schedulers side by side, shows live progress, makes new items arrive
-upstream for a few normal cycles, and ends with a summary whose item count is checked against
-what the sandbox served, and which accounts for every item upstream: stored, or why not (`account`).
+upstream for a few normal cycles (and others disappear: un-starred, found by the reconciliations), and ends
+with a summary whose item count is checked against what the sandbox served, which accounts for every item
+upstream: stored, or why not (`account`), and which shows the change feed: a user's events, each removal found.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collector import config, http, sdk
+from collector import changes, config, http, outbox, sdk
 from collector.executor import Executor
 from collector.model import aware, utcnow
 from collector.sandbox import Sandbox, Server
@@ -34,7 +35,9 @@ DEMO_SETTINGS: dict[str, Any] = {
     "daemon": {"poll_interval": 0.2, "lease_ttl": 30.0, "shutdown_grace": 5.0, "concurrency": 32},
     "schedule": {"initial_pace": 0.1, "normal_interval": 2.0, "backoff_base": 0.5, "backoff_cap": 5.0,
                  "rate_limit_slack": 0.5, "unauthorized_recheck": 1.0,  # a 401 is confirmed a second later
-                 "normal_interval_min": 0.0, "normal_interval_max": 0.0},  # a fixed interval: the demo is short
+                 "normal_interval_min": 0.0, "normal_interval_max": 0.0,  # a fixed interval: the demo is short
+                 "reconcile_interval": 4.0},  # removals are looked for every few seconds (docs/removals.md)
+    "changes": {"publish_interval": 0.5},
     # the sandbox API listens on loopback, which the egress policy refuses unless it is allowed
     "http": {"total_timeout": 5.0, "connect_timeout": 2.0, "read_timeout": 5.0, "allow": ["127.0.0.1"]},
     "log": {"format": "console", "level": "error"},
@@ -110,10 +113,13 @@ class Accounting:
     stored: int = 0
     held: dict[str, Counter[str]] = field(default_factory=dict)  # reason -> items held back, by user
     strays: int = 0  # stored items the sandbox never had (a bug, were it ever > 0): outside the sum
+    removed: int = 0  # items removed upstream, stored and marked removed
+    unseen: int = 0  # items removed upstream, stored, their removal not found yet
+    wrongly: int = 0  # items marked removed that are still upstream (a bug, were it ever > 0)
 
     @property
     def balanced(self) -> bool:
-        return UNEXPLAINED not in self.held and self.strays == 0
+        return UNEXPLAINED not in self.held and self.strays == 0 and self.wrongly == 0
 
     def rows(self) -> list[tuple[int, str]]:
         """(items, what) per line of the summary: stored, then each reason, the most items first."""
@@ -155,13 +161,23 @@ async def account(store: Store, sandbox: Sandbox, now: datetime) -> Accounting:
     services use the sandbox's item ids as their own)."""
     acc = Accounting()
     stored_ids: dict[Any, set[str]] = {}
-    async for item in store.items.find({}, projection={"network": 1, "itemId": 1}):
+    marked: dict[Any, set[str]] = {}  # marked removed
+    async for item in store.items.find({}, projection={"network": 1, "itemId": 1, "removedAt": 1}):
         stored_ids.setdefault(item.get("network"), set()).add(str(item.get("itemId")))
+        if item.get("removedAt") is not None:
+            marked.setdefault(item.get("network"), set()).add(str(item.get("itemId")))
     acc.stored = sum(len(ids) for ids in stored_ids.values())
     async for doc in store.networks.find({}):
         user = sandbox.users.get(sandbox.key(str(doc.get("accessToken") or "")) or "")
         stored = stored_ids.pop(doc["_id"], set())
         upstream = {str(i["id"]): int(i["id"]) for i in user.items} if user is not None else {}
+        gone = {str(i) for i in user.removed} if user is not None else set()
+        removed = marked.get(doc["_id"], set())
+        acc.removed += len(removed & gone)
+        acc.unseen += len((stored - removed) & gone)
+        acc.wrongly += len(removed & upstream.keys())
+        acc.stored -= len(stored & gone)  # no longer upstream: counted apart
+        stored -= gone
         acc.upstream += len(upstream)
         acc.strays += len(stored - upstream.keys())
         missing = [n for key, n in upstream.items() if key not in stored]
@@ -171,6 +187,26 @@ async def account(store: Store, sandbox: Sandbox, now: datetime) -> Accounting:
     acc.strays += sum(len(ids) for ids in stored_ids.values())  # items of no network
     acc.stored -= acc.strays
     return acc
+
+
+async def feed_summary(db: Any, acc: Accounting, removed_upstream: int, echo: Callable[[str], None]) -> None:
+    """The change feed's part of the summary: events by kind, the removals found, one user's latest events."""
+    kinds: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    async for event in db[changes.CHANGES].find({}, projection={"kind": 1, "user": 1}):
+        kinds[event["kind"]] += 1
+        if event["kind"] == "items.removed":
+            users[str(event["user"])] += 1
+    echo(f"  feed         {sum(kinds.values())} events: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    echo(f"  removals     {acc.removed} of the {removed_upstream} items removed upstream marked removed"
+         + (f", {acc.unseen} not found yet" if acc.unseen else "")
+         + (f", {acc.wrongly} marked removed though still upstream: MISMATCH" if acc.wrongly else ""))
+    if users:
+        user = users.most_common(1)[0][0]
+        echo(f"  {user}'s feed (collector changes --user {user}), latest first:")
+        async for event in db[changes.CHANGES].find({"user": user}).sort("seq", -1).limit(4):
+            named = ", ".join(str(i.get("title") or i.get("id")) for i in event.get("items") or [])[:70]
+            echo(f"    seq {event['seq']:>3}  {event['kind']:<16} {named or event.get('reason') or ''}")
 
 
 async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = None, time_limit: float = 180.0,
@@ -203,8 +239,9 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
             return False
         mongomock_compat()
         db = AsyncMongoMockClient(tz_aware=True)["collector_demo"]
-        store = Store(db)
+        store = Store(db, feed=settings.changes.enabled)
         await store.ensure_indexes()
+        await changes.ensure_indexes(db)
     docs, trouble = seed(sandbox, users, rng, utcnow())
     await store.networks.insert_many(docs)
     echo(f"sandbox API on {server.url}; database: {mongodb_uri or 'mongomock-motor (in memory)'}")
@@ -214,7 +251,10 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     client = http.make_client(settings)
     executor = Executor(store, client, settings, sdk.discover())
     schedulers = [Scheduler(store, executor, settings, mode) for mode in ("initial", "normal")]
+    publishing = asyncio.create_task(changes.Publisher(db, settings).run())
     tasks = [asyncio.create_task(s.run()) for s in schedulers]
+    healthy = [t for t, u in sandbox.users.items() if u.name not in trouble]  # their removals are found in time
+    removed_upstream = 0
     started = time.monotonic()
     tty = sys.stdout.isatty()
     last_print = 0.0
@@ -235,7 +275,8 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
                 echo(line(p, served(), elapsed))
                 last_print = elapsed
             caught_up = p["initial"] == 0 and p["retrying"] == 0 and p["items"] == served()
-            if not caught_up:
+            found = await store.items.count_documents({"removedAt": {"$exists": True}})
+            if not caught_up or found < removed_upstream or await db[outbox.POINTERS].count_documents({}):
                 continue
             if cycle_started is not None:
                 pending = await store.networks.count_documents(
@@ -254,11 +295,19 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
                     fresh += 3
             if tty:
                 print()
-            echo(f"normal cycle {cycle}/{cycles}: {fresh} new items arrive upstream")
+            gone = 0
+            for token in rng.sample(healthy, max(1, len(healthy) // 4)):  # un-starred, un-liked upstream
+                user = sandbox.users[token]
+                gone += len(sandbox.remove_items(token, [rng.choice(user.items)["id"]] if user.items else []))
+            removed_upstream += gone
+            echo(f"normal cycle {cycle}/{cycles}: {fresh} new items arrive upstream, {gone} are removed")
     finally:
         for s in schedulers:
             s.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await changes.Publisher(db, settings).publish()  # what the last runs wrote
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
         await client.aclose()
         server.stop()
     if tty:
@@ -274,14 +323,15 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     echo(f"  items        {p['items']:,} stored, {served_unique:,} distinct items served: "
          + ("equal" if p["items"] == served_unique else "MISMATCH"))
     acc = await account(store, sandbox, utcnow())
-    echo(f"  upstream     {acc.upstream:,} items ({seeded:,} seeded + {acc.upstream - seeded:,} arrived in "
-         f"{cycle} normal cycles), each one stored or held back:")
+    echo(f"  upstream     {acc.upstream:,} items ({seeded:,} seeded + {acc.upstream - seeded + removed_upstream:,} "
+         f"arrived - {removed_upstream} removed in {cycle} normal cycles), each one stored or held back:")
     for n, what in acc.rows():
         echo(f"  {n:>12,}  {what}")
     echo(f"  {acc.upstream:>12,}  = upstream" + ("" if acc.balanced else "  MISMATCH")
          + (f"; and {acc.strays:,} stored items the sandbox never had: MISMATCH" if acc.strays else ""))
+    await feed_summary(db, acc, removed_upstream, echo)
     echo(f"  time         {time.monotonic() - started:.1f}s" + ("" if ok else " (timed out before the end)"))
     if mongo is not None:
         await mongo.drop_database(db.name)
         await mongo.close()
-    return ok and p["items"] == served_unique and acc.balanced
+    return ok and p["items"] == served_unique and acc.balanced and acc.removed == removed_upstream

@@ -38,6 +38,7 @@ from collector.model import (
     utcnow,
 )
 from collector.pauses import KnownPauses
+from collector.reconcile import Reconciler
 from collector.refresh import Refresher
 from collector.sdk import (
     Connector,
@@ -115,6 +116,7 @@ class Executor:
         self.parses = offload.Offload(offload.PARSE_SLOTS, offload.PARSE_INLINE_BYTES)
         self.refresher = Refresher(store, client, settings, seal=self.vault.seal)
         self.incidents = Incidents(store, self.pauses, lambda service: settings.service(service).schedule)
+        self.reconciler = Reconciler(self)  # removal detection, inside normal runs (collector/reconcile.py)
 
     def connector(self, service: str) -> Connector | Outcome:
         if service in self._connectors:
@@ -182,6 +184,7 @@ class Executor:
                 outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
                                   message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
                 step = transition(state, outcome, answered, schedule, self.rng)
+            step = self.reconciler.hurry(step, outcome, answered)  # a listing under way comes back soon
             if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.pauses.note(service, step.service_paused_until)
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
@@ -229,6 +232,7 @@ class Executor:
         unset = []
         if step.success:
             fields.update(mode=step.mode, lastSuccess=now, unauthorized=False)
+            fields.update((outcome.reconcile or {}).get("set", {}))  # a reconciliation's progress (reconcile.py)
             if step.cursor is not None:
                 fields["cursor"] = step.cursor
             if step.interval is not None:
@@ -313,9 +317,12 @@ class Executor:
             if isinstance(refreshed, Outcome):
                 return refreshed, []
             if refreshed is not None:  # one retry with the new token
-                outcome, items = await self._guarded(connector, refreshed, now)
+                ctx = refreshed
+                outcome, items = await self._guarded(connector, ctx, now)
                 if outcome.kind is Kind.UNAUTHORIZED:
                     outcome = replace(outcome, message=f"the refreshed token was refused too: {outcome.message}")
+        if network.mode == "normal" and outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):
+            outcome = await self.reconciler.step(connector, ctx, doc, outcome, items)
         return outcome, items
 
     async def _guarded(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:

@@ -114,6 +114,7 @@ class Outcome:
     status: int | None = None
     message: str = ""
     new: int | None = None  # of `items`, how many were new to the store (None: not known, all of them)
+    reconcile: dict[str, Any] | None = None  # a reconciliation's progress (collector/reconcile.py): fields to set
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class RedditListing(Connector):
     # x-ratelimit-* is one quota per OAuth client id: every network of the service waits (a 429 without them
     # still stops the service, for the engine's default wait)
     limit_scope = "service"
+    # "only 1000 items of a listing are reachable": a reconciliation that lists that many marks nothing removed
+    listing_cap: ClassVar[int] = 1000
 
     def request(self, ctx: Context) -> Request:
         username = ctx.network.options.get("username")

@@ -11,7 +11,9 @@ arrive; POST /_sandbox/users/<token>/faults {kind, count, seconds?, status?, siz
 `count` requests fail (kinds in FAULTS: 5xx, rate limits, 401, malformed/truncated/wrong-type
 bodies, oversize, timeout, connection reset, slow drip, arbitrary (absurd) rate-limit headers);
 POST /_sandbox/users/<token>/revoke; GET /_sandbox/stats returns the counters; POST /_sandbox/reset
-forgets everything.
+forgets everything. POST /_sandbox/users/<token>/remove {ids} takes items (the sandbox's numeric ids) out of every
+API's listings, as an un-star or an un-like would; POST /_sandbox/users/<token>/restore {ids} puts them back in
+their place (Sandbox.remove_items, restore_items).
 
 Expiring and rotating tokens (collector/sandbox/tokens.py): POST /_sandbox/users also takes refresh_token,
 access_ttl (seconds), rotation (none | strict | on_use | grace) and grace (seconds); the user's access token

@@ -102,6 +102,10 @@ def _user_control(box: Sandbox, method: str, path: str, data: dict[str, Any]) ->
     if verb == "add":
         box.add_items(token, int(data.get("count", 1)))
         return json_reply(200, {"items": len(user.items)})
+    if verb in ("remove", "restore"):  # {"ids": [the sandbox's numeric item ids]}: un-starred, starred again
+        ids = [int(i) for i in data.get("ids") or []]
+        done = box.remove_items(token, ids) if verb == "remove" else box.restore_items(token, ids)
+        return json_reply(200, {"ids": done, "items": len(user.items), "removed": len(user.removed)})
     return json_reply(404, {"message": "no such control endpoint"})
 
 

@@ -16,35 +16,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import collector.sandbox.tokens as tokens
+from collector.sandbox.users import User as User  # re-exported: the emulators import it from here
 
 REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error"}
 FULL = "full"  # Sandbox.repos: full-size GitHub repositories generated from GitHub's schema (payloads.py)
 Repos = list[dict[str, Any]] | str | None  # compact (None), FULL, or these repositories under each item's id
 TOKENLESS = ("hackernews",)  # public APIs: a storm of every service leaves them alone
-
-
-@dataclass
-class User:
-    token: str
-    service: str
-    name: str
-    items: list[dict[str, Any]] = field(default_factory=list)  # newest first
-    next_id: int = 1
-    remaining: int = 5000
-    reset_at: float = 0.0
-    faults: list[dict[str, Any]] = field(default_factory=list)  # applied to the next requests, in order
-    revoked: bool = False
-    quota: int = 10_000  # Stack Exchange: this user/app pair's daily quota left
-    session: tokens.Session | None = None  # expiring, rotating tokens (collector/sandbox/tokens.py)
-
-    def add(self, count: int, now: float) -> None:
-        fresh = []
-        for _ in range(count):
-            n = self.next_id
-            self.next_id += 1
-            fresh.append({"id": n, "at": now})
-        self.items[:0] = reversed(fresh)
 
 
 @dataclass
@@ -136,6 +114,16 @@ class Sandbox:
     def add_items(self, token: str, count: int) -> None:
         with self.lock:
             self.users[token].add(count, time.time())
+
+    def remove_items(self, token: str, ids: list[int]) -> list[int]:
+        """Items (the sandbox's numeric ids) removed upstream: no API lists them until restored. Returns those found."""
+        with self.lock:
+            return self.users[token].remove(ids)
+
+    def restore_items(self, token: str, ids: list[int]) -> list[int]:
+        """Removed items back in their place (newest first kept). Returns those restored."""
+        with self.lock:
+            return self.users[token].restore(ids)
 
     def inject(self, token: str, kind: str, count: int = 1, **params: Any) -> None:
         """The next `count` API requests of this user fail with `kind` (see FAULTS)."""

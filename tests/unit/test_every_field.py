@@ -67,7 +67,7 @@ CREDENTIALS = (*SECRET_FIELDS[1:], "credentialsStamp")
 OWNED = ("lease", "disabled", "unauthorized", "authFailures", "failingSince", "rateLimitStreak", "stats", "slot",
          "lastError", "lastOutcome", "lastExecution", "lastSuccess", "lastOwner", "lastLease", "parkedAt",
          "parkedReason", "rateLimitedUntil", "disabledReason", "disabledAt", "tokenRefreshedAt", "tokenExpiresAt",
-         "pollInterval", "newItemsAt")
+         "pollInterval", "newItemsAt", "reconcile", "lastReconcile")
 FIELDS = (*BASE, *OWNED, *CREDENTIALS)
 HARMLESS = set(OWNED) - {"disabled"} | {"credentialsStamp", "errors"}  # junk there: the network runs all the same
 
