@@ -97,7 +97,9 @@ def _marked(pointer: dict[str, Any], items: dict[Any, dict[str, Any]]) -> list[E
             found.append(_summary(doc))
     if not found:
         return []
-    ident = outbox.event_id(pointer.get("network"), kind, f"{run}:{pointer['_id']}")
+    # a run's own additions: the id its report would give (a publisher that found the report and one that came after
+    # it was removed write one event); a keyed pointer (a listing page): the pointer's own
+    ident = outbox.event_id(pointer.get("network"), kind, f"{run}:{pointer['_id']}" if pointer.get("keys") else run)
     return [_items_event(pointer, kind, found, ident, pointer["at"], pointer.get("service"))]
 
 

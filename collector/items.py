@@ -70,8 +70,11 @@ class ItemWrites:
         restore = None
         if feed:
             restore = (network, run, lease or run, now, added)
-            # no keys: what a run added is found by its network and its mark, where no report tells (a run that died)
-            await self.pointer_writes.insert(outbox.pointer(outbox.ADDED, run, network, now, lease=lease or run))
+            # a run's own additions: no keys (found by network and mark where no report tells: a run that died); a
+            # reconciliation's (run != lease), page by page under one run: the page's keys
+            keys = [doc["_id"] for doc in docs] if lease and lease != run else []
+            await self.pointer_writes.insert(outbox.pointer(outbox.ADDED, run, network, now, lease=lease or run,
+                                                            keys=keys))
         new = 0
         for start in range(0, len(docs), self.write_batch):
             batch = docs[start:start + self.write_batch]

@@ -35,9 +35,14 @@ def audit(db: Any) -> dict[str, Any]:
     order the events were published), events and changes counted."""
     events = list(db.changes.find({}))
     by_change: Counter = Counter()
-    for event in events:
-        subject = (event.get("item") or {}).get("key") if event["kind"].startswith("item.") else event.get("network")
-        by_change[(subject, event["kind"])] += 1
+    named: dict[Any, list[str]] = defaultdict(list)
+    for event in events:  # items.* events name each item of a run's change; network.* ones their network
+        if event["kind"].startswith("items."):
+            for item in event.get("items") or ():
+                by_change[(item.get("key"), "item." + event["kind"].split(".", 1)[1])] += 1
+                named[(item.get("key"), event["kind"])].append(event["_id"])
+        else:
+            by_change[(event.get("network"), event["kind"])] += 1
     expected: set[tuple[Any, str]] = set()
     orphans = 0
     items = {doc["_id"]: doc for doc in db.items.find({}, {"removedAt": 1})}
@@ -65,7 +70,9 @@ def audit(db: Any) -> dict[str, Any]:
                     if len({s for _, s in pairs}) != len(pairs)
                     or any(a[1] > b[1] and a[0] < b[0] for a, b in zip(sorted(pairs), sorted(pairs)[1:], strict=False)))
     pending = db[outbox.POINTERS].count_documents({}) + db.networks.count_documents({"pending.0": {"$exists": True}})
-    return {"missing": missing, "orphans": orphans + wrong_state, "doubles": doubles, "unordered": unordered,
+    twice = [ids for ids in named.values() if len(ids) > 1][:3]
+    return {"twice": twice, "missing": missing, "orphans": orphans + wrong_state, "doubles": doubles,
+            "unordered": unordered,
             "events": len(events), "changes": len(expected), "pending": pending,
             "removed": sum(1 for d in items.values() if d.get("removedAt") is not None)}
 
@@ -107,10 +114,11 @@ def changes(uri: str, size: str = "small", *, seed: int | None = None,
             time.sleep(0.2)
         # in sync: items arrive and go upstream; normal runs and reconciliations find them, daemons die meanwhile
         tokens = list(world.networks)
-        for token in tokens:
-            world.box.add_items(token, cfg["added"])
+        # items stored in the back-fill go upstream (new ones arrive after, so none is removed unseen)
         removals = {t: world.box.remove_items(t, rng.sample(_ids(world, t), cfg["removed"]))
                     for t in rng.sample(tokens, len(tokens) // 2)}
+        for token in tokens:
+            world.box.add_items(token, cfg["added"])
         removed_upstream = sum(len(ids) for ids in removals.values())
         stage_began = time.monotonic()
         while not timed_out:
