@@ -36,11 +36,14 @@ async def test_demo_collects_everything_the_sandbox_served_and_accounts_for_ever
     assert "rate_limited" in text and "transient" in text  # the troublemakers did their thing
     seeded = int(re.search(r"seeded \(([\d,]+) items upstream\)", text)[1].replace(",", ""))  # type: ignore[index]
     arrived = int(re.search(r"normal cycle 1/1: (\d+) new items", text)[1])  # type: ignore[index]
+    removed = int(re.search(r"new items arrive upstream, (\d+) are removed", text)[1])  # type: ignore[index]
+    assert removed > 0 and f"removals     {removed} of the {removed} items removed upstream marked removed" in text
+    assert "items.removed" in text and "network.normal" in text  # the feed shows them
     stored = int(re.search(r"items +([\d,]+) stored", text)[1].replace(",", ""))  # type: ignore[index]
     upstream, rows, total = accounting_rows(text)
-    assert upstream == total == seeded + arrived  # every item that was ever upstream...
+    assert upstream == total == seeded + arrived - removed  # every item upstream...
     assert sum(n for n, _ in rows) == upstream  # ...is in exactly one row
-    assert rows[0] == (stored, "stored")
+    assert rows[0] == (stored - removed, "stored")  # the removed ones are stored too, marked removed
     held = dict((what, n) for n, what in rows[1:])
     assert list(held) == ["held back by a revoked token: disabled after a second 401 (user003)"]
     assert held[next(iter(held))] > 0 and "MISMATCH" not in text
