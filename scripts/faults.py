@@ -39,12 +39,14 @@ Prints one table row per scenario and exits 1 if any row has lost, duplicated, c
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,37 +133,21 @@ def main(argv: list[str] | None = None) -> int:
             shared = devdb.start_server()  # $MONGODB_URI when set
             where = "$MONGODB_URI" if os.environ.get("MONGODB_URI") else f"{shared.engine} at {shared.uri}"
             print(f"database: {where}", flush=True)
-        if "kill9" in wanted:
-            began = time.monotonic()
-            try:
-                report(scenarios.kill9(shared.uri, args.size, seed=args.seed))
-            except Exception as exc:
-                report(error_row("kill9", exc, began))
-        for name in FLEET:
+        # the scenarios on the shared server, in order: each one's row, or its error's
+        on_shared: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("kill9", lambda: scenarios.kill9(shared.uri, args.size, seed=args.seed)),
+            *[(name, functools.partial(getattr(fleet, name), shared.uri, args.size)) for name in FLEET],
+            ("hostile_server", lambda: hostile_server.run(shared.uri, args.size)),
+            ("revocation_storm", lambda: revocation_storm.run(shared.uri, args.size)),
+            ("changes", lambda: changes.changes(shared.uri, args.size, seed=args.seed)),
+        ]
+        for name, scenario_run in on_shared:
             if name in wanted:
                 began = time.monotonic()
                 try:
-                    report(getattr(fleet, name)(shared.uri, args.size))
+                    report(scenario_run())
                 except Exception as exc:
                     report(error_row(name, exc, began))
-        if "hostile_server" in wanted:
-            began = time.monotonic()
-            try:
-                report(hostile_server.run(shared.uri, args.size))
-            except Exception as exc:
-                report(error_row("hostile_server", exc, began))
-        if "revocation_storm" in wanted:
-            began = time.monotonic()
-            try:
-                report(revocation_storm.run(shared.uri, args.size))
-            except Exception as exc:
-                report(error_row("revocation_storm", exc, began))
-        if "changes" in wanted:
-            began = time.monotonic()
-            try:
-                report(changes.changes(shared.uri, args.size, seed=args.seed))
-            except Exception as exc:
-                report(error_row("changes", exc, began))
         for name, scenario in OWN_SERVER.items():
             if name not in wanted:
                 continue

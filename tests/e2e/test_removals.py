@@ -5,14 +5,12 @@ reappears loses it, and the change feed publishes both; the queries run on the w
 from __future__ import annotations
 
 import math
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 
 from collector.sandbox import Sandbox, Server
-from tests.e2e.test_every_connector import networks
-from tests.integration.test_daemons import daemon, stop, wait_for
+from tests.e2e.test_every_connector import base_flags, networks, seed
+from tests.integration.test_daemons import assert_exited_clean, daemon, stop, wait_for
 from tests.unit.test_reconcile import SERVICES, upstream_id
 
 pytestmark = pytest.mark.slow  # real daemon processes: seconds (the quick loop: -m "not slow")
@@ -37,23 +35,8 @@ def test_every_connector_detects_removals_and_restorations(wire_uri, sync_db):
     plan = {s: extra for s, extra in networks(server.url).items() if s in SERVICES}
     assert set(plan) == set(SERVICES)
     db = sync_db
-    now = datetime.now(UTC)
-    tokens, names = {}, {}
-    for n, (service, extra) in enumerate(sorted(plan.items())):
-        name = f"rmv{n}user"
-        token = f"e2e-rm-{service}-{uuid.uuid4().hex[:10]}"
-        tokens[service], names[service] = token, name
-        box.add_user(service, token, items=ITEMS, name=name)
-        doc = {"user": name, "service": service, "accessToken": token, "mode": "initial", "scheduledTo": now}
-        for key, value in extra.items():
-            doc[key] = {k: v.replace("{name}", name) for k, v in value.items()}
-        db.networks.insert_one(doc)
-    bases = []
-    for service in plan:
-        if service == "stackoverflow":
-            bases += ["--set", f"services.stackoverflow.base_url={server.url}/2.3"]
-        elif not service.startswith("mastodon"):
-            bases += ["--set", f"services.{service}.base_url={server.url}"]
+    tokens, names = seed(box, db, plan, "rmv", "e2e-rm", ITEMS)
+    bases = base_flags(plan, server.url)
     fast = ["--set", "schedule.normal_interval=1.0", "--set", "schedule.jitter=0",
             "--set", f"schedule.reconcile_interval={INTERVAL}", "--set", "changes.publish_interval=0.2",
             *[x for s in plan for x in ("--set", f"services.{s}.initial_pace=0.05")]]
@@ -91,10 +74,7 @@ def test_every_connector_detects_removals_and_restorations(wire_uri, sync_db):
     finally:
         results = [stop(p) for p in procs]
         server.stop()
-    for code, out in results:
-        assert code == 0, out[-3000:]
-        for token in tokens.values():
-            assert token not in out
+    assert_exited_clean(results, tokens.values())
     for doc in db.networks.find():
         last = doc["lastReconcile"]
         pages = math.ceil(ITEMS / PAGE_CAP) + 1  # at most one more: an empty last page, GitLab's GET /user

@@ -47,6 +47,14 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+def assert_exited_clean(results: list[tuple[int, str]], secrets) -> None:
+    """Every daemon stopped with code 0 and printed none of `secrets` (tokens)."""
+    for code, out in results:
+        assert code == 0, out[-3000:]
+        for secret in secrets:
+            assert secret not in out
+
+
 @pytest.fixture
 def sandbox():
     server = Server(Sandbox(page_cap=2)).start()
