@@ -19,7 +19,7 @@ A crash anywhere leaves pointers in place (followed again; their events keep the
 reserved numbers unused (gaps: sequence numbers grow, they are not contiguous). No event without its change (an event
 is made only of a marked change found in the database), no change without its event (its pointer stays until the
 change's event is written). A reader follows a user's feed with `find({user, seq: {$gt: last}}).sort(seq)`
-(`collector changes`). What this rests on, like the leases (DESIGN.md): a publisher paused past its lock's
+(`collector changes`). What this rests on, like the leases (collector/leases.py): a publisher paused past its lock's
 `lock_ttl` between checking its lock and inserting could insert numbers below a successor's; it checks the lock a
 margin before it expires. A run's writes are over when its lease is released or another process holds it.
 """

@@ -109,9 +109,8 @@ def _shown(header: str | None) -> str:
 class ClientPool:
     """The process's HTTP clients: `shards` httpx.AsyncClients of a few connections each, the total
     bounded by `http.max_connections`. One client with hundreds of connections spends most of its CPU
-    in its own pool bookkeeping (httpcore scans every connection for every request: measured here, 256
-    requests in flight cost 14 ms of CPU each on one client, 1.6 ms on 32 clients of 8; see
-    bench/RESULTS.md). A request goes to the client with the fewest requests in flight."""
+    in its own pool bookkeeping (httpcore scans every connection for every request; bench/RESULTS.md has
+    the figures). A request goes to the client with the fewest requests in flight."""
 
     def __init__(self, clients: list[httpx.AsyncClient]):
         self.clients = clients

@@ -3,7 +3,7 @@ connection pool and HTTP/1.1 parser underneath (the `httpx-aiohttp` package), wi
 collector/http.py kept.
 
 Why: in the steady state (a 304 or an empty page after 100 ms, 256 requests in flight) httpx's own transport
-(httpcore) costs about 1.5 ms of CPU a request here, aiohttp's about 0.6 ms (bench/RESULTS.md, "Steady state").
+(httpcore) costs a few times the CPU per request that aiohttp's does (bench/RESULTS.md, "Steady state").
 
 What holds whatever the transport (tests/unit/test_http_transports.py runs both):
 - *The egress policy* (collector/egress.py): aiohttp asks `TCPConnector._resolve_host` for the addresses of every
