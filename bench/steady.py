@@ -48,9 +48,9 @@ def mix(n: int, installed: set[str]) -> dict[str, int]:
 
 def seed(env: Any, db: str, n: int) -> dict[str, int]:
     """Sandbox users without items and their networks in initial mode, due now."""
-    from collector import sdk
+    from collector import plugins
 
-    counts = mix(n, set(sdk.discover()))
+    counts = mix(n, set(plugins.discover()))
     now = datetime.now(UTC)
     docs = []
     for k, (service, count) in enumerate(sorted(counts.items())):

@@ -40,7 +40,7 @@ import httpx  # noqa: E402
 from pymongo import AsyncMongoClient, UpdateOne, monitoring  # noqa: E402
 
 from bench.workload import CommandCounter, cpu_s, proc_cpu  # noqa: E402
-from collector import config, http, logs, sdk  # noqa: E402
+from collector import config, http, logs, plugins, sdk  # noqa: E402
 from collector.model import Network  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def watched(pids: str) -> float:
 def bases(sandbox: str) -> dict[str, str]:
     """Each service's base URL in the sandbox (Mastodon and GitLab networks name theirs in their options too)."""
     special = {"stackoverflow": f"{sandbox}/2.3", "hackernews": f"{sandbox}/api/v1"}
-    return {s: special.get(s, sandbox) for s in sdk.discover()}
+    return {s: special.get(s, sandbox) for s in plugins.discover()}
 
 
 def settings_for(args: argparse.Namespace, mode: str) -> config.Settings:
@@ -116,7 +116,7 @@ def request_for(connector: sdk.Connector, ctx: sdk.Context) -> sdk.Request:
 
 class Connectors:
     def __init__(self, settings: config.Settings):
-        self.settings, self.registry, self.made = settings, sdk.discover(), {}  # type: ignore[var-annotated]
+        self.settings, self.registry, self.made = settings, plugins.discover(), {}  # type: ignore[var-annotated]
 
     def __call__(self, service: str) -> sdk.Connector:
         if service not in self.made:

@@ -8,6 +8,7 @@ lets in-flight runs finish within `shutdown_grace`, releases leases of the rest 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -17,14 +18,14 @@ import structlog
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from collector import changes, http, logs, sdk, webhooks
-from collector.clock import ServerClock
+from collector import changes, http, logs, plugins, webhooks
+from collector.clock import ServerClock, utcnow
 from collector.config import Settings
 from collector.executor import Executor
 from collector.fleet import Fleet, version
-from collector.metrics import Metrics, MetricsError
-from collector.model import utcnow
+from collector.metrics import Metrics
 from collector.notify import Notifier, watchdog_loop
+from collector.observe import NoMetrics, Observer
 from collector.scheduler import Scheduler, make_owner_id
 from collector.secrets import open_vault
 from collector.store import Store
@@ -166,99 +167,93 @@ def describe(scheduler: Scheduler) -> str:
 
 async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
                      clock: Callable[[], datetime] = utcnow, on_ready: Callable[[Scheduler], None] | None = None,
-                     registry: dict[str, sdk.Registered] | None = None) -> Scheduler:
+                     registry: dict[str, plugins.Registered] | None = None) -> Scheduler:
     """Run one scheduler until a signal (or `scheduler.stop()`); returns it for its stats.
 
     Around the scheduler: the fleet heartbeat (registry document, lease renewal), the systemd
     notifier (READY, STATUS, WATCHDOG gated on the loop being alive, STOPPING) and, when enabled,
-    the Prometheus endpoint."""
-    registry = registry if registry is not None else sdk.discover()
+    the Prometheus endpoint. What it opens is released by one exit stack, in reverse order, whether start-up
+    fails half-way or the scheduler returns: the background tasks, the last state saves, the fleet's last word,
+    the metrics endpoint, the HTTP clients, the database client."""
+    registry = registry if registry is not None else plugins.discover()
     settings.selectors.check(registry)  # SelectorError: a service name no connector has, before anything starts
     early: list[int] = []  # a stop signal that arrives while starting: honoured once the loop exists
     install_signal_handlers(lambda: early.append(1))  # SIGTERM during start-up is a clean stop, not a kill
-    mongo = None
-    if db is None:
-        mongo, db = await connect(settings)
-    try:
+    # every step of the way out is bounded: a database that stops answering (an outage, a connection left hanging
+    # by a server restart) must not keep a stopping process past its stop timeout
+    bound = settings.database.timeout
+    async with contextlib.AsyncExitStack() as stack:
+        if db is None:
+            mongo, db = await connect(settings)
+            stack.push_async_callback(_bounded, mongo.close, bound, "closing the database client")
         store = await make_store(db, settings, check=True)
         vault = await open_vault(db, settings)  # SecretsError: a master key missing or wrong, a clear exit (5)
-    except BaseException:
-        if mongo is not None:
-            await mongo.close()
-        raise
-    # due times and leases are compared on the database server's clock, not this host's (collector/clock.py)
-    server_clock = ServerClock(base=clock)
-    await server_clock.sync(db)
-    clock = server_clock
-    for name, reg in sorted(registry.items()):
-        if reg.error:
-            log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)
-    client = http.make_client(settings)
-    executor = Executor(store, client, settings, registry, clock=clock, vault=vault)
-    owner = make_owner_id(mode)
-    metrics, server = None, None
-    if settings.metrics.enabled:
-        metrics = Metrics(mode, owner, version(), services=registry)
-        try:
-            server = metrics.serve(settings.metrics.host, settings.metrics.port)  # MetricsError: a clear exit
-        except MetricsError:  # the finally below is not reached yet: close what is already open
-            await client.aclose()
-            if mongo is not None:
-                await mongo.close()
-            raise
-        log.info("metrics endpoint listening", url=server.url)
-    scheduler = Scheduler(store, executor, settings, mode, owner=owner, clock=clock, metrics=metrics)
-    fleet = Fleet(store, scheduler, settings, clock=clock, metrics=metrics)
-    notifier = Notifier.from_env()
+        # due times and leases are compared on the database server's clock, not this host's (collector/clock.py)
+        server_clock = ServerClock(base=clock)
+        await server_clock.sync(db)
+        clock = server_clock
+        for name, reg in sorted(registry.items()):
+            if reg.error:
+                log.error("connector failed to load: its networks will be disabled", service=name, error=reg.error)
+        client = http.make_client(settings)
+        stack.push_async_callback(_bounded, client.aclose, bound, "closing the HTTP clients")
+        executor = Executor(store, client, settings, registry, clock=clock, vault=vault)
+        owner = make_owner_id(mode)
+        metrics: Observer = NoMetrics()
+        if settings.metrics.enabled:
+            prometheus = Metrics(mode, owner, version(), services=registry)
+            # MetricsError: a clear exit
+            endpoint = stack.enter_context(prometheus.serve(settings.metrics.host, settings.metrics.port))
+            log.info("metrics endpoint listening", url=endpoint.url)
+            metrics = prometheus
+        scheduler = Scheduler(store, executor, settings, mode, owner=owner, clock=clock, metrics=metrics)
+        fleet = Fleet(store, scheduler, settings, clock=clock, metrics=metrics)
+        notifier = Notifier.from_env()
 
-    def stop() -> None:
-        if not scheduler.stopping:
-            log.info("stop requested: finishing in-flight runs", grace=settings.daemon.shutdown_grace)
-            notifier.stopping(f"stopping: finishing {len(scheduler.inflight)} runs in flight")
-        scheduler.stop()
+        def stop() -> None:
+            if not scheduler.stopping:
+                log.info("stop requested: finishing in-flight runs", grace=settings.daemon.shutdown_grace)
+                notifier.stopping(f"stopping: finishing {len(scheduler.inflight)} runs in flight")
+            scheduler.stop()
 
-    install_signal_handlers(stop)
-    if early:
-        stop()
-    log.info("collector starting", mode=mode, owner=owner, environment=settings.environment,
-             database=redacted_uri(settings.database.uri), connectors=sorted(registry),
-             config=list(settings.sources))
-    await fleet.beat()  # registered before READY (a failure here is logged and retried by the loop)
-    background = [asyncio.create_task(fleet.run(), name="heartbeat"),
-                  asyncio.create_task(server_clock.run(db), name="server clock"),
-                  asyncio.create_task(watchdog_loop(notifier, scheduler.alive, lambda: describe(scheduler)),
-                                      name="watchdog")]
-    if settings.changes.enabled:  # the change feed: events of what the runs wrote (collector/changes.py)
-        background.append(asyncio.create_task(changes.Publisher(db, settings, clock).run(), name="change feed"))
-    if settings.webhooks.url:  # the feed POSTed to an endpoint, its own task and client (collector/webhooks.py)
-        deliverer = webhooks.Deliverer(db, settings, clock, metrics=metrics)
-        background.append(asyncio.create_task(deliverer.run(), name="webhooks"))
-    notifier.ready(describe(scheduler))
-    if on_ready:
-        on_ready(scheduler)
-    try:
+        install_signal_handlers(stop)
+        if early:
+            stop()
+        log.info("collector starting", mode=mode, owner=owner, environment=settings.environment,
+                 database=redacted_uri(settings.database.uri), connectors=sorted(registry),
+                 config=list(settings.sources))
+        await fleet.beat()  # registered before READY (a failure here is logged and retried by the loop)
+        stack.push_async_callback(_bounded, fleet.stopped, bound, "recording the stop in the fleet registry")
+        stack.push_async_callback(_bounded, store.state_writes.drain, bound, "writing the last state saves")
+        background: list[asyncio.Task[Any]] = []  # cancelled first on the way out
+        stack.push_async_callback(_cancel, background, bound)
+        background += [asyncio.create_task(fleet.run(), name="heartbeat"),
+                       asyncio.create_task(server_clock.run(db), name="server clock"),
+                       asyncio.create_task(watchdog_loop(notifier, scheduler.alive, lambda: describe(scheduler)),
+                                           name="watchdog")]
+        if settings.changes.enabled:  # the change feed: events of what the runs wrote (collector/changes.py)
+            background.append(asyncio.create_task(changes.Publisher(db, settings, clock).run(), name="change feed"))
+        if settings.webhooks.url:  # the feed POSTed to an endpoint, its own task and client (collector/webhooks.py)
+            deliverer = webhooks.Deliverer(db, settings, clock, metrics=metrics)
+            background.append(asyncio.create_task(deliverer.run(), name="webhooks"))
+        notifier.ready(describe(scheduler))
+        if on_ready:
+            on_ready(scheduler)
         await scheduler.run()
-    finally:
-        # every step of the way out is bounded: a database that stops answering (an outage, a connection left
-        # hanging by a server restart) must not keep a stopping process past its stop timeout
-        bound = settings.database.timeout
-        for task in background:
-            task.cancel()
-        await _bounded(asyncio.gather(*background, return_exceptions=True), bound, "background tasks")
-        await _bounded(store.state_writes.drain(), bound, "writing the last state saves")
-        await _bounded(fleet.stopped(), bound, "recording the stop in the fleet registry")
-        if server is not None:
-            server.close()
-        await _bounded(client.aclose(), bound, "closing the HTTP clients")
-        if mongo is not None:
-            await _bounded(mongo.close(), bound, "closing the database client")
     return scheduler
 
 
-async def _bounded(step: Awaitable[Any], seconds: float, what: str) -> None:
-    """Await one step of the shutdown for at most `seconds`; a failure or a timeout is logged, not raised."""
+async def _cancel(tasks: list[asyncio.Task[Any]], seconds: float) -> None:
+    """Cancel the background tasks and wait for them to end, for at most `seconds`."""
+    for task in tasks:
+        task.cancel()
+    await _bounded(lambda: asyncio.gather(*tasks, return_exceptions=True), seconds, "background tasks")
+
+
+async def _bounded(step: Callable[[], Awaitable[Any]], seconds: float, what: str) -> None:
+    """Run one step of the shutdown for at most `seconds`; a failure or a timeout is logged, not raised."""
     try:
-        await asyncio.wait_for(step, seconds)
+        await asyncio.wait_for(step(), seconds)
     except TimeoutError:
         log.warning("shutdown step timed out: going on without it", step=what, seconds=seconds)
     except PyMongoError as exc:

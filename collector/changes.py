@@ -39,8 +39,8 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from collector import logs, outbox
+from collector.clock import utcnow
 from collector.config import Settings
-from collector.model import utcnow
 
 log = structlog.get_logger("collector.changes")
 CHANGES, FEEDS = "changes", "feeds"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from collector import changes_cli, config_cli, logs, migrations, model, sdk, webhooks_cli
+from collector import changes_cli, config_cli, logs, migrations, model, plugins, webhooks_cli
 from collector import config as config_mod
 from collector.config import MODES
 from collector.selectors import SLOTS
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 from collector.config_cli import load_settings
 from collector.operations import STATES
 from collector.secrets_cli import command as secrets_command
-from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS
+from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS, label
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +97,7 @@ def demo(users: int, cycles: int, demo_uri: str | None, timeout: float) -> None:
 @main.command()
 def connectors() -> None:
     """List every installed connector, its package, version and API."""
-    found = sdk.discover()
+    found = plugins.discover()
     if not found:
         click.echo("no connectors installed (entry-point group collector.connectors)")
         return
@@ -190,7 +190,8 @@ def _run(ctx: click.Context, fn: Any, settings: config_mod.Settings | None = Non
 def networks_add(ctx: click.Context, user: str | None, service: str | None, token_env: str | None,
                  options: tuple[str, ...], from_stdin: bool) -> None:
     """Add a network, due now, in initial mode."""
-    from collector.model import Malformed, Network, utcnow
+    from collector.clock import utcnow
+    from collector.model import Malformed, Network
     from collector.secrets import open_vault
 
     docs, settings = [], load_settings(ctx)
@@ -214,7 +215,7 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
         if options:
             doc["options"] = dict(o.partition("=")[::2] for o in options)
         docs.append(doc)
-    known = sdk.discover()
+    known = plugins.discover()
     for doc in docs:
         if not isinstance(doc, dict):
             raise click.ClickException("each network must be a JSON object")
@@ -234,14 +235,6 @@ def networks_add(ctx: click.Context, user: str | None, service: str | None, toke
 
     for network_id in _run(ctx, add, settings):
         click.echo(str(network_id))
-
-
-def _state(doc: dict[str, Any]) -> str:
-    if doc.get("disabled"):
-        return "unauthorized" if doc.get("unauthorized") else "disabled"
-    if doc.get("unauthorized"):  # one 401: confirmed (disabled) or cleared by the next run
-        return "unauthorized?"
-    return "parked" if doc.get("parkedAt") else str(doc.get("mode"))
 
 
 def _network_id(raw: str) -> Any:
@@ -276,7 +269,8 @@ def networks_list(ctx: click.Context, user: str | None, service: str | None, mod
         last = (doc.get("lastOutcome") or {}).get("reason", "")
         reason = doc.get("disabledReason") or doc.get("parkedReason") or last
         every = f"{i:.0f}s" if (i := model.poll_interval(doc)) else "-"  # adaptive polling's interval
-        click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {_state(doc):<12} "
+        shown = label(doc, confirming=True)  # a first 401 being confirmed as "unauthorized?"
+        click.echo(f"{doc['_id']}  {doc.get('user')!s:<16} {doc.get('service')!s:<14} {shown:<12} "
                    f"next={doc.get('scheduledTo')} every={every}  {reason}")
 
 
@@ -297,7 +291,7 @@ def networks_show(ctx: click.Context, network_id: str) -> None:
 
 
 def _operator(ctx: click.Context, network_id: str, action: str, reason: str = "") -> None:
-    from collector.model import utcnow
+    from collector.clock import utcnow
 
     async def act(store: Store) -> bool:
         nid = _network_id(network_id)
@@ -331,7 +325,7 @@ def networks_enable(ctx: click.Context, network_id: str | None, service: str | N
         return
     if not service and not reason_kind:
         raise click.UsageError("give a network id, or --service and/or --reason-kind for a bulk enable")
-    from collector.model import utcnow
+    from collector.clock import utcnow
 
     async def act(store: Store) -> tuple[int, list[dict[str, Any]]]:
         return await store.enable_many(utcnow(), service, reason_kind, dry_run)

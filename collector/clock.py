@@ -24,26 +24,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from pymongo.errors import OperationFailure, PyMongoError
 
 from collector import logs
-from collector.model import aware, utcnow
 
 log = structlog.get_logger("collector.clock")
 COMMAND_NOT_FOUND = 59
+
+
+def utcnow() -> datetime:
+    """This host's wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """MongoDB returns naive UTC datetimes unless the client is tz_aware; normalize."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class ServerClock:
     # a difference worth telling the operator about (NTP keeps healthy hosts within milliseconds)
     WARN_SKEW = 1.0
 
-    def __init__(self, base: Callable[[], datetime] = utcnow, refresh: float = 60.0,
+    def __init__(self, base: Callable[[], datetime] | None = None, refresh: float = 60.0,
                  monotonic: Callable[[], float] = time.monotonic):
-        self.base = base  # this host's wall clock: read before the first measurement only
+        # this host's wall clock: read before the first measurement only. `utcnow` is looked up when the clock is
+        # made, not when this module is loaded: a test harness may shift it in between (tests/faults/skewed.py)
+        self.base = base or utcnow
         self.monotonic = monotonic
         self.refresh = refresh
         self.offset = timedelta(0)  # server time minus this host's wall clock, at the last measurement (for logs)

@@ -63,7 +63,7 @@ DEFAULTS = PACKAGE / "defaults.toml"
 SYSTEM_DIR = FilePath("/etc/collector")
 SYSTEM_DIR_VARIABLE = "COLLECTOR_CONFIG_DIR"
 DEFAULT_ENVIRONMENT = "development"
-GROUP = "collector.connectors"  # the entry points of the connectors (collector/sdk.py)
+GROUP = "collector.connectors"  # the entry points of the connectors (collector/plugins.py)
 
 
 def environments() -> tuple[str, ...]:

@@ -175,7 +175,7 @@ class ServiceSettings:
 
 
 SERVICE_KEYS: dict[str, type] = {"base_url": str, "concurrency": int, "max_body_bytes": int}
-# options the engine itself reads for any service (OAuth2 refresh: collector/sdk.py, collector/model.py)
+# options the engine itself reads for any service (OAuth2 refresh: collector/sdk, collector/model.py)
 ENGINE_OPTIONS = ("token_url", "client_id", "client_secret")
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collector import changes, config, http, outbox, sdk
+from collector import changes, config, http, outbox, plugins
+from collector.clock import aware, utcnow
 from collector.executor import Executor
-from collector.model import aware, utcnow
 from collector.sandbox import Sandbox, Server
 from collector.scheduler import Scheduler
 from collector.store import Store
@@ -249,7 +249,7 @@ async def run_demo(users: int = 36, cycles: int = 2, mongodb_uri: str | None = N
     echo(f"{users} networks seeded ({seeded:,} items upstream); "
          f"troublemakers: {', '.join(f'{u} ({k})' for u, k in sorted(trouble.items()))}")
     client = http.make_client(settings)
-    executor = Executor(store, client, settings, sdk.discover())
+    executor = Executor(store, client, settings, plugins.discover())
     schedulers = [Scheduler(store, executor, settings, mode) for mode in ("initial", "normal")]
     publishing = asyncio.create_task(changes.Publisher(db, settings).run())
     tasks = [asyncio.create_task(s.run()) for s in schedulers]

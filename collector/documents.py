@@ -107,7 +107,7 @@ def item_key(user: Any, service: str, item_id: str, prefix: str | None = None, s
     return head + (encode_basestring(item_id) if type(item_id) is str else _ENCODE(item_id)) + "]"
 
 
-# identity and first sighting: never rewritten (`server`: a scoped item's, collector/sdk.py Connector.item_scope);
+# identity and first sighting: never rewritten (`server`: a scoped item's, collector.sdk.Connector.item_scope);
 # the change feed's mark of the run that added it (collector/outbox.py) goes in only with the document
 _INSERT_ONLY = ("user", "service", "server", "itemId", "collectedAt", "addedBy")
 

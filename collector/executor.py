@@ -16,48 +16,32 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import bson
 import httpx
 import structlog
 from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
 from collector import http, logs, offload, outbox, outcomes
+from collector.clock import utcnow
 from collector.config import Settings
 from collector.incidents import Incidents
-from collector.model import (
-    MAX_ERRORS_COUNT,
-    Malformed,
-    Network,
-    auth_failures,
-    error_count,
-    failing_since,
-    limit_streak,
-    new_items_at,
-    poll_interval,
-    run_secrets,
-    utcnow,
-)
+from collector.model import Malformed, RunNetwork
 from collector.pauses import KnownPauses
+from collector.plugins import Registered
 from collector.reconcile import Reconciler
 from collector.refresh import Refresher
-from collector.sdk import (
-    Connector,
-    Context,
-    ForeignHost,
-    Item,
-    RateLimit,
-    Registered,
-    inside,
-    origin,
-)
+from collector.sdk import Connector, Context, Item, RateLimit
+from collector.sdk._errors import ForeignHost
+from collector.sdk._urls import inside, origin
 from collector.secrets import Vault, open_for_run
 from collector.states import Kind, Outcome, State, Transition, transition
-from collector.store import Lease, Store, service_of
+from collector.store import Lease, Store
 
 log = structlog.get_logger("collector.run")
 # `inside` is a pure function of two URLs, and a fleet's runs ask it the same few pairs (a service's first-page URL
-# under its base): remembered, the URL parsing of every run (4 % of the daemon's CPU in the steady-state profile,
-# bench/optimizations.md) becomes a lookup. URLs carry no credential (sdk.Request)
+# under its base): remembered, the URL parsing of every run (bench/optimizations.md) becomes a lookup. URLs carry no
+# credential (sdk.Request)
 _inside_cached = functools.lru_cache(maxsize=4096)(inside)
 
 
@@ -86,16 +70,31 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
 
-def _counters_ok(stats: Any, counts: dict[str, int]) -> bool:
-    """True when `$inc` of `counts` into the document's `stats` can succeed: an object (or absent) whose
-    counters are absent (not null) or integers well inside 64 bits."""
-    if stats is None:
-        return True
-    if not isinstance(stats, dict):
-        return False
-    # a counter present as null is junk too: MongoDB refuses `$inc` on a null field
-    return all(k not in stats or (isinstance(stats[k], int) and not isinstance(stats[k], bool)
-                                  and 0 <= stats[k] < MAX_ERRORS_COUNT * 2**30) for k in counts)
+def _judged(outcome: Outcome, now: datetime, floor: int) -> Outcome:
+    """`outcome`, or the failure it is when what the connector put in it cannot be acted on: a rate limit of junk
+    values the state machine would compute with (a string, a naive datetime, a negative wait), or a cursor the
+    database cannot hold (an integer past 64 bits: the state write would fail, and the network would be run again
+    at every lease expiry). Judged before the run's one transition (collector/states.py reads a rate limit only
+    for these kinds, and a limit's `minimum_wait` only when it names no reset)."""
+    limit = outcome.rate_limit
+    try:
+        if limit is not None and outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED, Kind.RATE_LIMITED, Kind.DEFERRED):
+            resume = limit.resume_at(now, floor)
+            wait = limit.minimum_wait if outcome.kind is Kind.RATE_LIMITED and resume is None else None
+            if wait and wait < 0:
+                raise ValueError(f"minimum_wait {wait!r} is negative")
+    except Exception as exc:
+        log.error("connector returned an invalid outcome", error=logs.describe(exc))
+        return Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
+                       message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
+    if outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):  # the outcomes whose cursor and progress the state saves
+        try:
+            bson.encode({"cursor": outcome.cursor, "set": (outcome.reconcile or {}).get("set")})
+        except (OverflowError, InvalidDocument) as exc:
+            log.error("the new state cannot be stored", error=logs.describe(exc))
+            return Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
+                           message=f"the new state cannot be stored: {logs.describe(exc)}")
+    return outcome
 
 
 class Executor:
@@ -142,23 +141,24 @@ class Executor:
 
     async def run(self, doc: dict[str, Any], lease: Lease) -> RunResult:
         now = self.clock()
-        service = service_of(doc)
-        mode = doc.get("mode", "initial")
-        structlog.contextvars.bind_contextvars(network=str(doc.get("_id")), user=str(doc.get("user")),
-                                               service=service, mode=mode)
-        secrets = logs.set_run_secrets(run_secrets(doc, self.settings.service(service)))
+        # the document read once: the run, the state machine and the store work from this value
+        network = RunNetwork.read(doc, label=outbox.label, settings=self.settings)
+        service = network.service
+        structlog.contextvars.bind_contextvars(network=str(network.id), user=str(network.user), service=service,
+                                               mode=network.mode)
+        secrets = logs.set_run_secrets(network.secrets)
         try:
             # the credentials decrypted in memory for this run, the plaintext ones sealed (collector/secrets.py)
-            opened = await open_for_run(self.vault, self.store, doc)
+            opened = await open_for_run(self.vault, self.store, network)
             items: list[Item] = []
             added = outbox.Added()  # what the item writes added, for the change feed
             if isinstance(opened, Outcome):
                 outcome = opened
             else:
-                outcome, items = await self._attempt(opened.plain, now, opened.stored)
+                network = opened
+                outcome, items = await self._attempt(network, now)
             # a 401 of a storm pauses the service instead of counting against the network (collector/incidents.py)
-            outcome, incident = await self.incidents.judge(service, doc.get("_id"), outcome,
-                                                             max(now, self.clock()))
+            outcome, incident = await self.incidents.judge(service, network.id, outcome, max(now, self.clock()))
             # bounded once, whatever made it (an exception, an API's text): scrubbed before the cut, as every cut
             outcome = replace(outcome, message=logs.clip(outcome.message, MAX_MESSAGE))
             # the next run is scheduled from when the API answered, not from when this run began: a
@@ -166,41 +166,28 @@ class Executor:
             # Retry-After counts from its response (a slow request must not eat into the wait)
             answered = max(now, self.clock())
             try:
-                new_items = await self.store.save_items(doc, items, now, run=lease.id, added=added) if items else 0
+                new_items = await self.store.save_items(network.key, items, now, run=lease.id, added=added) \
+                    if items else 0
             except (WriteError, BulkWriteError, OverflowError, InvalidDocument) as exc:  # refused: not an outage
                 log.error("items refused by the database", error=logs.describe(exc))
                 outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
                                   message=f"the database refused the items: {logs.describe(exc)}")
                 items, new_items, added = [], 0, outbox.Added(complete=False)
             outcome = replace(outcome, new=new_items)  # adaptive polling counts what was new to the store
-            state = State(mode, error_count(doc), failing_since(doc), limit_streak(doc),
-                          await self._service_streak(service, outcome, answered), auth_failures(doc),
-                          poll_interval(doc), new_items_at(doc))
             schedule = self.settings.service(service).schedule
-            try:
-                step = transition(state, outcome, answered, schedule, self.rng)
-            except Exception as exc:  # e.g. a connector's RateLimit with junk values
-                log.exception("connector returned an invalid outcome")
-                outcome = Outcome(Kind.TRANSIENT, error="connector_error", status=outcome.status,
-                                  message=f"invalid outcome from the connector: {type(exc).__name__}: {exc}")
-                step = transition(state, outcome, answered, schedule, self.rng)
+            outcome = _judged(outcome, answered, schedule.rate_limit_floor)
+            state = State(network.mode, network.errors, network.failing_since, network.limited,
+                          await self._service_streak(service, outcome, answered), network.auth_failures,
+                          network.interval, network.new_at)
+            step = transition(state, outcome, answered, schedule, self.rng)
             step = self.reconciler.hurry(step, outcome, answered)  # a listing under way comes back soon
             if step.service_paused_until is not None:  # first: every other process must see it at once
                 self.pauses.note(service, step.service_paused_until)
                 await self.store.pause_service(service, step.service_paused_until, logs.scrub(step.reason),
                                                self.clock(), streak=state.service_limited + 1)
             if step.user_paused_until is not None:  # this user's quota on this app: their other networks wait too
-                await self.store.defer_user(doc.get("user"), service, doc.get("_id"), step.user_paused_until)
-            try:
-                saved = await self._save(doc, lease, outcome, step, new_items, now, added, bool(items))
-            except (OverflowError, InvalidDocument) as exc:
-                # the new state holds a value BSON cannot (a connector's cursor with an integer past 64 bits):
-                # saved as a failed run without it, so the network is not re-run forever by lease expiry
-                log.error("state refused by the database", error=logs.describe(exc))
-                outcome = Outcome(Kind.TRANSIENT, error="store_error", status=outcome.status,
-                                  message=f"the new state cannot be stored: {logs.describe(exc)}")
-                step = transition(state, outcome, answered, schedule, self.rng)
-                saved = await self._save(doc, lease, outcome, step, new_items, now, added, bool(items))
+                await self.store.defer_user(network.user, service, network.id, step.user_paused_until)
+            saved = await self._save(network, lease, outcome, step, new_items, now, added, bool(items))
             fields = dict(outcome=outcome.kind.value, items=outcome.items, new=new_items, reason=step.reason,
                           next=step.scheduled_to.isoformat() if step.scheduled_to else None)
             if not saved:
@@ -209,16 +196,16 @@ class Executor:
                 log.warning("network disabled", **fields)
             elif not step.success:
                 log.info("run failed", **fields)
-            elif new_items or step.mode != mode:
+            elif new_items or step.mode != network.mode:
                 log.info("run", **fields)
             else:  # nothing new (most runs of a fleet in its steady state): a line at debug, not rendered at info
                 log.debug("run", **fields)
-            return RunResult(doc.get("_id"), service, outcome, step, new_items, saved, incident)
+            return RunResult(network.id, service, outcome, step, new_items, saved, incident)
         finally:
             logs.reset_run_secrets(secrets)
             structlog.contextvars.unbind_contextvars("network", "user", "service", "mode")
 
-    async def _save(self, doc: dict[str, Any], lease: Lease, outcome: Outcome, step: Transition,
+    async def _save(self, network: RunNetwork, lease: Lease, outcome: Outcome, step: Transition,
                     new_items: int, now: datetime, added: outbox.Added | None = None, pointed: bool = False) -> bool:
         """`added`: what the run's item writes added (reported to the change feed); `pointed`: they wrote a pointer."""
         fields: dict[str, Any] = {
@@ -252,8 +239,7 @@ class Executor:
             fields.update(disabled=True, disabledReason=logs.scrub(step.reason), disabledAt=now,
                           unauthorized=step.unauthorized)
         counts = {"runs": 1, outcome.kind.value: 1, **({"items": new_items} if new_items else {})}
-        stats = doc.get("stats")
-        if _counters_ok(stats, counts):
+        if network.counters_ok(counts):
             inc = {f"stats.{k}": v for k, v in counts.items()}
         else:  # a counter we own that is junk (not an object, a string count, near 2**63): start it again,
             # as `$inc` on it would fail the state write on MongoDB, and the run would repeat forever
@@ -270,14 +256,14 @@ class Executor:
         else:
             unset += ["parkedAt", "parkedReason"]
         became = "unauthorized" if step.disabled and step.unauthorized else "disabled" if step.disabled else \
-            "parked" if step.parked else (step.mode if step.success else str(doc.get("mode")))
+            "parked" if step.parked else (step.mode if step.success else str(network.mode))
         # what the application must act on (the user must reconnect, ...) and what was added: the change feed's
         reported = added.entry(lease.id, now) if added is not None else None
         entries = [reported] if reported is not None else []
-        if became != outbox.label(doc):
+        if became != network.label:
             entries.append(outbox.entry(became, lease.id, now, logs.scrub(step.reason)))
-        return await self.store.save_state(doc["_id"], lease, fields, unset=unset, inc=inc, entries=entries,
-                                           point=None if pointed else doc)
+        return await self.store.save_state(network.id, lease, fields, unset=unset, inc=inc, entries=entries,
+                                           point=None if pointed else network.key)
 
     async def _service_streak(self, service: str, outcome: Outcome, now: datetime) -> int:
         """App-wide limits in a row of this service (from its pause document), for a limit of the whole app:
@@ -291,18 +277,16 @@ class Executor:
         except PyMongoError:
             return 0
 
-    async def _attempt(self, doc: dict[str, Any], now: datetime,
-                       stored: dict[str, Any] | None = None) -> tuple[Outcome, list[Item]]:
-        stored = doc if stored is None else stored  # the document as the database holds it (tokens sealed)
-        service = doc.get("service")
-        if not isinstance(service, str) or not service:
+    async def _attempt(self, stored: RunNetwork, now: datetime) -> tuple[Outcome, list[Item]]:
+        service = stored.service
+        if not stored.named:
             return Outcome(Kind.PERMANENT, error="malformed",
                            message="field 'service' must be a non-empty string"), []
         connector = self.connector(service)
         if isinstance(connector, Outcome):
             return connector, []
         try:
-            network = Network.from_doc(doc, required=connector.required)
+            network = stored.network(connector.required)  # what the connector sees, checked for it
         except Malformed as exc:
             return Outcome(Kind.PERMANENT, error=exc.kind, message=str(exc)), []
         paused = await self.pauses.check(service, now)
@@ -313,7 +297,8 @@ class Executor:
         ctx = Context(network=network, mode=network.mode, cursor=network.cursor, now=now)
         outcome, items = await self._guarded(connector, ctx, now)
         if outcome.kind is Kind.UNAUTHORIZED and network.credentials.get("refreshToken"):
-            refreshed = await self.refresher.refresh(connector, ctx, stored.get("refreshToken"), now)
+            # the refresh token as the database holds it (sealed): the guard of the new tokens' compare-and-set
+            refreshed = await self.refresher.refresh(connector, ctx, stored.stored_credentials.get("refreshToken"), now)
             if isinstance(refreshed, Outcome):
                 return refreshed, []
             if refreshed is not None:  # one retry with the new token
@@ -322,7 +307,7 @@ class Executor:
                 if outcome.kind is Kind.UNAUTHORIZED:
                     outcome = replace(outcome, message=f"the refreshed token was refused too: {outcome.message}")
         if network.mode == "normal" and outcome.kind in (Kind.PAGE, Kind.NOT_MODIFIED):
-            outcome = await self.reconciler.step(connector, ctx, doc, outcome, items)
+            outcome = await self.reconciler.step(connector, ctx, stored, outcome, items)
         return outcome, items
 
     async def _guarded(self, connector: Connector, ctx: Context, now: datetime) -> tuple[Outcome, list[Item]]:
@@ -350,24 +335,9 @@ class Executor:
         # the run began: a slow request would otherwise eat into the wait the API asked for
         answered = max(now, self.clock())
         limit = connector.rate_limit(response, answered)
-        floor = self.settings.service(ctx.network.service).schedule.rate_limit_floor
-        if status == 304:
-            return Outcome(Kind.NOT_MODIFIED, cursor=None, rate_limit=limit, status=status), []
-        if status == 401:
-            return Outcome(Kind.UNAUTHORIZED, error="unauthorized", status=status, message=_snippet(response)), []
-        if status in (403, 429):
-            if status == 429 or (limit is not None and limit.resume_at(answered, floor) is not None):
-                return Outcome(Kind.RATE_LIMITED, rate_limit=limit or RateLimit(), error="rate_limited",
-                               status=status, message=_snippet(response)), []
-            # refused, not throttled (no 429, no spent quota, no Retry-After, no limit the connector's check named):
-            # a token without the scope, an app without the permission. RFC 9110 15.5.4: "the client SHOULD NOT
-            # automatically repeat the request with the same credentials": disabled with the reason
-            return Outcome(Kind.PERMANENT, error="forbidden", status=status, message=_snippet(response)), []
-        if status >= 500 or status == 408:
-            return Outcome(Kind.TRANSIENT, error="http_5xx", status=status, message=_snippet(response),
-                           rate_limit=limit), []
-        if not 200 <= status < 300:
-            return Outcome(Kind.TRANSIENT, error="client_error", status=status, message=_snippet(response)), []
+        if not 200 <= status < 300:  # the status rules (collector/outcomes.py): 304, 401, 403, 410, 429, 5xx...
+            floor = self.settings.service(ctx.network.service).schedule.rate_limit_floor
+            return outcomes.from_status(status, lambda: _snippet(response), limit, answered, floor), []
         try:
             # a large reply is parsed in a thread (no reply may block the loop), within the run's total_timeout
             left = self.settings.http.total_timeout - (time.monotonic() - started)

@@ -30,8 +30,9 @@ from typing import Any
 import structlog
 from pymongo.errors import PyMongoError
 
+from collector.clock import utcnow
 from collector.config import Settings
-from collector.model import utcnow
+from collector.observe import NoMetrics, Observer
 from collector.scheduler import Scheduler
 from collector.status import OVERDUE_AFTER, lag, process_view, uncovered
 from collector.store import Store
@@ -55,12 +56,12 @@ class Fleet:
     """This process's registry document, its heartbeat and lease renewal."""
 
     def __init__(self, store: Store, scheduler: Scheduler, settings: Settings, *,
-                 clock: Callable[[], datetime] = utcnow, metrics: Any = None):
+                 clock: Callable[[], datetime] = utcnow, metrics: Observer | None = None):
         self.store = store
         self.scheduler = scheduler
         self.settings = settings
         self.clock = clock
-        self.metrics = metrics
+        self.metrics: Observer = metrics if metrics is not None else NoMetrics()
         self.owner = scheduler.owner
         self.failures = 0
         self.beats = 0
@@ -124,7 +125,8 @@ class Fleet:
             pruned = await self.store.prune_fleet(now)
             if pruned:
                 log.info("forgot processes dead for longer than the retention", count=pruned)
-        if self.metrics and mono - self._last_backlog >= self.settings.fleet.backlog_interval:
+        # the fleet-wide figures are a database aggregation: gathered only for an observer that reads them
+        if self.metrics.enabled and mono - self._last_backlog >= self.settings.fleet.backlog_interval:
             self._last_backlog = mono
             figures = await self.store.shared_figures("metrics", now, self.settings.fleet.backlog_interval,
                                                       lambda: self._fleet_figures(now))

@@ -25,8 +25,7 @@ from collector import logs
 from collector.config import Settings
 from collector.egress import EgressRefused as EgressRefused  # raised by fetch: the executor names it here
 from collector.egress import GuardedBackend, Policy
-from collector.errors import BadResponse
-from collector.sdk import Request
+from collector.sdk import BadResponse, Request
 
 CONNECTIONS_PER_CLIENT = 8  # connections per httpx client of the pool
 ACCEPT_ENCODING = "gzip, deflate"  # what _Decoder decodes, and nothing else

@@ -40,8 +40,8 @@ from pymongo.errors import PyMongoError
 
 from collector import logs
 from collector.config import Schedule
-from collector.limits import RateLimit
 from collector.pauses import KnownPauses
+from collector.sdk import RateLimit
 from collector.states import Kind, Outcome
 
 log = structlog.get_logger("collector.run")

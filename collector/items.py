@@ -14,6 +14,7 @@ from pymongo.errors import BulkWriteError
 from collector import outbox
 from collector.batch import GroupInsert
 from collector.documents import bson_safe, item_key, key_prefix, mongo_safe, refresh_update
+from collector.model import NetworkKey
 from collector.sdk import Item
 
 DUPLICATE_KEY = 11000
@@ -27,7 +28,7 @@ class ItemWrites:
     store_raw: bool
     write_batch: int
 
-    async def save_items(self, network: dict[str, Any], items: Sequence[Item], now: datetime, run: str = "",
+    async def save_items(self, network: NetworkKey, items: Sequence[Item], now: datetime, run: str = "",
                          lease: str = "", added: outbox.Added | None = None) -> int:
         """Store a page of items keyed by `item_key` (their _id: one document per (service, user, itemId), or per
         (service, user, server, itemId) for items whose ids are per server: Item.scope, from the connector's
@@ -41,7 +42,7 @@ class ItemWrites:
         if not items:
             return 0
         feed = self.feed and bool(run)
-        user, service = network["user"], network["service"]
+        user, service = network.user, network.service
         prefixes: dict[str | None, str] = {}  # one key prefix per page: its items share their network's scope
         docs = []
         for item in items:
@@ -52,7 +53,7 @@ class ItemWrites:
             doc: dict[str, Any] = {
                 "_id": item_key(user, service, item.id, prefix),
                 "user": user, "service": service, "itemId": item.id,
-                "network": network["_id"],
+                "network": network.id,
                 "title": item.title,
                 "url": item.url,
                 "author": item.author,
@@ -73,8 +74,8 @@ class ItemWrites:
             # a run's own additions: no keys (found by network and mark where no report tells: a run that died); a
             # reconciliation's (run != lease), page by page under one run: the page's keys
             keys = [doc["_id"] for doc in docs] if lease and lease != run else []
-            await self.pointer_writes.insert(outbox.pointer(outbox.ADDED, run, network, now, lease=lease or run,
-                                                            keys=keys))
+            await self.pointer_writes.insert(outbox.pointer(outbox.ADDED, run, network.fields(), now,
+                                                            lease=lease or run, keys=keys))
         new = 0
         for start in range(0, len(docs), self.write_batch):
             batch = docs[start:start + self.write_batch]
@@ -110,8 +111,8 @@ class ItemWrites:
                     for doc in (doc for i, doc in enumerate(docs) if i not in failed):
                         report.note(doc)
                 keys = [doc["_id"] for doc in known]
-                await self.pointers.insert_one(outbox.pointer(outbox.RESTORED, run, network, now, keys=keys,
-                                                              lease=lease))
+                await self.pointers.insert_one(outbox.pointer(outbox.RESTORED, run, network.fields(), now,
+                                                              keys=keys, lease=lease))
                 await self.items.update_many({"_id": {"$in": keys}, "removedAt": {"$exists": True}},
                                              {"$unset": {"removedAt": ""}, **outbox.mark(outbox.RESTORED, run)})
             upserted = await self._upsert([refresh_update(doc) for doc in known])

@@ -1,5 +1,5 @@
 """What a lease is, as query clauses: the one definition the claims (collector/store.py due_filter), the repair
-(collector/operations.py), the backlog and `collector status` (collector/registry.py) share.
+(collector/operations.py), the backlog and `collector status` (collector/processes.py) share.
 
 A process only ever writes a lease whole, `{id: str, owner: str, until: date}` (a claim), and then moves its
 `until` (a renewal, a release after a crash), guarding each write by the lease id; every version has. So a

@@ -78,6 +78,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import MetricsHandler
 
 from collector.config import MODES
+from collector.observe import Observer
 from collector.states import Kind
 
 __all__ = ["DURATION_BUCKETS", "Metrics", "MetricsError", "MetricsServer"]
@@ -143,8 +144,11 @@ def _timestamp(when: datetime) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-class Metrics:
-    """The metrics of one process. Thread-safe; every method is cheap and never raises on odd input."""
+class Metrics(Observer):
+    """The metrics of one process, the daemon's observer (collector/observe.py). Thread-safe; every method is
+    cheap and never raises on odd input."""
+
+    enabled = True
 
     def __init__(self, mode: str, owner: str, version: str, *, services: Iterable[str] = (),
                  max_services: int = 50):

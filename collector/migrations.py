@@ -28,7 +28,8 @@ import click
 
 if TYPE_CHECKING:
     from collector.config import Settings
-    from collector.sdk import Connector, Registered
+    from collector.plugins import Registered
+    from collector.sdk import Connector
     from collector.store import Store
 
 Echo = Callable[[str], None]
@@ -64,7 +65,8 @@ def scoped_connectors(registry: dict[str, Registered], settings: Settings) -> di
 def scope_of(connector: Connector, network: dict[str, Any]) -> str | None:
     """The scope a run of `network` gives its items; None when it cannot be told (a malformed document, no server
     or an invalid one). Read from the network's identity and options only: never its credentials."""
-    from collector.model import Network, utcnow
+    from collector.clock import utcnow
+    from collector.model import Network
     from collector.sdk import Context
 
     try:
@@ -190,10 +192,10 @@ def command(load_settings: Callable[[click.Context], Any], run: Callable[..., An
         """Move the items of services whose ids are per server (Mastodon, GitLab) from their old keys
         [service, user, itemId] to [service, user, server, itemId]. Run it once every process runs this version;
         running it again changes nothing more."""
-        from collector import sdk
+        from collector import plugins
 
         settings = load_settings(ctx)
-        connectors = scoped_connectors(sdk.discover(), settings)
+        connectors = scoped_connectors(plugins.discover(), settings)
         try:
             report = run(ctx, lambda store: migrate_item_scopes(store, connectors, batch, click.echo, dry_run),
                          settings)

@@ -13,8 +13,9 @@ from pymongo import UpdateOne
 from collector import leases, outbox
 from collector.documents import public_view
 from collector.selectors import SLOTS, slot_number, user_slot
+from collector.states import FILTERS
 
-STATES = ("active", "disabled", "unauthorized", "parked")
+STATES = tuple(FILTERS)  # `networks list --state` (collector/states.py: the query of each)
 
 
 class Operations:
@@ -45,16 +46,10 @@ class Operations:
             query["service"] = service
         if mode:
             query["mode"] = mode
-        if state == "active":
-            query["disabled"] = {"$ne": True}
-        elif state == "disabled":
-            query.update(disabled=True, unauthorized={"$ne": True})
-        elif state == "unauthorized":
-            query["unauthorized"] = True
-        elif state == "parked":
-            query.update(parkedAt={"$exists": True}, disabled={"$ne": True})
-        elif state is not None:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        if state is not None:
+            if state not in FILTERS:
+                raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+            query.update(FILTERS[state])
         return [public_view(d) async for d in self.networks.find(query).limit(limit)]
 
     async def repair(self, now: datetime, known_modes: Sequence[str]) -> list[tuple[Any, str]]:
@@ -131,8 +126,8 @@ class Operations:
         return int(result.modified_count)
 
     async def enable(self, network_id: Any, now: datetime) -> bool:
-        """Clear disabled/unauthorized/errors and make the network due now."""
-        result = await self._told({"_id": network_id}, _enable_update(now), "enabled", now, "operator: enabled")
+        """Clear the network's failure state (`cleared`) and make it due now."""
+        result = await self._told({"_id": network_id}, cleared(now), "enabled", now, "operator: enabled")
         return bool(result.matched_count == 1)
 
     async def enable_many(self, now: datetime, service: str | None = None, reason_kind: str | None = None,
@@ -148,7 +143,7 @@ class Operations:
         if dry_run:
             sample = await self.networks.find(query).limit(10).to_list(None)
             return await self.networks.count_documents(query), [public_view(d) for d in sample]
-        result = await self._told(query, _enable_update(now), "enabled", now, "operator: enabled", many=True)
+        result = await self._told(query, cleared(now), "enabled", now, "operator: enabled", many=True)
         return result.modified_count, []
 
     async def disable(self, network_id: Any, reason: str, now: datetime) -> bool:
@@ -158,16 +153,20 @@ class Operations:
         return bool(result.matched_count == 1)
 
     async def reset(self, network_id: Any, now: datetime) -> bool:
-        """Back to initial mode from the start of the history (items already stored stay)."""
-        result = await self._told({"_id": network_id}, {
-            "$set": {"mode": "initial", "cursor": {}, "errors": 0, "scheduledTo": now, "disabled": False,
-                     "unauthorized": False},
-            "$unset": {"disabledReason": "", "disabledAt": "", "rateLimitedUntil": ""}}, "initial", now,
-            "operator: reset")
+        """Back to initial mode from the start of the history (items already stored stay), its failure state
+        cleared as by `enable`."""
+        update = outbox.merge(cleared(now), {"$set": {"mode": "initial", "cursor": {}}})
+        result = await self._told({"_id": network_id}, update, "initial", now, "operator: reset")
         return bool(result.matched_count == 1)
 
 
-def _enable_update(now: datetime) -> dict[str, Any]:
+# a network's failure state: disabled (why, since when), unauthorized, an error streak, a limit streak, parked, and
+# the 401s counted (a network enabled after its user reconnected has its next 401 confirmed again, collector/states.py)
+FAILURE_UNSET = ("disabledReason", "disabledAt", "failingSince", "rateLimitedUntil", "rateLimitStreak", "parkedAt",
+                 "parkedReason", "authFailures")
+
+
+def cleared(now: datetime) -> dict[str, Any]:
+    """The update that clears a network's failure state and makes it due now (an operator's enable or reset)."""
     return {"$set": {"disabled": False, "unauthorized": False, "errors": 0, "scheduledTo": now},
-            "$unset": {"disabledReason": "", "disabledAt": "", "failingSince": "", "parkedAt": "", "parkedReason": "",
-                       "rateLimitStreak": ""}}
+            "$unset": dict.fromkeys(FAILURE_UNSET, "")}

@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+# what a network document is, as the change feed reports it (a first 401 being confirmed is not reported: the next
+# run confirms or clears it)
+from collector.states import label as label
+
 PENDING = "pending"  # a network's state changes not published yet
 POINTERS = "outbox"  # the collection of pointers
 ADDED_BY, REMOVED_BY, RESTORED_BY = "addedBy", "removedBy", "restoredBy"
@@ -49,16 +53,6 @@ class Added:
     def entry(self, run: str, at: datetime) -> dict[str, Any] | None:
         """The network entry reporting the additions; None when there is nothing to report or it is not complete."""
         return {"k": ADDED, "r": run, "at": at, "items": self.items} if self.items and self.complete else None
-
-
-def label(doc: dict[str, Any]) -> str:
-    """What a network document is, as the change feed reports it: unauthorized (the user must reconnect), disabled,
-    parked, or its mode. A first 401 still being confirmed is not reported (the next run confirms or clears it)."""
-    if doc.get("disabled") is True:
-        return "unauthorized" if doc.get("unauthorized") is True else "disabled"
-    if doc.get("parkedAt"):
-        return "parked"
-    return str(doc.get("mode"))
 
 
 def pointer(kind: str, run: str, network: dict[str, Any], at: datetime, *, keys: Sequence[Any] = (),

@@ -13,7 +13,7 @@ import structlog
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from collector import logs
-from collector.model import aware
+from collector.clock import aware
 
 log = structlog.get_logger("collector.run")
 

@@ -43,6 +43,7 @@ from pymongo.errors import PyMongoError
 from collector import logs
 from collector.config import Schedule, Settings
 from collector.documents import item_key
+from collector.model import RunNetwork
 from collector.pauses import KnownPauses
 from collector.sdk import Connector, Context, Item, RateLimit
 from collector.states import Kind, Outcome, Transition
@@ -64,10 +65,9 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62 else 0
 
 
-def state_of(doc: dict[str, Any]) -> dict[str, Any]:
+def state_of(raw: Any) -> dict[str, Any]:
     """The network's `reconcile` sub-document, checked (another application writes these documents): {due} between
     reconciliations, the full state while one is under way; {} when absent or junk."""
-    raw = doc.get(RECONCILE)
     if not isinstance(raw, dict):
         return {}
     due = _when(raw.get("due"))
@@ -139,28 +139,28 @@ class Reconciler:
             return step
         return replace(step, scheduled_to=max(back, now)) if back < step.scheduled_to else step
 
-    async def step(self, connector: Connector, ctx: Context, doc: dict[str, Any], outcome: Outcome,
+    async def step(self, connector: Connector, ctx: Context, net: RunNetwork, outcome: Outcome,
                    items: list[Item]) -> Outcome:
         """After a successful normal request: start, continue or finish the network's reconciliation. Returns the
         outcome with the listing's rate limits merged in and, in `reconcile`, the fields the state save sets. A
         failure here (the database away, a bug) never fails the normal run: its progress is not saved, that is all
         (the next one resumes from the cursor saved before)."""
         try:
-            return await self._step(connector, ctx, doc, outcome, items)
+            return await self._step(connector, ctx, net, outcome, items)
         except PyMongoError as exc:
             log.warning("reconciliation interrupted by the database", error=logs.describe(exc))
         except Exception:
             log.exception("reconciliation failed")
         return outcome
 
-    async def _step(self, connector: Connector, ctx: Context, doc: dict[str, Any], outcome: Outcome,
+    async def _step(self, connector: Connector, ctx: Context, net: RunNetwork, outcome: Outcome,
                     items: list[Item]) -> Outcome:
         ex, network, now = self.executor, ctx.network, ctx.now
         schedule = ex.settings.service(network.service).schedule
         interval = schedule.reconcile_interval
         if not interval or interval <= 0 or schedule.reconcile_pages <= 0:
             return outcome
-        state = state_of(doc)
+        state = state_of(net.reconcile)
         if "id" not in state:
             due = state.get("due")
             if due is None:  # the first: anywhere in the first interval, so that a fleet's networks spread out
@@ -171,10 +171,9 @@ class Reconciler:
             state = {"due": due, "id": uuid.uuid4().hex, "phase": 1, "cursor": {}, "started": now,
                      **dict.fromkeys(COUNTS, 0)}
             log.info("reconciliation started", reconciliation=state["id"])
-        lease: Any = doc.get("lease")
-        lease_id = lease.get("id") if isinstance(lease, dict) and isinstance(lease.get("id"), str) else None
+        lease_id = net.lease_id
         rec, started = state["id"], state["started"]
-        skip = {item_key(doc["user"], doc["service"], item.id, scope=item.scope) for item in items}
+        skip = {item_key(net.user, net.service, item.id, scope=item.scope) for item in items}
         limit, merged = outcome.rate_limit, outcome.rate_limit
         floor, sent = schedule.rate_limit_floor, 0
         done: dict[str, Any] | None = None  # the reconciliation's end: lastReconcile
@@ -212,7 +211,7 @@ class Reconciler:
                 done = {"complete": False, "reason": "abandoned: the listing's cursor cannot be stored"}
                 break
             state["failures"] = 0
-            added, restored = await ex.store.mark_seen(doc, found, f"{rec}.{state['phase']}", rec, lease_id, now,
+            added, restored = await ex.store.mark_seen(net.key, found, f"{rec}.{state['phase']}", rec, lease_id, now,
                                                        skip)
             state["pages"] += 1
             state["listed"] += len(found)
@@ -234,7 +233,7 @@ class Reconciler:
                 stopped = "lease lost: nothing marked removed"
                 break
             else:
-                removed = await ex.store.mark_removed(doc, [f"{rec}.1", f"{rec}.2"], started, rec, lease_id, now)
+                removed = await ex.store.mark_removed(net.key, [f"{rec}.1", f"{rec}.2"], started, rec, lease_id, now)
                 done = {"complete": True, "removed": removed, "reason": "two listings agree"}
         if done is not None:
             last = {"at": now, "id": rec, "listed": state["listed"], "removed": done.get("removed", 0),

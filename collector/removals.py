@@ -15,6 +15,7 @@ from typing import Any
 
 from collector import outbox
 from collector.documents import item_key
+from collector.model import NetworkKey
 from collector.sdk import Item
 
 SEEN = "seenIn"  # the listing (`<reconciliation id>.<phase>`) that saw an item last
@@ -36,14 +37,14 @@ class Removals:
         return await self.networks.find_one({"_id": network_id, "lease.id": lease_id}, projection={"_id": 1}) \
             is not None
 
-    async def mark_seen(self, network: dict[str, Any], items: Sequence[Item], seen: str, run: str, lease: str | None,
+    async def mark_seen(self, network: NetworkKey, items: Sequence[Item], seen: str, run: str, lease: str | None,
                         now: datetime, skip: Collection[Any] = ()) -> tuple[int, int]:
         """One listing page: its items get `seenIn: seen`; those never stored are stored as new (added by `run`),
         except the keys in `skip` (the normal run's own items, which it stores itself); those marked removed are
         restored (by `run`). Returns (added, restored). Idempotent: a page listed twice changes nothing more."""
         if not items:
             return 0, 0
-        user, service = network["user"], network["service"]
+        user, service = network.user, network.service
         keyed = {item_key(user, service, item.id, scope=item.scope): item for item in items}
         keys = list(keyed)
         found = {doc["_id"]: doc async for doc in self.items.find({"_id": {"$in": keys}},
@@ -55,8 +56,8 @@ class Removals:
         if back:
             update: dict[str, Any] = {"$unset": {REMOVED_AT: ""}, "$set": {SEEN: seen}}
             if self.feed:  # the pointer first, then the change and its mark in one update (collector/outbox.py)
-                await self.pointers.insert_one(outbox.pointer(outbox.RESTORED, run, network, now, keys=back,
-                                                              lease=lease))
+                await self.pointers.insert_one(outbox.pointer(outbox.RESTORED, run, network.fields(), now,
+                                                              keys=back, lease=lease))
                 update.update(outbox.mark(outbox.RESTORED, run))
             result = await self.items.update_many({"_id": {"$in": back}, REMOVED_AT: {"$exists": True}}, update)
             restored = int(result.modified_count)
@@ -75,22 +76,22 @@ class Removals:
         cursor = self.items.find(self.unseen_filter(network_id, seen, started), projection={"_id": 1}).limit(limit)
         return [doc["_id"] async for doc in cursor]
 
-    async def mark_removed(self, network: dict[str, Any], seen: Sequence[str], started: datetime, run: str,
+    async def mark_removed(self, network: NetworkKey, seen: Sequence[str], started: datetime, run: str,
                            lease: str | None, now: datetime) -> int:
         """Mark removed (`removedAt: now`, by `run`) every item of the network that the listings `seen` all missed;
         returns how many. In batches: a pointer to the batch's keys, then one update whose filter re-checks it all."""
         removed = 0
         while True:
-            keys = await self.unseen(network["_id"], seen, started, BATCH)
+            keys = await self.unseen(network.id, seen, started, BATCH)
             if not keys:
                 return removed
             update: dict[str, Any] = {"$set": {REMOVED_AT: now}}
             if self.feed:
-                await self.pointers.insert_one(outbox.pointer(outbox.REMOVED, run, network, now, keys=keys,
-                                                              lease=lease))
+                await self.pointers.insert_one(outbox.pointer(outbox.REMOVED, run, network.fields(), now,
+                                                              keys=keys, lease=lease))
                 update.update(outbox.mark(outbox.REMOVED, run))
             result = await self.items.update_many(
-                {"_id": {"$in": keys}, **self.unseen_filter(network["_id"], seen, started)}, update)
+                {"_id": {"$in": keys}, **self.unseen_filter(network.id, seen, started)}, update)
             removed += int(result.modified_count)
             if not result.modified_count or len(keys) < BATCH:
                 return removed

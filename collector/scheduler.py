@@ -23,10 +23,12 @@ from typing import Any
 import structlog
 from pymongo.errors import PyMongoError
 
+from collector.clock import aware, utcnow
 from collector.config import MODES, Settings
 from collector.executor import Executor, RunResult
-from collector.model import aware, utcnow
-from collector.store import Lease, Store, service_of
+from collector.model import service_of
+from collector.observe import NoMetrics, Observer
+from collector.store import Lease, Store
 
 log = structlog.get_logger("collector.scheduler")
 
@@ -108,7 +110,7 @@ class Scheduler:
     CRASH_RETRY = 60.0
 
     def __init__(self, store: Store, executor: Executor, settings: Settings, mode: str,
-                 owner: str | None = None, clock: Callable[[], datetime] = utcnow, metrics: Any = None):
+                 owner: str | None = None, clock: Callable[[], datetime] = utcnow, metrics: Observer | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.store = store
@@ -118,7 +120,7 @@ class Scheduler:
         self.owner = owner or make_owner_id(mode)
         self.clock = clock
         self.stats = Stats()
-        self.metrics = metrics
+        self.metrics: Observer = metrics if metrics is not None else NoMetrics()
         self.selectors = settings.selectors  # which networks this process claims (collector/selectors.py)
         self.inflight: dict[asyncio.Task[Any], Running] = {}
         self.per_service: Counter[str] = Counter()
@@ -188,8 +190,7 @@ class Scheduler:
                 if stamped:
                     log.info("partition slots given to new networks", networks=stamped)
             self.executor.pauses.replace(await self.store.paused_services(now))
-            if self.metrics:
-                self.metrics.set_paused(self.paused)
+            self.metrics.set_paused(self.paused)
             await self.fill(now)
             delay = await self._delay(now)
             if self._db_failures:
@@ -208,8 +209,7 @@ class Scheduler:
 
     def _database(self, ok: bool) -> None:
         self.database_ok = ok
-        if self.metrics:
-            self.metrics.database_up(ok)
+        self.metrics.database_up(ok)
 
     async def _maybe_repair(self, now: datetime) -> None:
         if self._last_repair and (now - self._last_repair).total_seconds() < self.settings.daemon.validate_interval:
@@ -262,7 +262,7 @@ class Scheduler:
                 # claim_interval (run)
                 self._drained = True
                 break
-        if started and self.metrics:
+        if started:
             self.metrics.set_in_flight(self.per_service)
         return started
 
@@ -287,15 +287,17 @@ class Scheduler:
                                          until=self.clock() + timedelta(seconds=self.CRASH_RETRY))
             return
         self.stats.record(result)
-        if self.metrics:
-            self.metrics.run_finished(service, result.outcome.kind.value, result.new_items,
-                                      time.monotonic() - began, result.saved)
-            if result.incident:
-                self.metrics.auth_incident(service)
-            elif result.transition.service_paused_until is not None:
-                self.metrics.rate_limit_pause(service, "service")
-            elif result.transition.rate_limited_until is not None and result.outcome.kind.value != "deferred":
-                self.metrics.rate_limit_pause(service, "network")
+        self._observe(service, result, time.monotonic() - began)
+
+    def _observe(self, service: str, result: RunResult, seconds: float) -> None:
+        """Report one finished run to the observer, with the pause or incident it caused."""
+        self.metrics.run_finished(service, result.outcome.kind.value, result.new_items, seconds, result.saved)
+        if result.incident:
+            self.metrics.auth_incident(service)
+        elif result.transition.service_paused_until is not None:
+            self.metrics.rate_limit_pause(service, "service")
+        elif result.transition.rate_limited_until is not None and result.outcome.kind.value != "deferred":
+            self.metrics.rate_limit_pause(service, "network")
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         running = self.inflight.pop(task, None)
@@ -303,8 +305,7 @@ class Scheduler:
         self.per_service[service] -= 1
         if self.per_service[service] <= 0:
             del self.per_service[service]
-        if self.metrics:
-            self.metrics.set_in_flight(self.per_service)
+        self.metrics.set_in_flight(self.per_service)
         self._wake.set()
 
     async def _delay(self, now: datetime) -> float:

@@ -22,7 +22,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pymongo.errors import PyMongoError
 
 from collector import logs
+from collector.clock import aware
 from collector.config import Settings
-from collector.model import MAX_FIELD, SECRET_FIELDS, aware
+from collector.model import MAX_FIELD, SECRET_FIELDS, RunNetwork
 from collector.sdk import RateLimit
 from collector.states import Kind, Outcome
 
@@ -323,7 +324,7 @@ class Vault:
 
     async def reveal(self, doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
         """A copy of `doc` with its credentials decrypted, and the names of those found in plaintext. A value that
-        is no non-empty string is left as it is (Network.from_doc says what is wrong with it)."""
+        is no non-empty string is left as it is (RunNetwork.network says what is wrong with it)."""
         plain = dict(doc)
         plaintext = []
         for name in SECRET_FIELDS:
@@ -364,36 +365,31 @@ async def vault_for(master: MasterKey, collection: Any, require_encrypted: bool 
     return vault
 
 
-@dataclass(frozen=True)
-class Opened:
-    plain: dict[str, Any] = field(repr=False)  # the document with its credentials decrypted, for this run only
-    stored: dict[str, Any] = field(repr=False)  # as the database holds it now: the refresh's compare-and-set guard
-
-
-async def open_for_run(vault: Vault, store: Store, doc: dict[str, Any]) -> Opened | Outcome:
-    """The credentials of `doc` for its run, decrypted in memory and added to the run's scrubbed secrets; their
-    plaintext ones sealed in the database (compare-and-set on the plaintext: a token changed meanwhile is left
-    for the next run; a failed write is logged, not fatal). An Outcome instead when the run cannot go ahead."""
+async def open_for_run(vault: Vault, store: Store, network: RunNetwork) -> RunNetwork | Outcome:
+    """`network` with its credentials decrypted in memory for its run (added to the run's scrubbed secrets), and
+    `stored_credentials` as the database holds them now: the plaintext ones sealed there (compare-and-set on the
+    plaintext: a token changed meanwhile is left for the next run; a failed write is logged, not fatal). An
+    Outcome instead when the run cannot go ahead."""
+    stored = network.stored_credentials
     try:
-        plain, plaintext = await vault.reveal(doc)
+        plain, plaintext = await vault.reveal(stored)
     except KeyUnavailable as exc:
         return Outcome(Kind.DEFERRED, rate_limit=RateLimit(retry_after=STALE_RETRY), error=exc.kind, message=str(exc))
     except Undecryptable as exc:
         return Outcome(Kind.PERMANENT, error=exc.kind, message=str(exc))
     except PyMongoError as exc:
         return Outcome(Kind.TRANSIENT, error="store_error", message=f"reading the data keys: {logs.describe(exc)}")
-    if revealed := [str(plain[name]) for name in SECRET_FIELDS if plain.get(name) != doc.get(name)]:
+    if revealed := [str(plain[name]) for name in SECRET_FIELDS if plain.get(name) != stored.get(name)]:
         logs.add_run_secrets(revealed)  # the decrypted values: scrubbed from everything the run writes or logs
-    stored = doc
-    changes = {name: (doc[name], vault.seal(name, doc[name])) for name in plaintext
-               if vault.enabled and len(doc[name]) <= MAX_FIELD}  # a longer one is malformed: its run says so
+    changes = {name: (stored[name], vault.seal(name, stored[name])) for name in plaintext
+               if vault.enabled and len(stored[name]) <= MAX_FIELD}  # a longer one is malformed: its run says so
     if changes:
         try:
-            if await store.seal_credentials(doc["_id"], changes):
-                stored = {**doc, **{name: new for name, (_old, new) in changes.items()}}
+            if await store.seal_credentials(network.id, changes):
+                stored = {**stored, **{name: new for name, (_old, new) in changes.items()}}
                 log.info("plaintext credentials sealed", fields=sorted(changes))
             else:
                 log.info("credentials changed meanwhile: not sealed, the next run tries again")
         except PyMongoError as exc:
             log.warning("plaintext credentials not sealed: the next run tries again", error=logs.describe(exc))
-    return Opened(plain, stored)
+    return replace(network, credentials=plain, stored_credentials=stored)

@@ -104,7 +104,7 @@ async def encrypt_all(store: Store, vault: Vault, batch: int, echo: Echo) -> Mig
 
 async def init_keys(store: Store, settings: Settings, new_file: str | None, echo: Echo) -> MasterKey:
     """The first data key, under the configured master key or a new one written to `new_file`. Idempotent."""
-    from collector.model import utcnow
+    from collector.clock import utcnow
     from collector.secrets import SecretsError, Vault, new_data_key, read_master_key, write_master_key
 
     config = settings.secrets
@@ -165,7 +165,7 @@ async def rotate(store: Store, settings: Settings, current: MasterKey, new: Mast
     interrupted run created."""
     from cryptography.exceptions import InvalidTag
 
-    from collector.model import utcnow
+    from collector.clock import utcnow
     from collector.secrets import SecretsError, new_data_key, newest, unwrap, vault_for, wrap
 
     config = settings.secrets

@@ -19,6 +19,7 @@ the network and why. Every row of the table below is a unit test (tests/unit/tes
 | transient     | 5xx/timeout/json.. | same      | now + min(cap, base * 2^(errors-1))   | +1     | see below         |
 | permanent     | bad input, egress  | same      | never                                 | same   | yes               |
 | permanent     | 403, not a limit   | same      | never                                 | same   | yes, forbidden    |
+| permanent     | 410 Gone           | same      | never                                 | same   | yes, gone         |
 | deferred      | service paused     | same      | pause end + slack (no request made)   | same   | -                 |
 
 Adaptive polling: a network's normal interval (`pollInterval`) follows its user's activity within the service's
@@ -59,6 +60,10 @@ connector's `check` names (GitHub's secondary limits, YouTube's `quotaExceeded` 
 the app's own setup (YouTube `accessNotConfigured`: the API not enabled for the project) is transient
 (`Forbidden(transient=True)`): fixed once by the operator, it heals every network without a bulk enable.
 
+A 410 is permanent, `gone`: the user's account or the resource was deleted upstream, and no retry brings it back
+(RFC 9110 15.5.11). The network is disabled with the reason ("gone: HTTP 410: ..."), labelled "disabled", and
+`collector networks enable` clears it like any other.
+
 Rate limits in a row are counted too (`rateLimitStreak`: only a success ends it). A limit that names
 its reset (`Retry-After`, a spent quota with its reset time) is obeyed exactly. One that names none (a
 GitHub secondary limit without `retry-after`, YouTube's `rateLimitExceeded`, a Stack Exchange throttle
@@ -80,7 +85,7 @@ from typing import Any
 import pendulum
 
 from collector.config import Schedule
-from collector.limits import RateLimit
+from collector.sdk import RateLimit
 
 
 class Kind(StrEnum):
@@ -98,9 +103,10 @@ TRANSIENT_KINDS = (
     "http_5xx", "timeout", "connection", "bad_json", "bad_response", "too_large",
     "client_error", "connector_error", "token_refresh", "store_error",
 )
-# "forbidden": permanent (a 403 that is no limit), transient only when the connector says it is the app's setup
+# "forbidden": permanent (a 403 that is no limit), transient only when the connector says it is the app's setup;
+# "gone": a 410, the account or resource deleted upstream
 PERMANENT_KINDS = ("malformed", "unknown_service", "missing_credentials", "bad_connector", "egress_refused",
-                   "forbidden", "undecryptable", "plaintext_credentials")
+                   "forbidden", "gone", "undecryptable", "plaintext_credentials")
 
 
 @dataclass(frozen=True)
@@ -314,3 +320,35 @@ def _span(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# -- a network's state label, from its document, and the query that finds each ------------------------------------
+
+# the query for each label but a mode: "unauthorized" (a confirmed 401, disabled: the user must reconnect),
+# "disabled" (any other reason: an error streak, a 403, a 410, an operator), "unauthorized?" (a first 401 being
+# confirmed, still due), "parked" (rate limited park_after times in a row, due again after park_for)
+WHERE: dict[str, dict[str, Any]] = {
+    "unauthorized": {"disabled": True, "unauthorized": True},
+    "disabled": {"disabled": True, "unauthorized": {"$ne": True}},
+    "unauthorized?": {"disabled": {"$ne": True}, "unauthorized": True},
+    "parked": {"disabled": {"$ne": True}, "parkedAt": {"$exists": True}},
+}
+# what `networks list --state` filters on: "active" is every network not disabled (due as scheduled), and
+# "unauthorized" takes both a confirmed 401 and one being confirmed
+FILTERS: dict[str, dict[str, Any]] = {
+    "active": {"disabled": {"$ne": True}},
+    "disabled": WHERE["disabled"],
+    "unauthorized": {"unauthorized": True},
+    "parked": WHERE["parked"],
+}
+
+
+def label(doc: dict[str, Any], confirming: bool = False) -> str:
+    """What a network is, from its document: one of WHERE's labels, else its mode. A first 401 being confirmed is
+    "unauthorized?" only when `confirming` is asked (the change feed leaves it out: the next run confirms or clears
+    it). `True` alone counts, as in the claims' `{"disabled": {"$ne": True}}`: a junk value disables nothing."""
+    if doc.get("disabled") is True:
+        return "unauthorized" if doc.get("unauthorized") is True else "disabled"
+    if confirming and doc.get("unauthorized") is True:
+        return "unauthorized?"
+    return "parked" if doc.get("parkedAt") else str(doc.get("mode"))

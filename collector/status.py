@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from collector.model import aware, utcnow
+from collector.clock import aware, utcnow
 from collector.selectors import Selectors, assignment, slot_number
 from collector.store import Store
 from collector.webhooks import summary as webhook_summary

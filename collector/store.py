@@ -1,4 +1,4 @@
-"""Every MongoDB call lives here (with its parts: collector/pauses.py, operations.py, registry.py): claims,
+"""Every MongoDB call lives here (with its parts: collector/pauses.py, operations.py, processes.py): claims,
 leases, items, states, indexes. The item documents themselves are built by collector/documents.py.
 
 The database handle is a PyMongo async database (`pymongo.AsyncMongoClient(...)[name]`); the
@@ -28,9 +28,10 @@ from pymongo.write_concern import WriteConcern
 from collector import leases, outbox
 from collector.batch import GroupCommit, GroupInsert, Guarded, transient
 from collector.items import ItemWrites
+from collector.model import NetworkKey, service_of
 from collector.operations import Operations
 from collector.pauses import Pauses
-from collector.registry import Registry
+from collector.processes import Processes
 from collector.removals import Removals
 from collector.selectors import Selectors, user_slot
 
@@ -50,11 +51,6 @@ class Lease:
     id: str
     owner: str
     until: datetime
-
-
-def service_of(doc: dict[str, Any]) -> str:
-    """A network document's service, or "?" when the field is not a string (a malformed document)."""
-    return doc["service"] if isinstance(doc.get("service"), str) else "?"
 
 
 def due_filter(mode: str, now: datetime, exclude_services: Iterable[str] = (),
@@ -82,7 +78,7 @@ def with_slot(doc: dict[str, Any]) -> dict[str, Any]:
     return doc if "slot" in doc else {**doc, "slot": user_slot(doc.get("user"))}
 
 
-class Store(ItemWrites, Removals, Pauses, Operations, Registry):
+class Store(ItemWrites, Removals, Pauses, Operations, Processes):
     def __init__(self, db: Any, store_raw: bool = True, write_batch: int = 1000, write_concern: str | int | None = None,
                  write_timeout: float = 60.0, feed: bool = False):
         self.db = db
@@ -99,7 +95,7 @@ class Store(ItemWrites, Removals, Pauses, Operations, Registry):
         self.pointer_writes = GroupInsert(self.pointers)  # one per run that writes items: grouped (batch.py)
         self.services = db.get_collection(SERVICES, **durable)
         self.collectors = db[COLLECTORS]
-        self.figures = db[FIGURES]  # fleet-wide figures one process computes for all (Registry.shared_figures)
+        self.figures = db[FIGURES]  # fleet-wide figures one process computes for all (Processes.shared_figures)
         self.store_raw = store_raw
         self.state_writes = GroupCommit(self.networks)
         self._background: set[asyncio.Future[None]] = set()
@@ -257,19 +253,19 @@ class Store(ItemWrites, Removals, Pauses, Operations, Registry):
 
     async def save_state(self, network_id: Any, lease: Lease, fields: dict[str, Any],
                          unset: Iterable[str] = (), inc: dict[str, int] | None = None,
-                         entries: Sequence[dict[str, Any]] = (), point: dict[str, Any] | None = None) -> bool:
+                         entries: Sequence[dict[str, Any]] = (), point: NetworkKey | None = None) -> bool:
         """Write the new state if we still hold the lease, releasing it; False if it was lost. Saves that
         arrive together go as one bulk (collector.batch.GroupCommit); `lastLease` (the lease id) tells a
         read-back which of them were applied. `entries`: the run's changes for the change feed, recorded by the same
-        update (collector/outbox.py); `point`: the network document, when no pointer to it was written yet."""
+        update (collector/outbox.py); `point`: the network, when no pointer to it was written yet."""
         update: dict[str, Any] = {"$set": {**fields, "lastLease": lease.id},
                                   "$unset": {"lease": "", **{k: "" for k in unset}}}
         if inc:
             update["$inc"] = inc
         if entries and self.feed:
             if point is not None:
-                await self.pointer_writes.insert(outbox.pointer(outbox.STATE, lease.id, point, entries[0]["at"],
-                                                                lease=lease.id))
+                await self.pointer_writes.insert(outbox.pointer(outbox.STATE, lease.id, point.fields(),
+                                                                entries[0]["at"], lease=lease.id))
             update.update(outbox.push_all(entries))
         return await self.state_writes.submit(Guarded(network_id, {"lease.id": lease.id}, update,
                                                       ("lastLease", lease.id)))

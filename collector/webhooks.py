@@ -44,9 +44,10 @@ from pymongo import ASCENDING
 from pymongo.errors import PyMongoError
 
 from collector import http, logs
+from collector.clock import aware, utcnow
 from collector.config import Settings
 from collector.egress import EgressRefused
-from collector.model import aware, utcnow
+from collector.observe import NoMetrics, Observer
 
 log = structlog.get_logger("collector.webhooks")
 
@@ -117,14 +118,15 @@ class Deliverer:
 
     def __init__(self, db: Any, settings: Settings, clock: Callable[[], datetime] = utcnow, *,
                  transport: httpx.AsyncBaseTransport | None = None, rng: random.Random | None = None,
-                 poll: float = 1.0, metrics: Any = None):
+                 poll: float = 1.0, metrics: Observer | None = None):
         hooks = settings.webhooks
         self.url, self.secret, self.batch = hooks.url, hooks.secret, max(1, hooks.batch)
         self.timeout, self.concurrency = hooks.timeout, max(1, hooks.concurrency)
         self.base, self.cap, self.dead_after = hooks.backoff_base, hooks.backoff_cap, hooks.dead_after
         self.endpoint = urlsplit(hooks.url).hostname or "?"  # logged instead of the URL (it may carry credentials)
         self.feeds, self.changes = db[FEEDS], db[CHANGES]
-        self.clock, self.rng, self.poll, self.metrics = clock, rng or random.Random(), poll, metrics
+        self.clock, self.rng, self.poll = clock, rng or random.Random(), poll
+        self.metrics: Observer = metrics if metrics is not None else NoMetrics()
         # a lock outlives an attempt (bounded by `timeout`) and the database calls around it
         self.ttl = timedelta(seconds=2 * hooks.timeout + 30)
         # the daemon's client, built the same way (egress policy in the transport), with `concurrency` connections
@@ -187,8 +189,7 @@ class Deliverer:
                          now: datetime) -> None:
         last = events[-1]["seq"]
         self.sent += 1
-        if self.metrics is not None:
-            self.metrics.webhook_delivery("ok")
+        self.metrics.webhook_delivery("ok")
         if doc.get("hookFailures"):
             log.info("webhook deliveries recovered", user=doc["_id"], endpoint=self.endpoint,
                      failures=doc.get("hookFailures"))
@@ -218,8 +219,7 @@ class Deliverer:
             fields["hookDue"] = now + timedelta(seconds=backoff(failures, self.base, self.cap, self.rng))
             log.warning("webhook delivery failed", user=doc["_id"], endpoint=self.endpoint, error=error,
                         failures=failures, retry_at=fields["hookDue"].isoformat(timespec="seconds"))
-        if self.metrics is not None:
-            self.metrics.webhook_delivery("dead" if "hookDead" in fields else "failed")
+        self.metrics.webhook_delivery("dead" if "hookDead" in fields else "failed")
         await self.feeds.update_one(mine, {"$set": fields, "$unset": {"hookLock": ""}})
 
     async def post(self, body: bytes) -> Attempt:

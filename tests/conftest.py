@@ -124,6 +124,26 @@ def mock_db():
     return AsyncMongoMockClient(tz_aware=True)["collector_test"]
 
 
+@pytest.fixture(scope="module")
+def sandbox_server(request):
+    """The sandbox API over real HTTP on 127.0.0.1 (tests.harness.sandbox_api), one per test module: tests tell
+    their users apart by token. Its page cap is the module's SANDBOX_PAGE_CAP, else 3 (a few items, many pages)."""
+    from tests.harness import sandbox_api
+
+    with sandbox_api(page_cap=getattr(request.module, "SANDBOX_PAGE_CAP", 3)) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox():
+    """A sandbox API of the test's own (tests.harness.sandbox_api), 2 items a page: for tests whose counters cover
+    the whole sandbox, such as daemon processes sharing it."""
+    from tests.harness import sandbox_api
+
+    with sandbox_api(page_cap=2) as server:
+        yield server
+
+
 # -- recorded API replies ----------------------------------------------------------------------
 # A test that reads them carries the `recorded` marker: where they are absent it is skipped before its fixtures are
 # set up, with the reason; with COLLECTOR_REQUIRE_FIXTURES=1 (.ci/run) their absence fails it instead.

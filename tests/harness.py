@@ -3,16 +3,19 @@ harness the connector tests drive (claim -> executor.run -> read back)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 
-from collector import sdk
+from collector import plugins
 from collector.executor import Executor, RunResult
+from collector.sandbox import Sandbox, Server
 from collector.store import Store
 
 
@@ -88,13 +91,32 @@ async def claim_one(store: Store, mode: str, owner: str, now: Any, ttl: float,
     return got[0] if got else None
 
 
-async def engine_for(service: str, token: str, mock_db, settings, clock):
-    """Async generator body for an `engine` fixture."""
+async def engine_for(service: str, token: str, mock_db, settings, clock, registry: dict[str, Any] | None = None):
+    """Async generator body for an `engine` fixture; `registry`: the connectors (default: those installed)."""
     store = Store(mock_db)
     await store.ensure_indexes()
+    registry = plugins.discover() if registry is None else registry
     async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, sdk.discover(), clock=clock), clock, settings,
-                     service, token)
+        yield Engine(store, Executor(store, client, settings, registry, clock=clock), clock, settings, service, token)
+
+
+async def sandboxed_engine(service: str, server: Any, mock_db, clock, registry: dict[str, Any] | None = None):
+    """Async generator body for an `engine` fixture whose service is served by the sandbox `server` over HTTP."""
+    from tests.conftest import make_settings
+
+    settings = make_settings(http={"total_timeout": 5.0}, services={service: {"base_url": server.url}})
+    async for engine in engine_for(service, f"{service}-sandbox-{id(mock_db)}", mock_db, settings, clock, registry):
+        yield engine
+
+
+@contextlib.contextmanager
+def sandbox_api(**options: Any) -> Iterator[Server]:
+    """The sandbox API (collector/sandbox) served on 127.0.0.1 for the block; `options` are Sandbox's."""
+    server = Server(Sandbox(**options)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def run_schedulers(store: Store, executor: Executor, settings: Any, clock: Any) -> list[Any]:

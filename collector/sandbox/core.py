@@ -80,6 +80,7 @@ class Sandbox:
         self.storms: dict[str, float] = {}  # service (or "*": all) -> when its revocation storm ends (Unix s)
         self.oauth: Counter[str] = Counter()  # refreshes, refresh_reuse, refresh_invalid, stale_refused
         self.storm_refused: Counter[str] = Counter()  # requests a storm refused, by service
+        self.apps: dict[str, dict[str, Any]] = {}  # app-wide state of each API's emulator (app_state)
         self.local = threading.local()  # the request being answered: its access token's state (tokens.check)
         self.total = 0
         self.lock = threading.Lock()
@@ -145,7 +146,9 @@ class Sandbox:
         who, why = getattr(self.local, "stale", ("", ""))
         return str(why) if who == user.token else ""
 
-    def _fault(self, user: User) -> Response | None:
+    def fault(self, user: User) -> Response | None:
+        """The response of the next injected fault of this user (or of a refused token: revoked, in a storm,
+        expired or superseded), taken now; None when the request is to be answered normally."""
         why = self._refusal(user)
         with self.lock:
             if why:
@@ -228,8 +231,9 @@ class Sandbox:
         with self.lock:
             self.transfers.append(transfer)
 
-    def _ride(self, user: User) -> dict[str, Any] | None:
-        """The user's first fault if it rides on a served page (backoff, 200 headers): taken now."""
+    def ride(self, user: User) -> dict[str, Any] | None:
+        """The user's first fault if it rides on a normally served page (backoff, 200 headers): taken now (the
+        page carrying it counts as the request). Asked before `fault`."""
         refused = bool(self._refusal(user))
         with self.lock:
             ride = bool(user.faults) and not refused and _rides(user.faults[0])
@@ -269,9 +273,12 @@ class Sandbox:
         # the control API (collector/sandbox/control.py) registers itself, as the emulators do: it imports this module
         return CONTROL[0](self, method, path, body) if CONTROL else json_reply(404, {"message": "no control API"})
 
-    def _user(self, token: str | None, service: str, headers: dict[str, str] | None = None) -> User | None:
-        """The user of an access token (its own or one a refresh gave it); whether that token is still good is
-        noted for the request (tokens.check), and answered by `fault` as a revoked token would be."""
+    # -- for API emulators (collector/sandbox/apis/*) -----------------------------------------
+
+    def user(self, token: str | None, service: str, headers: dict[str, str] | None = None) -> User | None:
+        """The user of an access token to `service` (its own or one a refresh gave it), the hit recorded; None
+        for an unknown token. Whether that token is still good is noted for the request (tokens.check), and
+        answered by `fault` as a revoked token would be."""
         user = self.users.get(self.key(token or "") or "")
         if user is None or user.service != service:
             return None
@@ -281,19 +288,20 @@ class Sandbox:
             self.hits.setdefault(user.token, []).append(arrived)
         return user
 
-    # -- for API emulators (collector/sandbox/apis/*) -----------------------------------------
-
     def bearer_user(self, headers: dict[str, str], service: str) -> User | None:
         """The user of an `Authorization: Bearer <token>` request to `service` (the hit is recorded)."""
         auth = headers.get("authorization", "")
-        return self._user(auth[7:].strip() if auth.lower().startswith("bearer ") else None, service, headers)
+        return self.user(auth[7:].strip() if auth.lower().startswith("bearer ") else None, service, headers)
 
-    def user(self, token: str | None, service: str, headers: dict[str, str]) -> User | None:
-        return self._user(token, service, headers)
+    def count_request(self, user: User) -> None:
+        """Count a request of the user that serves no page (a 304, a rate-limit refusal): `page` counts its own."""
+        with self.lock:
+            self.requests[user.token] += 1
 
-    def fault(self, user: User) -> Response | None:
-        """The response of the next injected fault of this user (or a revoked token), else None."""
-        return self._fault(user)
+    def app_state(self, service: str) -> dict[str, Any]:
+        """The app-wide state of an API's emulator (e.g. YouTube's daily quota): empty until used, and after a reset."""
+        with self.lock:
+            return self.apps.setdefault(service, {})
 
     def quota(self, user: User) -> tuple[bool, int, float]:
         """One request against the user's window quota: (allowed, remaining after it, reset Unix time)."""
@@ -322,7 +330,9 @@ class Sandbox:
                     return n + 1 if item["id"] == item_id else n
             return len(user.items)
 
-    def _page(self, user: User, page: int, size: int) -> list[dict[str, Any]]:
+    def page(self, user: User, page: int, size: int) -> list[dict[str, Any]]:
+        """Page `page` (from 1) of `size` items of the user's history (newest first), counted as served; unlike
+        `serve`, `size` is not capped."""
         return self._page_slice(user, (page - 1) * size, page * size)
 
     def _page_slice(self, user: User, start: int, end: int) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector import sdk
+from collector import plugins
 from collector.sandbox import Sandbox, Server
 from tests.integration.test_daemons import assert_exited_clean, daemon, stop, wait_for
 
@@ -67,7 +67,7 @@ def base_flags(plan: dict[str, dict], url: str) -> list[str]:
 
 
 def test_every_connector_back_fills_and_follows_new_items(wire_uri, sync_db):
-    installed = set(sdk.discover())
+    installed = set(plugins.discover())
     server = Server(Sandbox(page_cap=PAGE_CAP)).start()
     box = server.sandbox
     plan = networks(server.url)

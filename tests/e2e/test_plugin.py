@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector import sdk
+from collector import plugins
 from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 from tests.integration.test_daemons import daemon, stop, wait_for
 
 
 def test_the_example_plugin_is_discovered_with_its_package():
-    found = sdk.discover()
+    found = plugins.discover()
     assert "hackernews" in found, "examples/collector-hackernews is not installed (scripts/test.sh installs it)"
     reg = found["hackernews"]
     assert reg.error is None and reg.package == "collector-hackernews" and reg.version == "0.1.0"

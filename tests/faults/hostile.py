@@ -3,7 +3,7 @@
 Real daemon processes (one initial, one normal) against a wire server and the sandbox API over
 real HTTP. Networks are mixed GitHub / Stack Overflow, most healthy, each faulty one with one fault
 (every sandbox fault kind, several networks per case). Each network must end in the state
-README.md / collector/states.py document for its fault; requests are bounded by http.total_timeout;
+docs/states.md / collector/states.py document for its fault; requests are bounded by http.total_timeout;
 oversize bodies are cut off unread; no token appears anywhere (outputs, CLI, database, URLs).
 
     run(uri, "small" | "full") -> [hostile row, secrets row]
@@ -51,7 +51,7 @@ BACKOFF_BASE = 0.5
 MAX_ERRORS = 5
 SLACK = 0.2  # schedule.rate_limit_slack
 LEASE_TTL = 30.0  # daemon.lease_ttl of collector/defaults.test.toml
-TWO_DAYS = 2 * 86400.0  # sdk.MAX_WAIT: the longest any API can make us wait
+TWO_DAYS = 2 * 86400.0  # collector/sdk/_limits.py MAX_WAIT: the longest any API can make us wait
 MINUTE = 60.0  # "told to wait without saying how long: a conservative minute" (states.py)
 RECHECK = 1.0  # schedule.unauthorized_recheck: a first 401 marks, the run this much later confirms (or clears) it
 SHORT = 3  # seconds of the short network rate limits
@@ -281,7 +281,7 @@ def _finished(doc: dict[str, Any], stored: int, expected: int) -> bool:
 def judge(net: Net, doc: dict[str, Any] | None, hits: list[float], stored: int,
           so_hits: list[float]) -> tuple[bool, list[str]]:
     """(settled, problems): settled = finished, or in the documented terminal / waiting state; problems =
-    every way the network differs from what README.md and states.py say for its fault (empty when right)."""
+    every way the network differs from what docs/states.md and states.py say for its fault (empty when right)."""
     c = net.case
     if doc is None:
         return False, ["network document missing"]
@@ -308,7 +308,7 @@ def judge(net: Net, doc: dict[str, Any] | None, hits: list[float], stored: int,
             return p.append("never requested")
         want(until is not None, "no rateLimitedUntil")
         if until is not None:
-            # a wait clamped to sdk.MAX_WAIT may hold the slack inside the clamp
+            # a wait clamped to collector/sdk/_limits.py MAX_WAIT may hold the slack inside the clamp
             lo = hits[0] + (wait if wait >= TWO_DAYS else wait + SLACK) - DRIFT
             hi = hits[0] + wait + SLACK + ANSWER + DRIFT
             if c.kind == "rate_limit" and c.service == GH:  # x-ratelimit-reset is a whole Unix second

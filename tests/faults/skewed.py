@@ -1,5 +1,5 @@
 """`python tests/faults/skewed.py SECONDS ARGS...`: the collector CLI (`collector ARGS...`) on a host whose wall
-clock is SECONDS off (e.g. 600: ten minutes fast). A test harness only: collector.model.utcnow, the clock every
+clock is SECONDS off (e.g. 600: ten minutes fast). A test harness only: collector.clock.utcnow, the clock every
 part of the daemon reads by default, is shifted before anything binds it."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import collector.model as model
+import collector.clock as clock
 
 SKEW = timedelta(seconds=float(sys.argv[1]))
-_real = model.utcnow
-model.utcnow = lambda: _real() + SKEW
+_real = clock.utcnow
+clock.utcnow = lambda: _real() + SKEW
 
 from collector.cli import main  # noqa: E402  (after the shift: the daemon's modules bind the shifted clock)
 

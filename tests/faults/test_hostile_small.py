@@ -1,5 +1,5 @@
 """Scenarios 3 (hostile APIs) and 5 (secrets) at size small (120 networks, every sandbox fault kind at
-least twice; tests/faults/hostile.py): every faulty network ends in the state README.md and
+least twice; tests/faults/hostile.py): every faulty network ends in the state docs/states.md and
 collector/states.py document for its fault, requests end within http.total_timeout, oversize bodies
 are cut off without being read, absurd limits are clamped to two days, and no token shows up anywhere."""
 
@@ -24,7 +24,7 @@ FINE = ("normal", False, False, 0, None, "page")
 
 
 def documented(case: hostile.Case) -> set[tuple]:
-    """What README.md's table of outcomes says this case ends in."""
+    """What the table of outcomes in docs/states.md says this case ends in."""
     if case.expect == "recovers":  # 5xx, timeout, reset, bad JSON, wrong type, oversize
         return {(*RECOVERED, case.error, "page")}
     if case.expect == "disabled":  # transient max_errors times in a row

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from collector import changes, outbox
 from collector.changes import Publisher
+from collector.model import NetworkKey
 from collector.sdk import Item
 from collector.store import Lease, Store
 from tests.conftest import Clock, make_settings
@@ -24,6 +25,11 @@ async def _setup(db, clock, **over):
 
 def _network(nid="n1", user="u1", service="github", **fields):
     return {"_id": nid, "user": user, "service": service, "mode": "initial", **fields}
+
+
+def _key(nid="n1", user="u1", service="github"):
+    """The network as the item writes and the state save name it (a run passes its RunNetwork's key)."""
+    return NetworkKey(nid, user, service)
 
 
 async def _events(db, user="u1"):
@@ -44,7 +50,7 @@ async def _pending(db):
 async def test_new_items_become_events_in_order_once(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
-    net = _network()
+    net = _key()
     new = await store.save_items(net, [Item(id=str(i), title=f"t{i}") for i in range(5)], clock.now, run="run-1")
     assert new == 5
     assert len(await _pending(any_db)) == 1  # one pointer to the page, written first
@@ -64,11 +70,11 @@ async def test_new_items_become_events_in_order_once(any_db):
 async def test_sequences_are_per_user_and_grow(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
-    await store.save_items(_network("a", "ua"), [Item(id="1"), Item(id="2")], clock.now, run="r1")
-    await store.save_items(_network("b", "ub"), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key("a", "ua"), [Item(id="1"), Item(id="2")], clock.now, run="r1")
+    await store.save_items(_key("b", "ub"), [Item(id="1")], clock.now, run="r1")
     await pub.publish()
     clock.advance(5)
-    await store.save_items(_network("a", "ua"), [Item(id="3")], clock.now, run="r2")
+    await store.save_items(_key("a", "ua"), [Item(id="3")], clock.now, run="r2")
     await pub.publish()
     assert [e["seq"] for e in await _events(any_db, "ua")] == [1, 2]
     assert [e["seq"] for e in await _events(any_db, "ub")] == [1]
@@ -78,7 +84,7 @@ async def test_sequences_are_per_user_and_grow(any_db):
 async def test_a_crash_after_the_events_before_the_clear_publishes_nothing_twice(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
-    await store.save_items(_network(), [Item(id="1"), Item(id="2")], clock.now, run="r1")
+    await store.save_items(_key(), [Item(id="1"), Item(id="2")], clock.now, run="r1")
 
     async def no_retire(done):  # the process dies between the insert and the retirement of the pointers
         raise RuntimeError("killed")
@@ -101,8 +107,8 @@ async def test_a_held_lock_defers_that_user_only(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
     await any_db.feeds.insert_one({"_id": "ua", "seq": 7, "lock": {"id": "other", "until": clock.now + timedelta(30)}})
-    await store.save_items(_network("a", "ua"), [Item(id="1")], clock.now, run="r1")
-    await store.save_items(_network("b", "ub"), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key("a", "ua"), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key("b", "ub"), [Item(id="1")], clock.now, run="r1")
     await pub.publish()
     assert await _events(any_db, "ua") == [] and len(await _events(any_db, "ub")) == 1
     assert len(await _pending(any_db)) == 1  # ua's pointer waits
@@ -115,7 +121,7 @@ async def test_a_held_lock_defers_that_user_only(any_db):
 async def test_a_change_made_while_publishing_keeps_its_entry(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
-    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key(), [Item(id="1")], clock.now, run="r1")
     write = pub._write
 
     async def meanwhile(by_user, ranges, until):
@@ -141,7 +147,7 @@ async def test_network_state_changes_are_events(any_db):
     store, pub = await _setup(any_db, clock)
     await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": clock.now}))
     lease = Lease("L1", "o", clock.now)
-    assert await store.save_state("n1", lease, {"disabled": True, "unauthorized": True}, point=_network(),
+    assert await store.save_state("n1", lease, {"disabled": True, "unauthorized": True}, point=_key(),
                                   entries=[outbox.entry("unauthorized", "L1", clock.now, "token refused twice")])
     await pub.publish()
     [event] = await _events(any_db)
@@ -154,7 +160,7 @@ async def test_racing_publishers_write_each_event_once_in_sequence(any_db):
     clock = Clock()
     store, _ = await _setup(any_db, clock, changes={"batch": 7})
     for n in range(6):
-        await store.save_items(_network(f"n{n}", f"u{n % 3}"), [Item(id=f"{n}-{i}") for i in range(10)],
+        await store.save_items(_key(f"n{n}", f"u{n % 3}"), [Item(id=f"{n}-{i}") for i in range(10)],
                                clock.now, run=uuid.uuid4().hex)
     settings = make_settings(changes={"batch": 7})
     pubs = [Publisher(any_db, settings, clock) for _ in range(3)]
@@ -175,7 +181,7 @@ async def test_racing_publishers_write_each_event_once_in_sequence(any_db):
 async def test_restored_when_collected_again_after_removal(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
-    net = _network()
+    net = _key()
     await store.save_items(net, [Item(id="1")], clock.now, run="r1")
     await any_db.items.update_one({}, {"$set": {"removedAt": clock.now}})
     clock.advance(60)
@@ -190,7 +196,7 @@ async def test_pointers_to_nothing_are_retired_without_events(any_db):
     clock = Clock()
     store, pub = await _setup(any_db, clock)
     await any_db.networks.insert_one(_network(pending=["junk", {"k": 1}, outbox.entry("disabled", "other", clock.now)]))
-    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key(), [Item(id="1")], clock.now, run="r1")
     await any_db.items.update_one({}, {"$set": {outbox.ADDED_BY: "someone else"}})  # not this run's addition
     gone = clock.now - timedelta(seconds=1)
     await any_db[outbox.POINTERS].insert_many([
@@ -204,7 +210,7 @@ async def test_pointers_to_nothing_are_retired_without_events(any_db):
 async def test_feed_off_writes_no_pointers_or_marks(any_db):
     clock = Clock()
     store = Store(any_db)
-    await store.save_items(_network(), [Item(id="1")], clock.now, run="r1")
+    await store.save_items(_key(), [Item(id="1")], clock.now, run="r1")
     assert await _pending(any_db) == [] and outbox.ADDED_BY not in await any_db.items.find_one()
 
 
@@ -213,7 +219,7 @@ async def test_a_run_in_flight_is_not_published_until_its_lease_is_released(any_
     store, pub = await _setup(any_db, clock)
     until = clock.now + timedelta(seconds=30)
     await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": until}))
-    await store.save_items(_network(), [Item(id="1")], clock.now, run="L1")
+    await store.save_items(_key(), [Item(id="1")], clock.now, run="L1")
     await pub.publish()
     assert await _events(any_db) == [] and len(await _pending(any_db)) == 1  # the run may write more
     assert await store.save_state("n1", Lease("L1", "o", until), {"mode": "normal"})
@@ -263,9 +269,9 @@ async def test_a_run_reports_what_it_added_with_its_state(any_db):
     store, pub = await _setup(any_db, clock)
     until = clock.now + timedelta(seconds=30)
     await any_db.networks.insert_one(_network(lease={"id": "L1", "owner": "o", "until": until}))
-    await store.save_items(_network(), [Item(id="old")], clock.now - timedelta(seconds=1), run="L0")
+    await store.save_items(_key(), [Item(id="old")], clock.now - timedelta(seconds=1), run="L0")
     added = outbox.Added()
-    await store.save_items(_network(), [Item(id="b", title="B"), Item(id="old"), Item(id="a")], clock.now, run="L1",
+    await store.save_items(_key(), [Item(id="b", title="B"), Item(id="old"), Item(id="a")], clock.now, run="L1",
                            added=added)
     assert [i["id"] for i in added.items] == ["b", "a"] and added.complete
     assert await store.save_state("n1", Lease("L1", "o", until), {"mode": "normal"},

@@ -10,17 +10,9 @@ import pytest
 
 from collector.app import run_daemon
 from collector.clock import ServerClock
-from collector.sandbox import Sandbox, Server
 from tests.conftest import make_settings
 
 SKEW = timedelta(minutes=10)
-
-
-@pytest.fixture
-def sandbox():
-    server = Server(Sandbox()).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow  # a daemon run for seconds (the quick loop: -m "not slow")

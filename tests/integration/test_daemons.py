@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from collector.sandbox import Sandbox, Server
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # real daemon and CLI processes: seconds each (the quick loop: -m "not slow")
@@ -53,13 +52,6 @@ def assert_exited_clean(results: list[tuple[int, str]], secrets) -> None:
         assert code == 0, out[-3000:]
         for secret in secrets:
             assert secret not in out
-
-
-@pytest.fixture
-def sandbox():
-    server = Server(Sandbox(page_cap=2)).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("processes", [2, 4])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from collector import sdk
+from collector import plugins
 from collector.cli import main
 from collector.documents import item_key
 from collector.migrations import Refused, ScopeMigration, migrate_item_scopes, scoped_connectors
@@ -67,7 +67,7 @@ async def seed(db: Any, present: bool = True) -> Store:
 
 
 def connectors() -> dict[str, Any]:
-    return scoped_connectors(sdk.discover(), make_settings())
+    return scoped_connectors(plugins.discover(), make_settings())
 
 
 async def snapshot(db: Any) -> dict[str, dict[str, Any]]:

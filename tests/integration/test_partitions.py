@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.sandbox import Sandbox, Server
 from collector.selectors import assignment, user_slot
 from collector.store import with_slot
 from tests.integration.test_daemons import daemon, wait_for
@@ -59,13 +58,6 @@ class Daemon:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
-
-
-@pytest.fixture
-def sandbox():
-    server = Server(Sandbox(page_cap=2)).start()
-    yield server
-    server.stop()
 
 
 def seed(db, box, users: int, services: tuple[str, ...], items: int, mode: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from collector import sdk
+from collector import plugins, sdk
 from collector.executor import Executor
 from collector.states import Kind
 from collector.store import Store
@@ -42,7 +42,7 @@ class Raw(sdk.Connector):
 async def run(wire_db, clock):
     store = Store(wire_db)
     await store.ensure_indexes()
-    registry = {**REGISTRY, "raw": sdk.Registered("raw", Raw, "tests", "0")}
+    registry = {**REGISTRY, "raw": plugins.Registered("raw", Raw, "tests", "0")}
     async with httpx.AsyncClient() as client:
         executor = Executor(store, client, make_settings(), registry, clock=clock)
 
@@ -83,7 +83,7 @@ async def test_a_state_that_cannot_be_stored_ends_as_a_recorded_store_error(run)
 async def test_a_poison_state_does_not_fail_the_saves_it_shares_a_bulk_with(wire_db, clock):
     store = Store(wire_db)
     await store.ensure_indexes()
-    registry = {**REGISTRY, "raw": sdk.Registered("raw", Raw, "tests", "0")}
+    registry = {**REGISTRY, "raw": plugins.Registered("raw", Raw, "tests", "0")}
     await store.networks.insert_many([{"user": f"u{i}", "service": "raw", "accessToken": f"{TOKEN}-{i}",
                                        "mode": "initial", "scheduledTo": clock.now, "errors": 0} for i in range(8)])
     claims = await store.claim_many("initial", "me", clock.now, 60, 8)

@@ -11,8 +11,8 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from collector.model import SECRET_FIELDS, utcnow
-from collector.sandbox import Sandbox, Server
+from collector.clock import utcnow
+from collector.model import SECRET_FIELDS
 from collector.secrets import (
     SecretsError,
     is_sealed,
@@ -99,13 +99,6 @@ def cli(uri: str, dbname: str, *args: str, env: dict[str, str] | None = None) ->
     return subprocess.run([sys.executable, "-m", "collector", "--env", "test", "--mongodb-uri", uri,
                            "--set", f"database.name={dbname}", *args], cwd=ROOT, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def sandbox():
-    server = Server(Sandbox(page_cap=2)).start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow  # real processes: seconds (the quick loop: -m "not slow")

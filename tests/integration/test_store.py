@@ -9,6 +9,7 @@ import pytest
 
 from collector.app import make_store
 from collector.documents import item_key
+from collector.model import NetworkKey
 from collector.sdk import Item
 from collector.store import Store
 from tests.conftest import make_settings
@@ -97,7 +98,7 @@ def items(n, start=0):
 
 
 async def test_items_are_idempotent_upserts(store, clock, any_db):
-    net = {"_id": "n1", "user": "u", "service": "github"}
+    net = NetworkKey("n1", "u", "github")
     assert await store.save_items(net, items(50), clock.now) == 50
     later = clock.now + timedelta(minutes=5)
     assert await store.save_items(net, items(60), later) == 10  # a re-run of the same page + 10 new
@@ -105,14 +106,14 @@ async def test_items_are_idempotent_upserts(store, clock, any_db):
     first = await any_db.items.find_one({"itemId": "0"})
     assert first["collectedAt"] == clock.now and first["updatedAt"] == later
     # the same item id for another user or service is another item
-    assert await store.save_items({"_id": "n2", "user": "v", "service": "github"}, items(1), clock.now) == 1
+    assert await store.save_items(NetworkKey("n2", "v", "github"), items(1), clock.now) == 1
 
 
 async def test_raw_payloads_with_dollar_and_dot_keys_are_stored(store, clock, any_db):
     """Bluesky records carry `$type`, some APIs dotted keys: a server refuses such keys in a document,
     so the raw payload's keys are stored with full-width `$` and `.` instead (and nothing is lost)."""
     raw = {"$type": "app.bsky.feed.post", "embed": {"$type": "x", "images": [{"a.b": 1, "$ref": "r"}]}, "ok": 2}
-    net = {"_id": "n1", "user": "u", "service": "bluesky"}
+    net = NetworkKey("n1", "u", "bluesky")
     assert await store.save_items(net, [Item(id="p1", title="t", raw=raw)], clock.now) == 1
     doc = await any_db.items.find_one({"itemId": "p1"})
     assert doc["raw"] == {"\uff04type": "app.bsky.feed.post", "ok": 2,
@@ -121,7 +122,7 @@ async def test_raw_payloads_with_dollar_and_dot_keys_are_stored(store, clock, an
 
 async def test_concurrent_upserts_of_the_same_new_items_store_each_once(clock, any_db):
     store = await make_store(any_db, make_settings())  # as the daemon makes it
-    net = {"_id": "n1", "user": "u", "service": "github"}
+    net = NetworkKey("n1", "u", "github")
     new = await asyncio.gather(*[store.save_items(net, items(100), clock.now) for _ in range(4)])
     assert await any_db.items.count_documents({}) == 100
     assert sum(new) == 100  # each item counted new by exactly one of the racing writers

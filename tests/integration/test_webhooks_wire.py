@@ -198,6 +198,7 @@ async def test_the_publishers_events_reach_the_endpoint(wire_db, receiver_factor
     the deliverer's POSTs: every event once, in sequence, nothing left due."""
     from collector import changes
     from collector.changes import Publisher
+    from collector.model import NetworkKey
     from collector.sdk import Item
     from collector.store import Store
 
@@ -208,7 +209,7 @@ async def test_the_publishers_events_reach_the_endpoint(wire_db, receiver_factor
     await store.ensure_indexes()
     await changes.ensure_indexes(wire_db)
     for user in ("alice", "bob"):
-        net = {"_id": f"net-{user}", "user": user, "service": "github"}
+        net = NetworkKey(f"net-{user}", user, "github")
         await store.save_items(net, [Item(id=str(n), title=f"t{n}") for n in range(4)], clock.now, run=f"r-{user}")
     await Publisher(wire_db, settings, clock).publish()
     assert await wire_db.feeds.count_documents({"hookDue": {"$exists": True}}) == 2

@@ -1,4 +1,4 @@
-"""Every installed connector (collector.sdk.discover(): the built-in ones and any plugin, such as the example
+"""Every installed connector (collector.plugins.discover(): the built-in ones and any plugin, such as the example
 Hacker News package), as the property tests test_every_field.py and test_hostile_bodies.py drive them: its test
 host, a valid network document, the cursors it writes, the cursor keys and options it reads, a valid one-page
 reply of its API (a template the hostile bodies mutate), where its items' ids come from, and an engine (a fresh
@@ -26,7 +26,7 @@ import httpx
 import respx
 from mongomock_motor import AsyncMongoMockClient
 
-from collector import logs, sdk
+from collector import logs, plugins
 from collector.executor import Executor
 from collector.states import PERMANENT_KINDS, TRANSIENT_KINDS, Kind
 from collector.store import Store
@@ -51,7 +51,7 @@ BASES = {"github": GITHUB, "stackoverflow": SO, "mastodon_favourites": MASTODON,
 # disable_after=0: transient failures disable on their count alone (max_errors rounds, not a day of them)
 SETTINGS = make_settings(services={name: {"base_url": url} for name, url in BASES.items()},
                          schedule={"disable_after": 0})
-REGISTRY = sdk.discover()
+REGISTRY = plugins.discover()
 # the connectors this file knows; an installed one it does not know fails test_every_installed_connector_is_known
 SERVICES = tuple(sorted(name for name in BASES if name in REGISTRY and REGISTRY[name].cls is not None))
 MAX_ERRORS = SETTINGS.schedule.max_errors

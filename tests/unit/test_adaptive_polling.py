@@ -68,7 +68,7 @@ def test_pages_failures_and_limits_leave_it_as_it_was():
 
 
 def test_a_rate_limit_low_still_wins_over_the_interval():
-    from collector.limits import RateLimit
+    from collector.sdk import RateLimit
     limit = RateLimit(remaining=0, reset_at=NOW.replace(hour=14))
     due, interval = after(State("normal", interval=300.0), Outcome(Kind.NOT_MODIFIED, rate_limit=limit))
     assert interval == 450.0 and due >= 7200.0

@@ -1,7 +1,8 @@
 """The tree tells the architecture: imports run one way, from the entry points down to the configuration,
 and the tools (the sandbox API, the demo) sit beside the engine, which imports none of them.
 
-    cli -> app -> fleet/status/metrics -> scheduler -> executor -> store/http/states -> sdk -> model -> config
+    cli -> app -> fleet/status/metrics -> scheduler -> executor -> store/http/states -> plugins -> sdk -> model
+        -> config -> clock/logs
 
 A module may import a module of a lower layer, or of its own layer if that makes no cycle. Every import
 counts: at the top of a module, inside a function (a lazy import) and under TYPE_CHECKING.
@@ -23,14 +24,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the demo (a tool)", {"demo"}),
     ("the daemon", {"app"}),
     ("fleet and observability", {"fleet", "status", "metrics", "notify", "changes", "webhooks"}),
-    ("scheduler", {"scheduler"}),
+    ("scheduler", {"scheduler", "observe"}),
     ("executor", {"executor", "reconcile"}),
-    ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "registry", "batch", "clock",
+    ("store, http, states", {"store", "leases", "documents", "operations", "pauses", "processes", "batch",
                              "http", "transport", "states", "offload", "outcomes", "incidents", "refresh", "secrets",
                              "outbox", "items", "removals"}),
-    ("sdk", {"sdk", "limits", "logs", "errors", "urls", "bounded"}),
+    ("plugins", {"plugins"}),  # discovery: the engine's view of the installed connectors
+    ("sdk", {"sdk"}),  # the package and its internal modules (sdk._errors, ...)
     ("model", {"model"}),
     ("config", {"config", "config_schema", "selectors", "egress", "webhook_rules"}),
+    ("time and logs", {"clock", "logs"}),  # every layer reads the clock and logs; they import nothing above
 ]
 TOOLS = ("sandbox", "demo")  # beside the engine: only the entry points and the demo may import them
 

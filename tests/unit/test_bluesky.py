@@ -20,9 +20,8 @@ from collector.connectors.bluesky import BlueskyLikes, token_did
 from collector import http, sdk
 from collector.documents import mongo_safe
 from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
+from collector.plugins import Registered
 from collector.sandbox.apis.bluesky import handle as sandbox_handle
-from collector.sdk import Registered
 from collector.store import Store
 from tests.conftest import Clock, make_settings
 from tests.harness import Engine
@@ -409,15 +408,11 @@ async def test_the_cursor_never_takes_the_token_to_another_host(engine):
 # -- the sandbox API over real HTTP ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=4)).start()
-    yield server
-    server.stop()
+SANDBOX_PAGE_CAP = 4  # the sandbox_server fixture's
 
 
-async def sandbox_engine(server, mock_db, clock, token: str):
-    settings = make_settings(services={"bluesky": {"base_url": server.url}})
+async def sandbox_engine(sandbox_server, mock_db, clock, token: str):
+    settings = make_settings(services={"bluesky": {"base_url": sandbox_server.url}})
     async for engine in make_engine(mock_db, settings, clock, token=token):
         # the sandbox's resets are real Unix times: the test clock is set to real time once the engine (its
         # client pool) is built, not before (a slow build used to put the two clocks seconds apart: a flaky wait)
@@ -425,11 +420,11 @@ async def sandbox_engine(server, mock_db, clock, token: str):
         yield engine
 
 
-async def test_sandbox_backfill_then_new_items_in_normal_mode(server, mock_db, clock):
-    sandbox = server.sandbox
+async def test_sandbox_backfill_then_new_items_in_normal_mode(sandbox_server, mock_db, clock):
+    sandbox = sandbox_server.sandbox
     token = f"sandbox-bluesky-{id(mock_db)}"
     user = sandbox.add_user("bluesky", token, 10, name="sandbox-carol")
-    async for engine in sandbox_engine(server, mock_db, clock, token):
+    async for engine in sandbox_engine(sandbox_server, mock_db, clock, token):
         await engine.add(options={"actor": sandbox_handle(user)})
         runs = 0
         while (await engine.network())["mode"] == "initial":
@@ -457,11 +452,11 @@ async def test_sandbox_backfill_then_new_items_in_normal_mode(server, mock_db, c
     ({"kind": "status", "status": 502}, "transient", "http_5xx"),
     ({"kind": "malformed"}, "transient", "bad_json"),
 ])
-async def test_sandbox_faults_end_in_their_states(server, mock_db, clock, fault, kind, error):
+async def test_sandbox_faults_end_in_their_states(sandbox_server, mock_db, clock, fault, kind, error):
     token = f"sandbox-bluesky-{fault['kind']}-{id(mock_db)}"
-    user = server.sandbox.add_user("bluesky", token, 5, name=f"sandbox-{fault['kind'].replace('_', '-')}")
-    server.sandbox.inject(token, **fault)
-    async for engine in sandbox_engine(server, mock_db, clock, token):
+    user = sandbox_server.sandbox.add_user("bluesky", token, 5, name=f"sandbox-{fault['kind'].replace('_', '-')}")
+    sandbox_server.sandbox.inject(token, **fault)
+    async for engine in sandbox_engine(sandbox_server, mock_db, clock, token):
         await engine.add(options={"actor": sandbox_handle(user)})
         result = await engine.run("initial")
         network = await engine.network()
@@ -472,16 +467,16 @@ async def test_sandbox_faults_end_in_their_states(server, mock_db, clock, fault,
             assert await mock_db.services.find_one({"_id": "bluesky"})
 
 
-async def test_sandbox_limit_headers_riding_on_a_page_store_it_then_pause(server, mock_db, clock):
+async def test_sandbox_limit_headers_riding_on_a_page_store_it_then_pause(sandbox_server, mock_db, clock):
     token = f"sandbox-bluesky-ride-{id(mock_db)}"
-    user = server.sandbox.add_user("bluesky", token, 6, name="sandbox-ride")
-    async for engine in sandbox_engine(server, mock_db, clock, token):
+    user = sandbox_server.sandbox.add_user("bluesky", token, 6, name="sandbox-ride")
+    async for engine in sandbox_engine(sandbox_server, mock_db, clock, token):
         reset = int(clock.now.timestamp()) + 120
-        server.sandbox.inject(token, "headers", status=200,
-                              headers={"ratelimit-remaining": "0", "ratelimit-reset": str(reset)})
+        sandbox_server.sandbox.inject(token, "headers", status=200,
+                                      headers={"ratelimit-remaining": "0", "ratelimit-reset": str(reset)})
         await engine.add(options={"actor": sandbox_handle(user)})
         result = await engine.run("initial")
         assert result.outcome.kind == "page" and result.new_items == 4
         assert await engine.due_in() == pytest.approx(120 + engine.schedule.rate_limit_slack)
         assert await mock_db.services.find_one({"_id": "bluesky"})
-        assert len(await engine.items()) == server.sandbox.stats()["unique_served"][token] == 4
+        assert len(await engine.items()) == sandbox_server.sandbox.stats()["unique_served"][token] == 4

@@ -11,13 +11,12 @@ import anyio
 import httpcore
 import pytest
 
-from collector import config, egress, http, sdk
+from collector import config, egress, http, plugins, sdk
 from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
-from tests.harness import claim_one
+from tests.harness import claim_one, sandbox_api
 
 
 @pytest.mark.parametrize("address, kind", [
@@ -131,16 +130,13 @@ async def test_every_spelling_of_loopback_is_refused_through_the_daemons_client(
 
 
 async def test_loopback_is_reached_when_allowed_by_cidr_or_by_name():
-    server = Server(Sandbox()).start()
-    try:
+    with sandbox_api() as server:
         port = server.url.rsplit(":", 1)[1]
         for allow, host in ((["127.0.0.0/8"], "127.0.0.1"), (["localhost"], "localhost")):
             async with http.make_client(make_settings(http={"allow": allow})) as pool:
                 response = await http.fetch(pool, sdk.Request(f"http://{host}:{port}/nowhere"), max_bytes=100_000,
                                             total_timeout=5)
             assert response.status_code == 404
-    finally:
-        server.stop()
 
 
 class Fake(sdk.Connector):
@@ -163,7 +159,7 @@ async def test_a_refused_network_is_disabled_with_the_policy_named_and_no_path(m
                                      "mode": "initial", "scheduledTo": clock.now, "errors": 0})
     doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
     async with http.make_client(settings) as pool:
-        executor = Executor(store, pool, settings, {"fake": sdk.Registered("fake", Fake, "tests", "0")},
+        executor = Executor(store, pool, settings, {"fake": plugins.Registered("fake", Fake, "tests", "0")},
                             clock=clock, rng=rng)
         result = await executor.run(doc, lease)
     net = await store.networks.find_one({"_id": doc["_id"]})

@@ -1,7 +1,7 @@
 """Every field of a network document junk, for every installed connector (hypothesis), driven through the engine.
 
 tests/unit/test_malformed_documents.py judges a few base fields of GitHub and Stack Overflow networks field by field;
-here ANY field may be junk, for every connector of collector.sdk.discover() (the example plugin included when it is
+here ANY field may be junk, for every connector of collector.plugins.discover() (the example plugin included when it is
 installed): the base fields (`user`, `service`, `accessToken`, `mode`, `scheduledTo`, `errors`), the state the
 daemon writes (`lease` as false, {}, {until: null}, a string, nested junk, a well-formed lease of another process;
 `disabled`, `unauthorized`, `authFailures`, `failingSince`, `rateLimitStreak`, `stats`, `slot`, `lastError`...), the
@@ -62,7 +62,7 @@ PROFILE = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.
 
 BASE = ("user", "service", "accessToken", "mode", "scheduledTo", "cursor", "errors", "options")
 CREDENTIALS = (*SECRET_FIELDS[1:], "credentialsStamp")
-# the state the daemon writes (README: "State fields written by the daemon") and reads back only as counters,
+# the state the daemon writes (docs/states.md: "State fields written by the daemon") and reads back only as counters,
 # dates, reasons or a lease: junk there must not stop a valid network
 OWNED = ("lease", "disabled", "unauthorized", "authFailures", "failingSince", "rateLimitStreak", "stats", "slot",
          "lastError", "lastOutcome", "lastExecution", "lastSuccess", "lastOwner", "lastLease", "parkedAt",

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from collector import sdk
+from collector import plugins, sdk
 from collector.executor import Executor
 from collector.states import Kind
 from collector.store import Store
@@ -39,8 +39,8 @@ class Fake(sdk.Connector):
         return sdk.Page(items=items, cursor={"next": data["next"]} if data["next"] else {}, more=bool(data["next"]))
 
 
-REGISTRY = {"fake": sdk.Registered("fake", Fake, "tests", "0"),
-            "broken": sdk.Registered("broken", None, "brokenpkg", "1.0", "ImportError: no module named x")}
+REGISTRY = {"fake": plugins.Registered("fake", Fake, "tests", "0"),
+            "broken": plugins.Registered("broken", None, "brokenpkg", "1.0", "ImportError: no module named x")}
 
 
 @pytest.fixture
@@ -293,7 +293,7 @@ class ServiceWide(Fake):
 async def test_limit_scope_gives_a_429_without_headers_to_the_whole_service(mock_db, settings, clock, rng):
     store = Store(mock_db)
     await store.ensure_indexes()
-    registry = {"fake": sdk.Registered("fake", ServiceWide, "tests", "0")}
+    registry = {"fake": plugins.Registered("fake", ServiceWide, "tests", "0")}
     respx.get(f"{BASE}/items").mock(return_value=httpx.Response(429, text="slow down"))
     async with httpx.AsyncClient() as client:
         result, _ = await run((store, Executor(store, client, settings, registry, clock=clock, rng=rng)), clock)

@@ -17,8 +17,7 @@ import respx
 from collector.connectors.gitlab import GitLabStarred, server_url
 
 from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
-from collector.sdk import Registered
+from collector.plugins import Registered
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import Engine
@@ -425,17 +424,10 @@ def test_server_urls():
 # -- the sandbox API over real HTTP ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=3)).start()
-    yield server
-    server.stop()
-
-
-async def test_backfill_then_new_stars_against_the_sandbox(server, mock_db, clock):
+async def test_backfill_then_new_stars_against_the_sandbox(sandbox_server, mock_db, clock):
     token = f"glpat-sandbox-{id(mock_db)}"
-    server.sandbox.add_user("gitlab", token, 8)
-    settings = make_settings(services={"gitlab": {"base_url": server.url}})
+    sandbox_server.sandbox.add_user("gitlab", token, 8)
+    settings = make_settings(services={"gitlab": {"base_url": sandbox_server.url}})
     store = Store(mock_db)
     await store.ensure_indexes()
     async with httpx.AsyncClient() as client:
@@ -444,16 +436,16 @@ async def test_backfill_then_new_stars_against_the_sandbox(server, mock_db, cloc
         await engine.add()
         assert await walk(engine, "initial") == (4, 8)  # GET /user, then pages of 3, 3, 2
         assert (await engine.network())["mode"] == "normal"
-        assert len(await engine.items()) == 8 == server.sandbox.stats()["unique_served"][token]
+        assert len(await engine.items()) == 8 == sandbox_server.sandbox.stats()["unique_served"][token]
 
-        server.sandbox.add_items(token, 2)
+        sandbox_server.sandbox.add_items(token, 2)
         engine.clock.now = (await engine.network())["scheduledTo"]
         assert await walk(engine, "normal") == (4, 2)  # page 1 changed: a re-walk of 3, 3, 3, 1
-        stats = server.sandbox.stats()
+        stats = sandbox_server.sandbox.stats()
         assert len(await engine.items()) == 10 == stats["unique_served"][token]
 
         before = stats["by_token"][token]
         result = await engine.run_when_due("normal")
         assert result.new_items == 0 and (await engine.network())["lastOutcome"]["reason"] == "nothing new"
-        assert server.sandbox.stats()["by_token"][token] == before + 1  # one request when nothing is new
-    assert not any(token in target for target in server.sandbox.log)
+        assert sandbox_server.sandbox.stats()["by_token"][token] == before + 1  # one request when nothing is new
+    assert not any(token in target for target in sandbox_server.sandbox.log)

@@ -1,6 +1,6 @@
 """Hostile API replies for every installed connector (hypothesis), served by respx, run by the real engine.
 
-For each connector of collector.sdk.discover() (the example plugin included when it is installed), at its base URL
+For each connector of collector.plugins.discover() (the example plugin included when it is installed), at its base URL
 from the test settings (tests/unit/every_connector.py), a valid network is run once against a generated reply:
 
 - bodies: the connector's valid reply with junk at one to three of the places it reads (wrong types, null, huge
@@ -250,7 +250,7 @@ def test_any_reply_ends_in_a_documented_outcome_and_leaves_the_network_able_to_r
     asyncio.run(drive(service, mode, cursor, reply))
 
 
-# -- what these properties found, pinned (fixed in collector/sdk.py and the connectors) ------------------------------
+# -- what these properties found, pinned (fixed in collector/sdk and the connectors) ------------------------------
 
 JUNK_IDS = [None, True, 1.5, {"id": 1}, [1], "", " "]
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from collector import egress, http, outcomes, sdk
-from collector.sandbox import Sandbox, Server
 from collector.transport import GuardedAiohttpTransport, GuardedConnector, literal
 from tests.conftest import make_settings
+from tests.harness import sandbox_api
 
 TRANSPORTS = pytest.mark.parametrize("transport", http.TRANSPORTS)
 
@@ -80,10 +80,9 @@ async def raw_server():
 
 @pytest.fixture(scope="module")
 def sandbox():
-    server = Server(Sandbox()).start()
-    server.sandbox.add_user("github", "tok", items=3)
-    yield server
-    server.stop()
+    with sandbox_api() as server:
+        server.sandbox.add_user("github", "tok", items=3)
+        yield server
 
 
 # -- the egress policy ------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from collector.connectors.github import GitHubStarred
 from collector.connectors.gitlab import GitLabStarred
 from collector.connectors.mastodon import MastodonBookmarks, MastodonFavourites
 
-from collector import sdk
+from collector import plugins
 from collector.documents import item_key, key_prefix, refresh_update
 from collector.executor import Executor
-from collector.sdk import Connector, Context, Item, Page, Registered, Request
+from collector.plugins import Registered
+from collector.sdk import Connector, Context, Item, Page, Request
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import Engine
@@ -172,6 +173,6 @@ def test_the_sdk_stamps_every_parsed_item_with_the_connector_scope(cls):
 
 
 def test_only_the_per_server_connectors_scope_their_items():
-    scoped = {name for name, reg in sdk.discover().items()
+    scoped = {name for name, reg in plugins.discover().items()
               if reg.cls is not None and reg.cls.item_scope is not Connector.item_scope}
     assert scoped == {"gitlab", "mastodon_bookmarks", "mastodon_favourites"}

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from collector.connectors.mastodon import title
 
-from collector.bounded import MAX_DEPTH, MAX_ITEMS, html_text, json_body, json_value
-from collector.errors import BadResponse
-from collector.limits import count, header_rate_limit, parse_time, retry_after
-from collector.urls import MAX_LINK, links
+from collector.sdk import BadResponse, count, header_rate_limit, html_text, json_body, json_value, links, parse_time
+from collector.sdk._bounded import MAX_DEPTH, MAX_ITEMS
+from collector.sdk._limits import retry_after
+from collector.sdk._urls import MAX_LINK
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ answered by respx with a valid one-page reply) until it settles. Properties:
   reason (lastOutcome.reason, lastError.message) and is due later or disabled: never due now in a loop;
 - it ends run correctly (page/not_modified, items stored, errors 0) or disabled with a reason that
   names the field at fault; which one is decided by `verdict` below, an oracle written from the
-  README's description of the document, not from collector/model.py;
+  description of the document in docs/states.md, not from collector/model.py;
 - the fields the daemon does not own (user, service, accessToken, options, the other credentials,
   every unknown field) are byte-for-byte what was inserted (BSON-encoded and compared);
 - a token (a string of 8+ characters) appears in no recorded reason and in no log line (unless its
@@ -59,7 +59,7 @@ from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from mongomock_motor import AsyncMongoMockClient
 
-from collector import logs, sdk
+from collector import logs, plugins
 from collector.config import MODES
 from collector.executor import Executor
 from collector.model import MAX_CURSOR, MAX_FIELD, SECRET_FIELDS, Malformed, Network
@@ -73,14 +73,14 @@ SO_API = "https://api.stackexchange.test/2.3"
 # disable_after=0: transient failures disable on their count alone (max_errors rounds, not a day of them)
 SETTINGS = make_settings(services={"github": {"base_url": GITHUB_API}, "stackoverflow": {"base_url": SO_API}},
                          schedule={"disable_after": 0})
-REGISTRY = {name: reg for name, reg in sdk.discover().items() if name in ("github", "stackoverflow")}
+REGISTRY = {name: reg for name, reg in plugins.discover().items() if name in ("github", "stackoverflow")}
 SERVICES = ("github", "stackoverflow")
 MAX_ERRORS = SETTINGS.schedule.max_errors
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TLS = ssl.create_default_context()  # loading the CA bundle takes 70 ms: once, not per example
 MAX_REASON = 2048  # longest reason / error message the daemon may record
 
-# every field the daemon writes (README: "State fields written by the daemon") plus `mode`
+# every field the daemon writes (docs/states.md: "State fields written by the daemon") plus `mode`
 OWNED = {"mode", "cursor", "scheduledTo", "lease", "errors", "failingSince", "lastExecution", "lastSuccess",
          "lastOwner", "lastLease", "rateLimitStreak", "parkedAt", "parkedReason",
          "lastOutcome", "lastError", "rateLimitedUntil", "disabled", "disabledReason", "disabledAt",
@@ -265,7 +265,7 @@ class Verdict:
 
 
 def verdict(doc: dict[str, Any]) -> Verdict:
-    """What the README promises for a document: written from the README, not from the model."""
+    """What docs/states.md promises for a document: written from that page, not from the model."""
     v = Verdict()
     user = doc.get("user")
     if not ((isinstance(user, str) and user and len(user) <= MAX_FIELD) or _is_int(user)

@@ -16,8 +16,10 @@ import respx
 from collector.connectors.mastodon import MastodonBookmarks, MastodonFavourites, instance_url
 
 from collector.executor import Executor
+from collector.model import RunNetwork
+from collector.plugins import Registered
 from collector.sandbox import Sandbox, Server
-from collector.sdk import Item, Registered
+from collector.sdk import Item
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import Engine
@@ -229,7 +231,8 @@ async def test_a_status_favourited_again_is_stored_once_and_min_id_still_moves(e
     engine.page(api, min_id="1000").respond(200, json=[status(990, id=status_id(1001))],
                                             headers=engine.link(prev_min=1001))
     await engine.add(mode="normal", cursor={"min_id": "1000"})
-    await engine.store.save_items(await engine.network(), [Item(id=status_id(1001), scope=API)], engine.clock.now)
+    known = RunNetwork.read(await engine.network()).key
+    await engine.store.save_items(known, [Item(id=status_id(1001), scope=API)], engine.clock.now)
 
     result = await engine.run("normal")
 

@@ -14,7 +14,7 @@ import pytest
 import respx
 import structlog
 
-from collector import sdk
+from collector import plugins, sdk
 from collector.executor import Executor
 from collector.offload import PARSE_INLINE_BYTES, Offload, Overdue
 from collector.states import Kind
@@ -42,7 +42,7 @@ class Probe(sdk.Connector):
         return sdk.Page(items=[sdk.Item(id=str(i)) for i in data["items"]], cursor={}, more=False)
 
 
-REGISTRY = {"probe": sdk.Registered("probe", Probe, "tests", "0")}
+REGISTRY = {"probe": plugins.Registered("probe", Probe, "tests", "0")}
 
 
 @pytest.fixture

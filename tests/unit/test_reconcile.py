@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from collector import changes, outbox, sdk
+from collector import changes, outbox, plugins
 from collector.executor import Executor
 from collector.reconcile import LAST, RECONCILE, held_by, state_of
-from collector.sandbox import Sandbox, Server
+from collector.sandbox import Sandbox
 from collector.sandbox.apis import bluesky, mastodon, reddit, spotify, youtube
 from collector.states import Kind, Outcome
 from collector.store import Store
@@ -26,17 +26,11 @@ from tests.conftest import make_settings
 from tests.harness import claim_one
 
 PAGE = 3  # the sandbox's page size: 7 items are 3 pages
+SANDBOX_PAGE_CAP = PAGE  # the sandbox_server fixture's
 ITEMS = 7
 INTERVAL = 3600.0
 SERVICES = ("github", "stackoverflow", "mastodon_favourites", "mastodon_bookmarks", "gitlab", "youtube", "spotify",
             "reddit_saved", "reddit_upvoted", "bluesky")
-
-
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=PAGE)).start()
-    yield server
-    server.stop()
 
 
 def upstream_id(service: str, box: Sandbox, token: str, n: int) -> str:
@@ -121,7 +115,7 @@ def settings_for(url: str, **schedule: Any) -> Any:
 
 
 @pytest.fixture
-async def network(server, mock_db, clock):
+async def network(sandbox_server, mock_db, clock):
     counter = iter(range(1000))
     clients = []
 
@@ -129,9 +123,10 @@ async def network(server, mock_db, clock):
         n = next(counter)
         name = f"rec{n}x{id(mock_db) % 100000}"
         token = f"reconcile-{service}-{name}"
-        server.sandbox.add_user(service, token, items, name=name)
-        options = {"mastodon_favourites": {"instance": server.url}, "mastodon_bookmarks": {"instance": server.url},
-                   "gitlab": {"base_url": server.url}, "reddit_saved": {"username": name},
+        sandbox_server.sandbox.add_user(service, token, items, name=name)
+        url = sandbox_server.url
+        options = {"mastodon_favourites": {"instance": url}, "mastodon_bookmarks": {"instance": url},
+                   "gitlab": {"base_url": url}, "reddit_saved": {"username": name},
                    "reddit_upvoted": {"username": name}, "bluesky": {"actor": f"{name}.bsky.social"}}.get(service, {})
         store = Store(mock_db, feed=feed)
         await store.ensure_indexes()
@@ -139,9 +134,9 @@ async def network(server, mock_db, clock):
                                           "scheduledTo": clock.now, "options": options})
         client = httpx.AsyncClient()
         clients.append(client)
-        executor = Executor(store, client, settings_for(server.url, **schedule), sdk.discover(), clock=clock,
+        executor = Executor(store, client, settings_for(url, **schedule), plugins.discover(), clock=clock,
                             rng=random.Random(3))
-        net = Net(service, token, name, nid, store, executor, clock, server.sandbox)
+        net = Net(service, token, name, nid, store, executor, clock, sandbox_server.sandbox)
         await net.until(lambda d: d["mode"] == "normal")  # the back-fill
         assert await net.stored() == net.ids(*range(1, items + 1))
         return net
@@ -155,7 +150,7 @@ async def network(server, mock_db, clock):
 async def test_removal_is_detected_within_one_interval_and_a_reappearance_restores(network, service):
     net = await network(service)
     await net.run()  # the first normal run: the first reconciliation somewhere in the first interval
-    first = state_of(await net.doc())["due"]
+    first = state_of((await net.doc()).get(RECONCILE))["due"]
     assert net.clock.now <= first <= net.clock.now + timedelta(seconds=INTERVAL)
     last = await net.reconciled()
     assert last["complete"] and last["removed"] == 0 and last["listed"] == ITEMS, last
@@ -245,7 +240,7 @@ async def test_a_lost_lease_marks_nothing(network, monkeypatch):
 
     monkeypatch.setattr(net.executor, "_guarded", stolen)
     doc = await net.doc()
-    net.clock.now = state_of(doc)["due"]
+    net.clock.now = state_of(doc.get(RECONCILE))["due"]
     await net.store.networks.update_one({"_id": net.id}, {"$set": {"scheduledTo": net.clock.now}})
     claimed = await claim_one(net.store, "normal", "me", net.clock.now, 60)
     result = await net.executor.run(*claimed)
@@ -258,7 +253,7 @@ async def test_a_lost_lease_marks_nothing(network, monkeypatch):
 
 
 async def test_a_listing_cap_marks_nothing(network, monkeypatch):
-    monkeypatch.setattr(sdk.discover()["reddit_saved"].cls, "listing_cap", 5)
+    monkeypatch.setattr(plugins.discover()["reddit_saved"].cls, "listing_cap", 5)
     net = await network("reddit_saved")
     net.box.remove_items(net.token, [1])
     last = await net.reconciled()
@@ -278,7 +273,7 @@ async def test_the_page_cap_spreads_a_listing_over_runs_that_come_back_soon(netw
     assert last["removed"] == 1 and await net.removed() == net.ids(6)
 
 
-async def test_the_quota_is_respected(server, network):
+async def test_the_quota_is_respected(sandbox_server, network):
     # GitHub's sandbox: 5000 requests an hour per token; 304s cost nothing, as on GitHub
     net = await network("github", items=60, reconcile_pages=100, reconcile_quota=0.5)
     user = net.box.users[net.token]
@@ -339,9 +334,9 @@ def test_junk_state_is_no_state():
     from datetime import UTC, datetime
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert state_of({}) == {} and state_of({"reconcile": "x"}) == {} and state_of({"reconcile": {"due": 5}}) == {}
-    assert state_of({"reconcile": {"due": now, "id": 7, "phase": 1, "cursor": {}, "started": now}}) == {"due": now}
-    full = state_of({"reconcile": {"id": "r", "phase": 2, "cursor": {"next": 2}, "started": now, "pages": "x"}})
+    assert state_of(None) == {} and state_of("x") == {} and state_of({"due": 5}) == {}
+    assert state_of({"due": now, "id": 7, "phase": 1, "cursor": {}, "started": now}) == {"due": now}
+    full = state_of({"id": "r", "phase": 2, "cursor": {"next": 2}, "started": now, "pages": "x"})
     assert full["phase"] == 2 and full["pages"] == 0 and full["due"] is None
 
 

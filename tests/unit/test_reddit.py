@@ -18,9 +18,9 @@ from collector.connectors.reddit import RedditSaved, RedditUpvoted
 
 from collector import http, sdk
 from collector.executor import Executor
+from collector.plugins import Registered
 from collector.sandbox import Sandbox, Server
 from collector.sandbox.apis.reddit import base36
-from collector.sdk import Registered
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import Engine

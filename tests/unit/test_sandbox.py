@@ -6,54 +6,47 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from collector import sdk
+from collector import plugins
 from collector.executor import Executor
-from collector.sandbox import FULL, Sandbox, Server
+from collector.sandbox import FULL
 from collector.sandbox.payloads import github_repository
 from collector.states import Kind
 from collector.store import Store
 from tests.conftest import make_settings
-from tests.harness import claim_one
-
-
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=3)).start()
-    yield server
-    server.stop()
+from tests.harness import claim_one, sandbox_api
 
 
 @pytest.fixture
-async def run(server, mock_db, clock):
+async def run(sandbox_server, mock_db, clock):
     settings = make_settings(http={"total_timeout": 1.0, "max_body_bytes": 100_000},
-                             services={"github": {"base_url": server.url},
-                                       "stackoverflow": {"base_url": f"{server.url}/2.3"}})
+                             services={"github": {"base_url": sandbox_server.url},
+                                       "stackoverflow": {"base_url": f"{sandbox_server.url}/2.3"}})
     store = Store(mock_db)
     await store.ensure_indexes()
     counter = iter(range(10_000))
 
     async def go(service: str, fault: dict | None = None, items: int = 5):
         token = f"sandbox-token-{service}-{next(counter)}-{id(mock_db)}"
-        server.sandbox.add_user(service, token, items)
+        sandbox_server.sandbox.add_user(service, token, items)
         if fault:
-            server.sandbox.inject(token, **fault)
+            sandbox_server.sandbox.inject(token, **fault)
         await store.networks.insert_one({"user": token[-12:], "service": service, "accessToken": token,
                                          "mode": "initial", "scheduledTo": clock.now})
         doc, lease = await claim_one(store, "initial", "me", clock.now, 60)
         async with httpx.AsyncClient() as client:
-            result = await Executor(store, client, settings, sdk.discover(), clock=clock).run(doc, lease)
+            result = await Executor(store, client, settings, plugins.discover(), clock=clock).run(doc, lease)
         return result, await store.networks.find_one({"_id": doc["_id"]}), token
 
     return go
 
 
 @pytest.mark.parametrize("service", ["github", "stackoverflow"])
-async def test_a_clean_page_is_served_and_counted(run, server, service):
+async def test_a_clean_page_is_served_and_counted(run, sandbox_server, service):
     result, net, token = await run(service, items=5)
     assert result.outcome.kind is Kind.PAGE and result.new_items == 3 and net["cursor"]["next"]
-    stats = server.sandbox.stats()
+    stats = sandbox_server.sandbox.stats()
     assert stats["served"][token] == 3 and stats["by_token"][token] == 1
-    assert not any(token in target for target in server.sandbox.log)  # tokens never travel in URLs
+    assert not any(token in target for target in sandbox_server.sandbox.log)  # tokens never travel in URLs
 
 
 @pytest.mark.parametrize("service, fault, kind, error", [
@@ -74,13 +67,13 @@ async def test_a_clean_page_is_served_and_counted(run, server, service):
     ("stackoverflow", {"kind": "status", "status": 503}, Kind.TRANSIENT, "http_5xx"),
     ("stackoverflow", {"kind": "timeout", "seconds": 3}, Kind.TRANSIENT, "timeout"),
 ])
-async def test_each_fault_ends_in_its_documented_state(run, server, clock, service, fault, kind, error):
+async def test_each_fault_ends_in_its_documented_state(run, sandbox_server, clock, service, fault, kind, error):
     result, net, token = await run(service, fault)
     assert result.outcome.kind is kind, net.get("lastError")
     assert net["lastError"]["kind"] == error
     recorded = {k: v for k, v in net.items() if k != "accessToken"}
     assert token not in str(recorded)  # the reason never carries the token
-    assert server.sandbox.stats()["served"].get(token, 0) == 0  # a failed request hands out nothing
+    assert sandbox_server.sandbox.stats()["served"].get(token, 0) == 0  # a failed request hands out nothing
     if kind is Kind.RATE_LIMITED:
         assert net["errors"] == 0
         assert (net["scheduledTo"] - clock.now).total_seconds() >= fault["seconds"]
@@ -88,14 +81,14 @@ async def test_each_fault_ends_in_its_documented_state(run, server, clock, servi
         assert net["unauthorized"] and net["authFailures"] == 1 and not net.get("disabled")
 
 
-def test_control_api(server):
-    base = f"{server.url}/_sandbox"
+def test_control_api(sandbox_server):
+    base = f"{sandbox_server.url}/_sandbox"
     assert httpx.post(f"{base}/users", json={"service": "github", "token": "ctl-token-1", "items": 4}).json() == {
         "token": "ctl-token-1", "items": 4}
     assert httpx.post(f"{base}/users/ctl-token-1/add", json={"count": 2}).json() == {"items": 6}
     assert httpx.post(f"{base}/users/ctl-token-1/faults", json={"kind": "nope"}).status_code == 400
     assert httpx.post(f"{base}/users/ctl-token-1/faults", json={"kind": "status", "status": 502}).status_code == 200
-    api = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer ctl-token-1"})
+    api = httpx.Client(base_url=sandbox_server.url, headers={"Authorization": "Bearer ctl-token-1"})
     assert api.get("/user/starred").status_code == 502
     page = api.get("/user/starred", params={"per_page": 100})
     assert page.status_code == 200 and [r["repo"]["id"] for r in page.json()] == [6, 5, 4]  # newest first
@@ -107,7 +100,7 @@ def test_control_api(server):
     assert stats["faults"]["status"] >= 1
 
 
-async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, server, clock, mock_db):
+async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, sandbox_server, clock, mock_db):
     result, net, _token = await run("stackoverflow", {"kind": "backoff", "seconds": 45})
     assert result.outcome.kind is Kind.PAGE and result.new_items == 3  # the page itself is fine
     assert (net["scheduledTo"] - clock.now).total_seconds() >= 45
@@ -115,17 +108,17 @@ async def test_stackexchange_backoff_field_delays_and_pauses_the_service(run, se
     assert (paused["pausedUntil"] - clock.now).total_seconds() >= 45
 
 
-def test_stackexchange_daily_quota_is_each_user_s_own(server):
+def test_stackexchange_daily_quota_is_each_user_s_own(sandbox_server):
     """With an access token the quota is the user/app pair's (api.stackexchange.com/docs/throttle)."""
-    server.sandbox.add_user("stackoverflow", "quota-user-1", 5, quota=1)
-    server.sandbox.add_user("stackoverflow", "quota-user-2", 5)
-    spent = httpx.Client(base_url=server.url, headers={"X-API-Access-Token": "quota-user-1"})
+    sandbox_server.sandbox.add_user("stackoverflow", "quota-user-1", 5, quota=1)
+    sandbox_server.sandbox.add_user("stackoverflow", "quota-user-2", 5)
+    spent = httpx.Client(base_url=sandbox_server.url, headers={"X-API-Access-Token": "quota-user-1"})
     first = spent.get("/2.3/me/favorites")
     assert first.status_code == 200 and first.json()["quota_remaining"] == 0
     second = spent.get("/2.3/me/favorites")
     assert second.status_code == 400 and second.json()["error_name"] == "throttle_violation"
-    other = httpx.get(f"{server.url}/2.3/me/favorites", headers={"X-API-Access-Token": "quota-user-2"})
-    assert other.status_code == 200 and other.json()["quota_remaining"] == server.sandbox.quota_max - 1
+    other = httpx.get(f"{sandbox_server.url}/2.3/me/favorites", headers={"X-API-Access-Token": "quota-user-2"})
+    assert other.status_code == 200 and other.json()["quota_remaining"] == sandbox_server.sandbox.quota_max - 1
 
 
 @pytest.mark.recorded
@@ -133,8 +126,7 @@ def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():
     from tests.conftest import fixture_json
 
     recorded = fixture_json("github.connector.init.json")
-    server = Server(Sandbox()).start()
-    try:
+    with sandbox_api() as server:
         server.sandbox.add_user("github", "rec-token", 4)
         bad = httpx.post(f"{server.url}/_sandbox/repos", json={"repos": []})
         assert bad.status_code == 400
@@ -150,13 +142,10 @@ def test_recorded_repositories_are_served_under_each_item_s_own_id_and_names():
         httpx.post(f"{server.url}/_sandbox/repos", json={"repos": None})
         compact = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer rec-token"}).json()
         assert set(compact[0]["repo"]) == {"id", "full_name", "html_url", "owner", "created_at"}
-    finally:
-        server.stop()
 
 
 def test_full_size_repositories_are_the_generated_ones_under_each_item_s_id():
-    server = Server(Sandbox()).start()
-    try:
+    with sandbox_api() as server:
         server.sandbox.add_user("github", "full-token", 4)
         assert httpx.post(f"{server.url}/_sandbox/repos", json={"repos": "fuller"}).status_code == 400
         assert httpx.post(f"{server.url}/_sandbox/repos", json={"repos": FULL}).json() == {"repos": FULL}
@@ -170,16 +159,14 @@ def test_full_size_repositories_are_the_generated_ones_under_each_item_s_id():
         server.sandbox.add_user("github", "full-token", 1)
         again = httpx.get(f"{server.url}/user/starred", headers={"Authorization": "Bearer full-token"}).json()
         assert again[0]["repo"] == github_repository(1)  # a reset keeps what kind of repositories are served
-    finally:
-        server.stop()
 
 
-async def test_the_github_connector_stores_full_size_repositories_as_served(run, server, mock_db):
-    server.sandbox.repos = FULL
+async def test_the_github_connector_stores_full_size_repositories_as_served(run, sandbox_server, mock_db):
+    sandbox_server.sandbox.repos = FULL
     try:
         result, net, _token = await run("github", items=5)
     finally:
-        server.sandbox.repos = None
+        sandbox_server.sandbox.repos = None
     assert result.outcome.kind is Kind.PAGE and result.new_items == 3 and net["cursor"]["next"]
     items = {doc["itemId"]: doc async for doc in mock_db.items.find({})}
     assert set(items) == {"5", "4", "3"}

@@ -13,22 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from collector.sandbox import Sandbox, Server, tokens
+from collector.sandbox import tokens
 from collector.sandbox.apis.bluesky import did, handle
 from tests.conftest import make_settings
 from tests.harness import engine_for
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=3)).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+def http(sandbox_server):
+    with httpx.Client(base_url=sandbox_server.url, timeout=10) as client:
         yield client
 
 
@@ -44,9 +37,9 @@ def refresh(http: httpx.Client, token: str, **extra: str) -> httpx.Response:
     return http.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": token, **extra})
 
 
-def user(server, service: str = "github", **fields: Any) -> tuple[str, str]:
+def user(sandbox_server, service: str = "github", **fields: Any) -> tuple[str, str]:
     token, rt = name(f"at-{service}"), name(f"rt-{service}")
-    server.sandbox.add_user(service, token, 5, name=token, refresh_token=rt, **fields)
+    sandbox_server.sandbox.add_user(service, token, 5, name=token, refresh_token=rt, **fields)
     return token, rt
 
 
@@ -58,8 +51,8 @@ def claims(jwt: str) -> dict[str, Any]:
 # -- the token endpoint ------------------------------------------------------------------------
 
 
-def test_strict_rotation_gives_a_new_pair_and_the_old_refresh_token_is_a_counted_reuse(server, http):
-    token, rt = user(server, access_ttl=600, rotation="strict")
+def test_strict_rotation_gives_a_new_pair_and_the_old_refresh_token_is_a_counted_reuse(sandbox_server, http):
+    token, rt = user(sandbox_server, access_ttl=600, rotation="strict")
     assert starred(http, token).status_code == 200
 
     got = refresh(http, rt, client_id="app")
@@ -71,10 +64,10 @@ def test_strict_rotation_gives_a_new_pair_and_the_old_refresh_token_is_a_counted
     assert starred(http, token).status_code == 401  # superseded, in GitHub's shape
     assert starred(http, token).json()["message"] == "Bad credentials"
     assert starred(http, body["access_token"]).status_code == 200
-    before = server.sandbox.stats()["refresh_reuse"]
+    before = sandbox_server.sandbox.stats()["refresh_reuse"]
     again = refresh(http, rt)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    stats = server.sandbox.stats()
+    stats = sandbox_server.sandbox.stats()
     assert stats["refresh_reuse"] == before + 1
     assert stats["tokens"][token] == {"refreshes": 1, "refresh_reuse": 1}
     # the user is still the one it was created as: counters and items stay under its own token
@@ -83,8 +76,8 @@ def test_strict_rotation_gives_a_new_pair_and_the_old_refresh_token_is_a_counted
     assert refresh(http, body["refresh_token"]).status_code == 200
 
 
-def test_without_rotation_the_refresh_token_is_kept(server, http):
-    _, rt = user(server, access_ttl=600, rotation="none")
+def test_without_rotation_the_refresh_token_is_kept(sandbox_server, http):
+    _, rt = user(sandbox_server, access_ttl=600, rotation="none")
     first = refresh(http, rt).json()
     second = refresh(http, rt).json()
     assert "refresh_token" not in first and "refresh_token" not in second
@@ -93,20 +86,20 @@ def test_without_rotation_the_refresh_token_is_kept(server, http):
     assert starred(http, second["access_token"]).status_code == 200
 
 
-def test_on_use_rotation_keeps_the_previous_pair_until_the_new_access_token_is_used(server, http):
-    token, rt = user(server, access_ttl=600, rotation="on_use")
+def test_on_use_rotation_keeps_the_previous_pair_until_the_new_access_token_is_used(sandbox_server, http):
+    token, rt = user(sandbox_server, access_ttl=600, rotation="on_use")
     pair = refresh(http, rt).json()
     assert starred(http, token).status_code == 200  # the previous access token still works...
     assert starred(http, pair["access_token"]).status_code == 200  # ...until the new one is used
     assert starred(http, token).status_code == 401
-    before = server.sandbox.stats()["refresh_reuse"]
+    before = sandbox_server.sandbox.stats()["refresh_reuse"]
     assert refresh(http, rt).json()["error"] == "invalid_grant"
-    assert server.sandbox.stats()["refresh_reuse"] == before + 1
+    assert sandbox_server.sandbox.stats()["refresh_reuse"] == before + 1
     assert refresh(http, pair["refresh_token"]).status_code == 200
 
 
-def test_on_use_rotation_forgives_a_pair_that_was_never_used(server, http):
-    _, rt = user(server, access_ttl=600, rotation="on_use")
+def test_on_use_rotation_forgives_a_pair_that_was_never_used(sandbox_server, http):
+    _, rt = user(sandbox_server, access_ttl=600, rotation="on_use")
     lost = refresh(http, rt).json()  # say the client crashed before storing it
     again = refresh(http, rt).json()
     assert again["refresh_token"] != lost["refresh_token"]
@@ -114,8 +107,8 @@ def test_on_use_rotation_forgives_a_pair_that_was_never_used(server, http):
     assert refresh(http, lost["refresh_token"]).status_code == 400  # the unused one went away
 
 
-def test_grace_rotation_gives_the_same_successor_within_the_grace_period(server, http):
-    _, rt = user(server, access_ttl=600, rotation="grace", grace=0.5)
+def test_grace_rotation_gives_the_same_successor_within_the_grace_period(sandbox_server, http):
+    _, rt = user(sandbox_server, access_ttl=600, rotation="grace", grace=0.5)
     first = refresh(http, rt).json()
     again = refresh(http, rt).json()
     assert again["refresh_token"] == first["refresh_token"] and again["access_token"] != first["access_token"]
@@ -124,13 +117,13 @@ def test_grace_rotation_gives_the_same_successor_within_the_grace_period(server,
     assert refresh(http, first["refresh_token"]).status_code == 200
 
 
-def test_an_access_token_expires_after_its_lifetime(server, http):
-    token, rt = user(server, access_ttl=0.4)
-    before = server.sandbox.stats()["stale_refused"]
+def test_an_access_token_expires_after_its_lifetime(sandbox_server, http):
+    token, rt = user(sandbox_server, access_ttl=0.4)
+    before = sandbox_server.sandbox.stats()["stale_refused"]
     assert starred(http, token).status_code == 200
     time.sleep(0.45)
     assert starred(http, token).status_code == 401
-    assert server.sandbox.stats()["stale_refused"] == before + 1
+    assert sandbox_server.sandbox.stats()["stale_refused"] == before + 1
     fresh = refresh(http, rt).json()
     assert fresh["expires_in"] == 1  # at least a second, in whole seconds
     assert starred(http, fresh["access_token"]).status_code == 200
@@ -145,14 +138,14 @@ def test_an_access_token_expires_after_its_lifetime(server, http):
     (lambda h, rt: h.post("/oauth/token", data={"grant_type": "refresh_token"}), 400, "invalid_request"),
     (lambda h, rt: refresh(h, "nobody's"), 400, "invalid_grant"),
 ])
-def test_token_endpoint_errors_are_rfc6749_errors(server, http, send, status, error):
-    _, rt = user(server, access_ttl=600)
+def test_token_endpoint_errors_are_rfc6749_errors(sandbox_server, http, send, status, error):
+    _, rt = user(sandbox_server, access_ttl=600)
     got = send(http, rt)
     assert got.status_code == status and got.json()["error"] == error
 
 
-def test_a_revoked_grant_cannot_be_refreshed(server, http):
-    token, rt = user(server, access_ttl=600)
+def test_a_revoked_grant_cannot_be_refreshed(sandbox_server, http):
+    token, rt = user(sandbox_server, access_ttl=600)
     assert http.post(f"/_sandbox/users/{token}/revoke").status_code == 200
     assert refresh(http, rt).json()["error"] == "invalid_grant"
 
@@ -160,7 +153,7 @@ def test_a_revoked_grant_cannot_be_refreshed(server, http):
 # -- the control API ----------------------------------------------------------------------------
 
 
-def test_control_api_creates_expires_and_shows_a_users_tokens(server, http):
+def test_control_api_creates_expires_and_shows_a_users_tokens(sandbox_server, http):
     token, rt = name("ctl"), name("ctl-rt")
     made = http.post("/_sandbox/users", json={"service": "github", "token": token, "items": 2,
                                               "refresh_token": rt, "access_ttl": 300, "rotation": "strict"})
@@ -183,7 +176,7 @@ def test_control_api_creates_expires_and_shows_a_users_tokens(server, http):
     assert bad.status_code == 400 and "rotation" in bad.json()["message"]
 
 
-def test_bulk_users_can_have_expiring_tokens(server, http):
+def test_bulk_users_can_have_expiring_tokens(sandbox_server, http):
     prefix = name("bulk") + "-"
     made = http.post("/_sandbox/bulk", json={"service": "github", "prefix": prefix, "count": 3, "items": 1,
                                              "access_ttl": 60, "refresh_prefix": f"{prefix}rt"})
@@ -195,30 +188,30 @@ def test_bulk_users_can_have_expiring_tokens(server, http):
 # -- the revocation storm -----------------------------------------------------------------------
 
 
-def test_a_storm_refuses_one_service_then_ends_and_is_counted(server, http):
-    gh, _ = user(server)
+def test_a_storm_refuses_one_service_then_ends_and_is_counted(sandbox_server, http):
+    gh, _ = user(sandbox_server)
     se = name("se")
-    server.sandbox.add_user("stackoverflow", se, 2)
-    before = server.sandbox.stats()["storm_refused"].get("github", 0)
+    sandbox_server.sandbox.add_user("stackoverflow", se, 2)
+    before = sandbox_server.sandbox.stats()["storm_refused"].get("github", 0)
     got = http.post("/_sandbox/storm", json={"service": "github", "seconds": 0.5})
     assert got.status_code == 200 and got.json()["service"] == "github"
-    assert server.sandbox.stats()["storms"]["github"] > 0
+    assert sandbox_server.sandbox.stats()["storms"]["github"] > 0
     refused = starred(http, gh)
     assert refused.status_code == 401 and refused.json()["message"] == "Bad credentials"
     assert http.get("/2.3/me/favorites", headers={"x-api-access-token": se}).status_code == 200
     time.sleep(0.55)
     assert starred(http, gh).status_code == 200  # the token was never revoked
-    assert server.sandbox.stats()["storm_refused"]["github"] == before + 1
-    assert "github" not in server.sandbox.stats()["storms"]
+    assert sandbox_server.sandbox.stats()["storm_refused"]["github"] == before + 1
+    assert "github" not in sandbox_server.sandbox.stats()["storms"]
 
 
-def test_a_storm_of_every_service_speaks_each_apis_language_and_leaves_token_endpoints_alone(server, http):
+def test_a_storm_of_every_service_speaks_each_apis_language_and_leaves_token_endpoints_alone(sandbox_server, http):
     spotify, bluesky, so, hn = name("sp"), name("bs"), name("so"), name("hn")
-    server.sandbox.add_user("spotify", spotify, 2)
-    server.sandbox.add_user("bluesky", bluesky, 2, name=bluesky)
-    server.sandbox.add_user("stackoverflow", so, 2)
-    server.sandbox.add_user("hackernews", hn, 2, name=hn)
-    _, rt = user(server, access_ttl=600)
+    sandbox_server.sandbox.add_user("spotify", spotify, 2)
+    sandbox_server.sandbox.add_user("bluesky", bluesky, 2, name=bluesky)
+    sandbox_server.sandbox.add_user("stackoverflow", so, 2)
+    sandbox_server.sandbox.add_user("hackernews", hn, 2, name=hn)
+    _, rt = user(sandbox_server, access_ttl=600)
     http.post("/_sandbox/storm", json={"seconds": 30})
     try:
         got = http.get("/v1/me/tracks", headers={"Authorization": f"Bearer {spotify}"})
@@ -243,9 +236,9 @@ def likes(http: httpx.Client, user_name: str, token: str) -> httpx.Response:
                     headers={"Authorization": f"Bearer {token}"})
 
 
-def test_refresh_session_rotates_strictly_with_pds_shaped_jwts(server, http):
+def test_refresh_session_rotates_strictly_with_pds_shaped_jwts(sandbox_server, http):
     token, rt = name("bsky"), name("bsky-rt")
-    bsky = server.sandbox.add_user("bluesky", token, 3, name=token, refresh_token=rt, access_ttl=120)
+    bsky = sandbox_server.sandbox.add_user("bluesky", token, 3, name=token, refresh_token=rt, access_ttl=120)
     assert bsky.session is not None and bsky.session.rotation == "strict"  # Bluesky's default here
 
     got = http.post("/xrpc/com.atproto.server.refreshSession", headers={"Authorization": f"Bearer {rt}"})
@@ -260,13 +253,13 @@ def test_refresh_session_rotates_strictly_with_pds_shaped_jwts(server, http):
 
     assert likes(http, token, out["accessJwt"]).status_code == 200
     assert likes(http, token, token).json() == {"error": "ExpiredToken", "message": "Token has been revoked"}
-    before = server.sandbox.stats()["refresh_reuse"]
+    before = sandbox_server.sandbox.stats()["refresh_reuse"]
     reused = http.post("/xrpc/com.atproto.server.refreshSession", headers={"Authorization": f"Bearer {rt}"})
     assert reused.status_code == 400
     assert reused.json() == {"error": "ExpiredToken", "message": "Token has been revoked"}
-    assert server.sandbox.stats()["refresh_reuse"] == before + 1
+    assert sandbox_server.sandbox.stats()["refresh_reuse"] == before + 1
 
-    tokens.expire(server.sandbox, bsky)
+    tokens.expire(sandbox_server.sandbox, bsky)
     assert likes(http, token, out["accessJwt"]).json() == {"error": "ExpiredToken", "message": "Token has expired"}
 
 
@@ -276,9 +269,9 @@ def test_refresh_session_rotates_strictly_with_pds_shaped_jwts(server, http):
     ("POST", "access", 400, "InvalidToken"),  # an access JWT where the refresh JWT belongs
     ("POST", "unknown", 400, "InvalidToken"),
 ])
-def test_refresh_session_errors(server, http, method, auth, status, error):
+def test_refresh_session_errors(sandbox_server, http, method, auth, status, error):
     token, rt = name("bsky-err"), name("bsky-err-rt")
-    server.sandbox.add_user("bluesky", token, 1, name=token, refresh_token=rt, access_ttl=120)
+    sandbox_server.sandbox.add_user("bluesky", token, 1, name=token, refresh_token=rt, access_ttl=120)
     bearer = {"refresh": rt, "access": token, "unknown": "eyJ.eyJ.sig"}.get(auth or "")
     got = http.request(method, "/xrpc/com.atproto.server.refreshSession",
                        headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
@@ -288,19 +281,20 @@ def test_refresh_session_errors(server, http, method, auth, status, error):
 # -- the engine against the token endpoint ---------------------------------------------------------
 
 
-async def test_the_engine_refreshes_a_github_network_at_the_sandbox_token_endpoint(server, mock_db, clock):
-    token, rt = user(server, access_ttl=3600, rotation="strict")
-    settings = make_settings(services={"github": {"base_url": server.url, "token_url": f"{server.url}/oauth/token",
+async def test_the_engine_refreshes_a_github_network_at_the_sandbox_token_endpoint(sandbox_server, mock_db, clock):
+    token, rt = user(sandbox_server, access_ttl=3600, rotation="strict")
+    url = sandbox_server.url
+    settings = make_settings(services={"github": {"base_url": url, "token_url": f"{url}/oauth/token",
                                                   "client_id": "sandbox-app", "client_secret": "sandbox-secret"}})
     async for engine in engine_for("github", token, mock_db, settings, clock):
         await engine.add(refreshToken=rt)
         assert (await engine.run()).outcome.kind.value == "page"
-        tokens.expire(server.sandbox, server.sandbox.users[token])
+        tokens.expire(sandbox_server.sandbox, sandbox_server.sandbox.users[token])
         result = await engine.run_when_due("initial")
         assert result.outcome.kind.value == "page", (await engine.network()).get("lastError")
         doc = await engine.network()
-        session = server.sandbox.users[token].session
+        session = sandbox_server.sandbox.users[token].session
         assert doc["accessToken"] == session.access != token and doc["refreshToken"] == session.refresh != rt
         assert (doc["tokenExpiresAt"] - clock.now).total_seconds() == 3600
-        assert server.sandbox.stats()["tokens"][token] == {"refreshes": 1, "refresh_reuse": 0}
+        assert sandbox_server.sandbox.stats()["tokens"][token] == {"refreshes": 1, "refresh_reuse": 0}
         assert not doc.get("disabled")

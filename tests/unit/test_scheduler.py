@@ -10,7 +10,7 @@ import pytest
 import respx
 from pymongo.errors import ServerSelectionTimeoutError
 
-from collector import sdk
+from collector import plugins
 from collector.executor import Executor
 from collector.scheduler import Scheduler
 from collector.store import Store
@@ -22,7 +22,8 @@ class Fake2(Fake):
     service = "fake2"
 
 
-REGISTRY = {"fake": sdk.Registered("fake", Fake, "tests", "0"), "fake2": sdk.Registered("fake2", Fake2, "tests", "0")}
+REGISTRY = {"fake": plugins.Registered("fake", Fake, "tests", "0"),
+            "fake2": plugins.Registered("fake2", Fake2, "tests", "0")}
 
 
 async def seed(store, clock, n, service="fake", mode="initial"):
@@ -215,7 +216,7 @@ async def test_a_crashed_run_is_retried_after_a_pause_not_after_the_whole_lease(
 async def test_networks_coming_due_one_by_one_are_claimed_in_batches_of_claim_interval(mock_db, interval):
     """At scale a network comes due every millisecond: a look at the due queue for each one is a claim batch each,
     most of the database's work. With the queue drained, the loop looks again only claim_interval later."""
-    from collector.model import utcnow
+    from collector.clock import utcnow
 
     respx.get(f"{BASE}/items").mock(return_value=httpx.Response(200, json={"items": [], "next": None}))
     settings = make_settings(daemon={"concurrency": 16, "claim_interval": interval})

@@ -28,7 +28,8 @@ from collector.connectors.youtube import YouTubeLiked
 
 from collector import logs, sdk
 from collector.executor import MAX_MESSAGE, Executor
-from collector.sdk import Connector, Registered
+from collector.plugins import Registered
+from collector.sdk import Connector
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import Engine

@@ -1,18 +1,23 @@
-"""The connector helpers of collector.sdk: Link headers, Retry-After, resets, rate limits, times, discovery."""
+"""The connector helpers of collector.sdk: Link headers, Retry-After, resets, rate limits, times, URLs; its public
+names (discovery: test_plugins.py)."""
 
 from __future__ import annotations
 
+import ast
 import email.utils
+import re
 from datetime import UTC, datetime, timedelta, timezone
-from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import httpx
 import pytest
 from collector.connectors.github import GitHubStarred
-from collector.connectors.stackoverflow import StackOverflowFavorites
 
 from collector import sdk
-from collector.sdk import MAX_WAIT, RateLimit, epoch, header_rate_limit, links, parse_time, retry_after
+from collector.sdk import RateLimit, header_rate_limit, links, parse_time
+from collector.sdk import _urls as urls
+from collector.sdk._errors import ForeignHost
+from collector.sdk._limits import MAX_WAIT, epoch, retry_after
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 IN_AN_HOUR = NOW + timedelta(hours=1)
@@ -271,37 +276,6 @@ def test_parse_time_garbage_is_none(value):
     assert parse_time(value) is None
 
 
-# -- discover() ---------------------------------------------------------------------------------
-
-
-def test_discover_finds_the_builtin_connectors_through_entry_points():
-    found = sdk.discover()
-    assert found["github"].cls is GitHubStarred
-    assert found["stackoverflow"].cls is StackOverflowFavorites
-    for service in ("github", "stackoverflow"):
-        assert found[service].service == service
-        assert found[service].package == "collector-daemon"
-        assert found[service].version
-        assert found[service].error is None
-
-
-def test_discover_reports_broken_plugins_without_failing(monkeypatch):
-    group = sdk.ENTRY_POINT_GROUP
-    fake = [
-        EntryPoint("github", "collector.connectors.github:GitHubStarred", group),
-        EntryPoint("missing", "no_such_module_anywhere:Connector", group),
-        EntryPoint("notaconnector", "collector.sdk:Item", group),
-        EntryPoint("misnamed", "collector.connectors.github:GitHubStarred", group),
-    ]
-    monkeypatch.setattr(sdk, "entry_points", lambda group: fake)
-    found = sdk.discover()
-    assert found["github"].cls is GitHubStarred and found["github"].error is None
-    assert found["missing"].cls is None and found["missing"].error.startswith("ModuleNotFoundError")
-    assert found["notaconnector"].cls is None
-    assert "not a collector.sdk.Connector subclass" in found["notaconnector"].error
-    assert found["misnamed"].cls is None and "must be 'misnamed'" in found["misnamed"].error
-
-
 @pytest.mark.parametrize("url, base, inside", [
     ("https://api.example.com/v1/x?page=2", "https://api.example.com", True),
     ("https://api.example.com", "https://api.example.com/", True),
@@ -319,21 +293,21 @@ def test_discover_reports_broken_plugins_without_failing(monkeypatch):
     ("http://[::1", "https://api.example.com", False),  # not a URL
 ])
 def test_inside_compares_scheme_host_port_and_path(url, base, inside):
-    assert sdk.inside(url, base) is inside
+    assert urls.inside(url, base) is inside
 
 
 def test_within_passes_a_link_inside_and_refuses_one_outside():
     assert sdk.within(None, "https://a.example") is None
     assert sdk.within("https://a.example/next", "https://a.example") == "https://a.example/next"
-    with pytest.raises(sdk.ForeignHost, match="next URL points outside"):
+    with pytest.raises(ForeignHost, match="next URL points outside"):
         sdk.within("https://b.example/next", "https://a.example", "next URL")
-    assert issubclass(sdk.ForeignHost, sdk.BadResponse)  # transient, as any bad reply
+    assert issubclass(ForeignHost, sdk.BadResponse)  # transient, as any bad reply
 
 
 def test_origin_shows_no_path_nor_query():
-    assert sdk.origin("https://a.example:8443/secret/path?token=x") == "https://a.example:8443"
-    assert sdk.origin("https://a.example/p") == "https://a.example"
-    assert sdk.origin("/relative") == "a URL without a host"
+    assert urls.origin("https://a.example:8443/secret/path?token=x") == "https://a.example:8443"
+    assert urls.origin("https://a.example/p") == "https://a.example"
+    assert urls.origin("/relative") == "a URL without a host"
 
 
 @pytest.mark.parametrize("value, path, expected", [
@@ -371,6 +345,12 @@ def test_auth_header_and_scheme_say_how_the_token_is_sent():
         service = "bare"
         auth_header, auth_scheme = "X-Token", ""
 
+        def request(self, ctx):
+            return sdk.Request(self.base_url)
+
+        def parse(self, ctx, response):
+            return sdk.Page(items=[], cursor={}, more=False)
+
     network = Network(id=1, user="u", service="bare", mode="initial", cursor={}, errors=0,
                       credentials={"accessToken": "secret-1"})
     ctx = sdk.Context(network=network, mode="initial", cursor={}, now=None)
@@ -380,3 +360,35 @@ def test_auth_header_and_scheme_say_how_the_token_is_sent():
     no_token = sdk.Context(network=Network(id=1, user="u", service="bare", mode="initial", cursor={}, errors=0,
                                            credentials={}), mode="initial", cursor={}, now=None)
     assert Bare(settings).auth_headers(no_token) == {}
+
+
+# -- the public names ---------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CONNECTOR_CODE = [*(ROOT / "connectors").glob("*.py"), *(ROOT / "examples").rglob("*.py")]
+
+
+def sdk_imports(path: Path) -> set[tuple[str, str]]:
+    """(module, name) of every import from collector.sdk or one of its modules in `path`."""
+    return {(node.module, alias.name) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("collector.sdk")
+            for alias in node.names}
+
+
+def test_connectors_and_the_example_import_only_public_names():
+    imported = set().union(*(sdk_imports(path) for path in CONNECTOR_CODE))
+    assert imported and {module for module, _ in imported} == {"collector.sdk"}
+    assert {name for _, name in imported} - set(sdk.__all__) == set()
+
+
+def test_every_public_name_is_one_a_connector_author_uses():
+    """`__all__` is the plugin API: each name in it is imported by a connector or the example, or documented in
+    docs/connectors.md; what only the engine uses stays in the internal modules."""
+    used = {name for path in CONNECTOR_CODE for _, name in sdk_imports(path)}
+    guide = (ROOT / "docs" / "connectors.md").read_text()
+    assert [name for name in sdk.__all__ if name not in used and not re.search(rf"\b{name}\b", guide)] == []
+    assert {"discover", "Registered", "ENTRY_POINT_GROUP", "inside", "origin", "ForeignHost"}.isdisjoint(sdk.__all__)
+
+
+def test_the_package_exports_its_public_names_and_nothing_else():
+    assert {name for name in vars(sdk) if not name.startswith("_")} - {"annotations"} == set(sdk.__all__)

@@ -12,14 +12,14 @@ import pytest
 import respx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from collector import sdk
+from collector import plugins, sdk
+from collector.clock import utcnow
 from collector.config import ConfigError
 from collector.executor import Executor
-from collector.model import SECRET_FIELDS, utcnow
+from collector.model import SECRET_FIELDS, RunNetwork
 from collector.secrets import (
     KeyUnavailable,
     MasterKey,
-    Opened,
     SecretsError,
     Undecryptable,
     Vault,
@@ -57,7 +57,7 @@ class Fake(sdk.Connector):
         return sdk.Page(items=[sdk.Item(id=str(x)) for x in response.json()["items"]], cursor={}, more=False)
 
 
-REGISTRY = {"fake": sdk.Registered("fake", Fake, "tests", "0")}
+REGISTRY = {"fake": plugins.Registered("fake", Fake, "tests", "0")}
 
 
 def key_file(tmp_path, name="master-key") -> str:
@@ -259,15 +259,17 @@ async def test_a_key_of_another_master_defers_the_run(vault, mock_db, tmp_path):
     sealed = seal_value(foreign["_id"], AESGCM(unwrap(other, foreign["_id"], foreign["wrapped"])), "accessToken", TOKEN)
     with pytest.raises(KeyUnavailable):
         await vault.reveal({"accessToken": sealed})
-    outcome = await open_for_run(vault, Store(mock_db), {"_id": 1, "accessToken": sealed})
+    outcome = await open_for_run(vault, Store(mock_db), RunNetwork.read({"_id": 1, "accessToken": sealed}))
     assert isinstance(outcome, Outcome) and outcome.kind is Kind.DEFERRED and other.id in outcome.message
 
 
 async def test_a_token_changed_meanwhile_is_not_overwritten(vault, mock_db):
     store = Store(mock_db)
     await mock_db.networks.insert_one({"_id": 1, "accessToken": "changed-meanwhile"})
-    opened = await open_for_run(vault, store, {"_id": 1, "accessToken": TOKEN})  # read before the change
-    assert isinstance(opened, Opened) and opened.plain["accessToken"] == TOKEN and opened.stored["accessToken"] == TOKEN
+    read = RunNetwork.read({"_id": 1, "accessToken": TOKEN})  # read before the change
+    opened = await open_for_run(vault, store, read)
+    assert isinstance(opened, RunNetwork) and opened.credentials["accessToken"] == TOKEN
+    assert opened.stored_credentials["accessToken"] == TOKEN
     assert (await mock_db.networks.find_one({"_id": 1}))["accessToken"] == "changed-meanwhile"
 
 

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from collector.model import SECRET_FIELDS, utcnow
+from collector.clock import utcnow
+from collector.model import SECRET_FIELDS
 from collector.secrets import (
     SecretsError,
     is_sealed,

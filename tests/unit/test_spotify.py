@@ -12,13 +12,11 @@ import pytest
 import respx
 from collector.connectors.spotify import SpotifySavedTracks
 
-from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
+from collector.plugins import Registered
+from collector.sandbox import Sandbox
 from collector.sandbox.apis import spotify as emulator
-from collector.sdk import Registered
-from collector.store import Store
 from tests.conftest import make_settings
-from tests.harness import Engine
+from tests.harness import engine_for, sandboxed_engine
 
 TOKEN = "BQDsecret-spotify-access-token"
 API = "https://api.spotify.test"
@@ -63,10 +61,8 @@ PAGE1, PAGE2, PAGE3 = list(range(120, 70, -1)), list(range(70, 20, -1)), list(ra
 @pytest.fixture
 async def engine(mock_db, clock):
     settings = make_settings(services={"spotify": {"base_url": API}})
-    store = Store(mock_db)
-    await store.ensure_indexes()
-    async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, REGISTRY, clock=clock), clock, settings, "spotify", TOKEN)
+    async for engine in engine_for("spotify", TOKEN, mock_db, settings, clock, REGISTRY):
+        yield engine
 
 
 def page(api: respx.MockRouter, offset: int, **name: str) -> respx.Route:
@@ -274,26 +270,14 @@ async def test_a_stored_next_url_to_another_host_is_never_requested(engine):
 # -- the sandbox emulator over real HTTP -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=3)).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-async def sandboxed(server, mock_db, clock):
-    settings = make_settings(http={"total_timeout": 5.0}, services={"spotify": {"base_url": server.url}})
-    store = Store(mock_db)
-    await store.ensure_indexes()
-    token = f"sp-sandbox-{id(mock_db)}"
-    async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, REGISTRY, clock=clock), clock, settings, "spotify",
-                     token)
+async def sandboxed(sandbox_server, mock_db, clock):
+    async for engine in sandboxed_engine("spotify", sandbox_server, mock_db, clock, REGISTRY):
+        yield engine
 
 
-async def test_sandbox_backfill_then_new_tracks_over_http(sandboxed, server):
-    sandbox = server.sandbox
+async def test_sandbox_backfill_then_new_tracks_over_http(sandboxed, sandbox_server):
+    sandbox = sandbox_server.sandbox
     sandbox.add_user("spotify", sandboxed.token, items=8)
     await sandboxed.add()
 
@@ -325,9 +309,9 @@ async def test_sandbox_backfill_then_new_tracks_over_http(sandboxed, server):
                                              ({"kind": "rate_limit", "seconds": 600}, "rate_limited"),
                                              ({"kind": "retry_after", "seconds": 40}, "rate_limited"),
                                              ({"kind": "status", "status": 502}, "transient")])
-async def test_sandbox_faults_in_spotifys_shape(sandboxed, server, clock, fault, kind):
-    server.sandbox.add_user("spotify", sandboxed.token, items=4)
-    server.sandbox.inject(sandboxed.token, **fault)
+async def test_sandbox_faults_in_spotifys_shape(sandboxed, sandbox_server, clock, fault, kind):
+    sandbox_server.sandbox.add_user("spotify", sandboxed.token, items=4)
+    sandbox_server.sandbox.inject(sandboxed.token, **fault)
     await sandboxed.add()
 
     result = await sandboxed.run("initial")

@@ -1,6 +1,6 @@
-"""The shipped systemd unit (systemd/collector@.service) keeps the limits the README promises: memory and
-task caps, and a kernel-enforced egress deny-list beside the daemon's own policy (issue: one hostile network
-cannot hurt any other user)."""
+"""The shipped systemd unit (systemd/collector@.service) keeps the limits README.md and docs/operating.md promise:
+memory and task caps, and a kernel-enforced egress deny-list beside the daemon's own policy (issue: one hostile
+network cannot hurt any other user)."""
 
 from __future__ import annotations
 

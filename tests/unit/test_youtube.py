@@ -12,13 +12,11 @@ import pytest
 import respx
 from collector.connectors.youtube import YouTubeLiked, quota_reset
 
-from collector.executor import Executor
-from collector.sandbox import Sandbox, Server
+from collector.plugins import Registered
+from collector.sandbox import Sandbox
 from collector.sandbox.apis import youtube as emulator
-from collector.sdk import Registered
-from collector.store import Store
 from tests.conftest import make_settings
-from tests.harness import Engine
+from tests.harness import engine_for, sandboxed_engine
 
 TOKEN = "ya29.a0AfH6SMB-secret-token"
 API = "https://youtube.googleapis.test"
@@ -60,10 +58,8 @@ def ids(numbers: list[int]) -> set[str]:
 @pytest.fixture
 async def engine(mock_db, clock):
     settings = make_settings(services={"youtube": {"base_url": API}})
-    store = Store(mock_db)
-    await store.ensure_indexes()
-    async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, REGISTRY, clock=clock), clock, settings, "youtube", TOKEN)
+    async for engine in engine_for("youtube", TOKEN, mock_db, settings, clock, REGISTRY):
+        yield engine
 
 
 def first_page(api: respx.MockRouter, **name: str) -> respx.Route:
@@ -330,26 +326,14 @@ async def test_a_page_token_never_takes_the_request_to_another_host(engine):
 # -- the sandbox emulator over real HTTP -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = Server(Sandbox(page_cap=3)).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-async def sandboxed(server, mock_db, clock):
-    settings = make_settings(http={"total_timeout": 5.0}, services={"youtube": {"base_url": server.url}})
-    store = Store(mock_db)
-    await store.ensure_indexes()
-    token = f"yt-sandbox-{id(mock_db)}"
-    async with httpx.AsyncClient() as client:
-        yield Engine(store, Executor(store, client, settings, REGISTRY, clock=clock), clock, settings, "youtube",
-                     token)
+async def sandboxed(sandbox_server, mock_db, clock):
+    async for engine in sandboxed_engine("youtube", sandbox_server, mock_db, clock, REGISTRY):
+        yield engine
 
 
-async def test_sandbox_backfill_then_new_likes_over_http(sandboxed, server):
-    sandbox = server.sandbox
+async def test_sandbox_backfill_then_new_likes_over_http(sandboxed, sandbox_server):
+    sandbox = sandbox_server.sandbox
     sandbox.add_user("youtube", sandboxed.token, items=8)
     await sandboxed.add()
 
@@ -379,8 +363,8 @@ async def test_sandbox_backfill_then_new_likes_over_http(sandboxed, server):
     assert not any(sandboxed.token in target for target in sandbox.log)
 
 
-async def test_sandbox_app_quota_spent_pauses_the_service(sandboxed, server, clock):
-    sandbox = server.sandbox
+async def test_sandbox_app_quota_spent_pauses_the_service(sandboxed, sandbox_server, clock):
+    sandbox = sandbox_server.sandbox
     sandbox.add_user("youtube", sandboxed.token, items=4)
     quota = emulator.app_quota(sandbox)
     quota["remaining"], before = 0, quota["remaining"]
@@ -399,9 +383,9 @@ async def test_sandbox_app_quota_spent_pauses_the_service(sandboxed, server, clo
 @pytest.mark.parametrize(("fault", "kind"), [({"kind": "unauthorized"}, "unauthorized"),
                                              ({"kind": "rate_limit", "seconds": 600}, "rate_limited"),
                                              ({"kind": "status", "status": 503}, "transient")])
-async def test_sandbox_faults_in_googles_shape(sandboxed, server, clock, fault, kind):
-    server.sandbox.add_user("youtube", sandboxed.token, items=4)
-    server.sandbox.inject(sandboxed.token, **fault)
+async def test_sandbox_faults_in_googles_shape(sandboxed, sandbox_server, clock, fault, kind):
+    sandbox_server.sandbox.add_user("youtube", sandboxed.token, items=4)
+    sandbox_server.sandbox.inject(sandboxed.token, **fault)
     await sandboxed.add()
 
     result = await sandboxed.run("initial")

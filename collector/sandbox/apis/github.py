@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import time
 from typing import Any
 
 from collector.sandbox.core import FULL, Repos, Response, Sandbox, iso, json_reply, number, route
@@ -32,22 +31,17 @@ def _repo(item: dict[str, Any], repos: Repos = None) -> dict[str, Any]:
 @route(r"/user/starred")
 def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[str, str],
         _match: re.Match[str], _body: bytes) -> Response:
-    auth = headers.get("authorization", "")
-    user = sandbox._user(auth[7:] if auth.lower().startswith("bearer ") else None, "github", headers)
+    user = sandbox.bearer_user(headers, "github")
     if user is None:
         return json_reply(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
-    ride = sandbox._ride(user)
-    if ride is None and (fault := sandbox._fault(user)) is not None:
+    ride = sandbox.ride(user)
+    if ride is None and (fault := sandbox.fault(user)) is not None:
         return fault
-    now = time.time()
-    if now >= user.reset_at:
-        user.remaining, user.reset_at = sandbox.rate_limit, now + sandbox.window
-    limits = {"x-ratelimit-limit": str(sandbox.rate_limit), "x-ratelimit-reset": str(int(user.reset_at)),
-              "x-ratelimit-resource": "core"}
-    if user.remaining <= 0:
-        return json_reply(403, {"message": "API rate limit exceeded"}, {**limits, "x-ratelimit-remaining": "0"})
-    user.remaining -= 1
-    limits["x-ratelimit-remaining"] = str(user.remaining)
+    allowed, remaining, reset = sandbox.quota(user)
+    limits = {"x-ratelimit-limit": str(sandbox.rate_limit), "x-ratelimit-remaining": str(remaining),
+              "x-ratelimit-reset": str(int(reset)), "x-ratelimit-resource": "core"}
+    if not allowed:
+        return json_reply(403, {"message": "API rate limit exceeded"}, limits)
     size = min(max(number(query.get("per_page"), 30), 1), sandbox.page_cap)
     page = max(number(query.get("page"), 1), 1)
     last = max((len(user.items) + size - 1) // size, 1)
@@ -55,10 +49,9 @@ def github(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[
     if headers.get("if-none-match") == etag:
         user.remaining += 1  # a 304 costs no quota on GitHub
         limits["x-ratelimit-remaining"] = str(user.remaining)
-        with sandbox.lock:
-            sandbox.requests[user.token] += 1
+        sandbox.count_request(user)
         return Response(304, headers={**limits, "etag": etag})
-    chunk = sandbox._page(user, page, size)
+    chunk = sandbox.page(user, page, size)
     body = [{"starred_at": iso(i["at"]), "repo": _repo(i, sandbox.repos)} for i in chunk]
     base = f"{headers.get('x-sandbox-base', '')}/user/starred?per_page={size}"
     link = []

@@ -39,15 +39,9 @@ def _gate(sandbox: Sandbox, user: User) -> tuple[Response | None, dict[str, str]
               "ratelimit-resettime": email.utils.formatdate(reset, usegmt=True)}
     if allowed:
         return None, limits
-    with sandbox.lock:
-        sandbox.requests[user.token] += 1
+    sandbox.count_request(user)
     wait = str(max(int(reset - time.time()), 1))
     return Response(429, b"Retry later\n", {"content-type": "text/plain", **limits, "retry-after": wait}), limits
-
-
-def _count(sandbox: Sandbox, user: User) -> None:
-    with sandbox.lock:
-        sandbox.requests[user.token] += 1
 
 
 @route(r"/api/v4/user")
@@ -59,7 +53,7 @@ def current_user(sandbox: Sandbox, method: str, headers: dict[str, str], query: 
     refused, limits = _gate(sandbox, user)
     if refused is not None:
         return refused
-    _count(sandbox, user)
+    sandbox.count_request(user)
     uid = gitlab_id(user)
     return json_reply(200, {"id": uid, "username": user.name, "name": user.name.title(), "state": "active",
                             "avatar_url": None, "web_url": f"https://gitlab.example/{user.name}"}, limits)
@@ -89,7 +83,7 @@ def starred_projects(sandbox: Sandbox, method: str, headers: dict[str, str], que
     if user is None:
         return json_reply(401, {"message": "401 Unauthorized"})
     if match.group(1) not in (str(gitlab_id(user)), user.name):
-        _count(sandbox, user)
+        sandbox.count_request(user)
         return json_reply(404, {"message": "404 User Not Found"})
     refused, limits = _gate(sandbox, user)
     if refused is not None:

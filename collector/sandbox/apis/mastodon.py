@@ -64,8 +64,7 @@ def statuses(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict
               "x-ratelimit-reset": datetime.fromtimestamp(reset, UTC).isoformat(timespec="microseconds")
               .replace("+00:00", "Z")}
     if not allowed:
-        with sandbox.lock:
-            sandbox.requests[user.token] += 1
+        sandbox.count_request(user)
         return json_reply(429, {"error": "Too many requests"}, limits)
     limit = min(abs(_id(query.get("limit")) or 20), 40) or 20
     size = min(limit, sandbox.page_cap)
@@ -79,8 +78,7 @@ def statuses(sandbox: Sandbox, method: str, headers: dict[str, str], query: dict
             chunk = sandbox.serve(user, start, first + above - start)
         else:
             chunk = []
-            with sandbox.lock:
-                sandbox.requests[user.token] += 1
+            sandbox.count_request(user)
     else:
         chunk = sandbox.serve(user, sandbox.position_after(user, max_id) if max_id is not None else 0, size)
     base = f"{headers.get('x-sandbox-base', '')}/api/v1/{kind}?" + (f"limit={query['limit']}&" if "limit" in query

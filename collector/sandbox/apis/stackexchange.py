@@ -11,14 +11,14 @@ from collector.sandbox.core import Response, Sandbox, json_reply, number, route
 @route(r"/2.3/me/favorites")
 def stackexchange(sandbox: Sandbox, _method: str, headers: dict[str, str], query: dict[str, str],
         _match: re.Match[str], _body: bytes) -> Response:
-    user = sandbox._user(headers.get("x-api-access-token"), "stackoverflow", headers)
+    user = sandbox.user(headers.get("x-api-access-token"), "stackoverflow", headers)
     if user is None:
         return json_reply(400, {"error_id": 401, "error_name": "access_token_required",
                            "error_message": "`access_token` is required"}, gzipped=True)
-    backoff, ride = None, sandbox._ride(user)
+    backoff, ride = None, sandbox.ride(user)
     if ride is not None and ride["kind"] == "backoff":  # a normal reply asking callers to wait
         backoff = int(ride["seconds"])
-    elif ride is None and (fault := sandbox._fault(user)) is not None:
+    elif ride is None and (fault := sandbox.fault(user)) is not None:
         return fault
     with sandbox.lock:
         if user.quota <= 0:  # this user/app pair's quota is spent: the API refuses this user until its day ends
@@ -29,7 +29,7 @@ def stackexchange(sandbox: Sandbox, _method: str, headers: dict[str, str], query
         quota = user.quota
     size = min(max(number(query.get("pagesize"), 30), 1), sandbox.page_cap)
     page = max(number(query.get("page"), 1), 1)
-    chunk = sandbox._page(user, page, size)
+    chunk = sandbox.page(user, page, size)
     items = [{"question_id": i["id"], "title": f"Question {i['id']} &amp; friends",
               "link": f"https://stackoverflow.com/questions/{i['id']}", "creation_date": int(i["at"]),
               "owner": {"display_name": user.name}} for i in chunk]

@@ -8,8 +8,8 @@ per call, shared by every user, reset at midnight Pacific Time) is spent, 403 `u
 when the user's window (sandbox.quota) is. Injected faults come through sandbox.fault, their 401/403
 bodies rewritten in Google's shape.
 
-The app quota is sandbox state kept here: `app_quota(sandbox)` (a dict on the sandbox object, made on
-first use and made again after a /_sandbox/reset). Tests may set `app_quota(sandbox)["remaining"]`.
+The app quota is `app_quota(sandbox)`, kept in the sandbox's app state (Sandbox.app_state: forgotten on a
+/_sandbox/reset). Tests may set `app_quota(sandbox)["remaining"]`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.sandbox.core import Response, iso, json_reply, route
+from collector.sandbox.core import Response, Sandbox, iso, json_reply, route
 
 DAILY_UNITS = 10_000  # the default quota of a Google Cloud project
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -37,19 +37,17 @@ def _error(status: int, reason: str, message: str, domain: str = "youtube.quota"
     return json_reply(status, body, headers)
 
 
-def app_quota(sandbox: Any) -> dict[str, Any]:
+def app_quota(sandbox: Sandbox) -> dict[str, Any]:
     """The app-wide daily quota of this sandbox, {remaining, day}, reset when the Pacific day changes."""
+    state = sandbox.app_state("youtube")
+    today = datetime.now(PACIFIC).date()
     with _LOCK:
-        state = getattr(sandbox, "_youtube_quota", None)
-        if state is None or state["users"] is not sandbox.users:  # first use, or the sandbox was reset
-            state = {"remaining": DAILY_UNITS, "day": datetime.now(PACIFIC).date(), "users": sandbox.users}
-            sandbox._youtube_quota = state
-        if state["day"] != datetime.now(PACIFIC).date():  # midnight Pacific Time: a new day, a new quota
-            state["remaining"], state["day"] = DAILY_UNITS, datetime.now(PACIFIC).date()
+        if state.get("day") != today:  # first use (or the first since a reset), or a new day in Pacific Time
+            state["remaining"], state["day"] = DAILY_UNITS, today
         return state
 
 
-def _spend(sandbox: Any) -> bool:
+def _spend(sandbox: Sandbox) -> bool:
     state = app_quota(sandbox)
     with _LOCK:
         if state["remaining"] <= 0:

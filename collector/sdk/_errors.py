@@ -1,9 +1,9 @@
-"""The errors a connector may raise; the executor turns each into an outcome (collector/states.py). Connectors
-import them from collector.sdk."""
+"""The errors a connector may raise; the executor turns each into an outcome (collector/states.py). Internal:
+connectors import them from collector.sdk; ForeignHost is raised by the engine and by `within`."""
 
 from __future__ import annotations
 
-from collector.limits import RateLimit
+from collector.sdk._limits import RateLimit
 
 
 class ConnectorError(Exception):

@@ -1,6 +1,6 @@
 """URL helpers of the SDK: Link headers, and the checks that keep a network's credentials on its own API (the
-engine's check before every request, a connector's check of a link before it stores it). Connectors import
-them from collector.sdk."""
+engine's check before every request, a connector's check of a link before it stores it). Internal:
+connectors import the public ones from collector.sdk; `inside` and `origin` are the engine's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from collector import egress
-from collector.errors import BadResponse, ForeignHost, PermanentError
+from collector.sdk._errors import BadResponse, ForeignHost, PermanentError
 
 MAX_LINK = 8192  # characters of a Link header: a few links of a few hundred characters each are the norm
 

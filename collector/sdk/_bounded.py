@@ -1,4 +1,4 @@
-"""Bounded readers of what an API sends, part of the connector SDK (connectors import them from collector.sdk):
+"""Bounded readers of what an API sends, internal (connectors import them from collector.sdk):
 a JSON body with caps on its elements and its nesting, and the text of an HTML fragment. Each takes time
 linear in its input and memory its caps bound, whatever a server sends: the server of one network may be
 chosen by its user (a Mastodon instance, a self-hosted GitLab), and every network of the process shares its
@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from collector.errors import BadResponse
+from collector.sdk._errors import BadResponse
 
 # A page of any supported API holds well under this (Spotify's 50 tracks with their markets: ~20,000), and
 # this many of the costliest element (`{}` in an array: ~70 bytes parsed) stay under ~15 MiB.
@@ -113,9 +113,3 @@ def item_id(value: Any, what: str = "id") -> str:
         return value
     shown = repr(value)[:40]
     raise BadResponse(f"an item whose {what} is not an integer or a non-blank string: {shown}")
-
-
-def text(value: Any) -> str | None:
-    """`value` when it is a string, else None: for an item's title, url and author, which readers of the items
-    collection get as text or null whatever the reply held there."""
-    return value if isinstance(value, str) else None

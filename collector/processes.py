@@ -1,5 +1,6 @@
-"""The fleet registry (`collectors`: one document per process, its heartbeat) and the aggregations
-`collector status` shows (the due backlog, disabled and parked networks). Part of the Store (a mixin)."""
+"""The processes of the fleet (`collectors`: one document per process, its heartbeat), the fleet-wide figures one
+process computes for all, and the aggregations `collector status` shows (the due backlog, disabled and parked
+networks). Part of the Store (a mixin)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from collector import leases
-from collector.model import aware
+from collector.clock import aware
+from collector.states import WHERE
 
 
-class Registry:
+class Processes:
     networks: Any
     collectors: Any
     figures: Any
 
     async def heartbeat(self, owner: str, fields: dict[str, Any], first: dict[str, Any] | None = None) -> None:
-        """Write one process's registry document (`first`: the fields set only when it registers)."""
+        """Write one process's document (`first`: the fields set only when it registers)."""
         update: dict[str, Any] = {"$set": fields}
         if first:
             update["$setOnInsert"] = first
@@ -32,7 +34,7 @@ class Registry:
         return sorted(docs, key=lambda d: (str(d.get("host")), str(d.get("mode")), str(d.get("startedAt")), d["_id"]))
 
     async def prune_fleet(self, now: datetime) -> int:
-        """Delete registry documents past their `expireAt` (portable: not every server has TTL indexes)."""
+        """Delete process documents past their `expireAt` (portable: not every server has TTL indexes)."""
         return int((await self.collectors.delete_many({"expireAt": {"$lt": now}})).deleted_count)
 
     async def shared_figures(self, name: str, now: datetime, fresh_for: float,
@@ -115,10 +117,9 @@ class Registry:
     async def disabled_summary(self, top: int = 5) -> dict[str, Any]:
         """How many networks are disabled, how many of them unauthorized, and the commonest reasons."""
         out: dict[str, Any] = {}
-        for name, match in (("disabled", {"disabled": True, "unauthorized": {"$ne": True}}),
-                            ("unauthorized", {"disabled": True, "unauthorized": True}),
+        for name, match in (("disabled", WHERE["disabled"]), ("unauthorized", WHERE["unauthorized"]),
                             # a first 401: due again after unauthorized_recheck, disabled by a second (states.py)
-                            ("confirming", {"disabled": {"$ne": True}, "unauthorized": True})):
+                            ("confirming", WHERE["unauthorized?"])):
             why = "$disabledReason" if name != "confirming" else "$lastError.message"
             pipeline: list[dict[str, Any]] = [{"$match": match}, {"$group": {"_id": why, "n": {"$sum": 1}}}]
             reasons = [(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)]
@@ -126,7 +127,7 @@ class Registry:
             out[name] = {"count": sum(n for n, _ in reasons),
                          "reasons": [{"reason": reason, "count": n} for n, reason in reasons[:top]]}
         # parked (too many rate limits in a row: due again after a cool-down), by service: each reason names its time
-        pipeline = [{"$match": {"parkedAt": {"$exists": True}, "disabled": {"$ne": True}}},
+        pipeline = [{"$match": WHERE["parked"]},
                     {"$group": {"_id": "$service", "n": {"$sum": 1}}}]
         parked = sorted([(doc["n"], str(doc["_id"])) async for doc in _aggregate(self.networks, pipeline)],
                         key=lambda r: (-r[0], r[1]))

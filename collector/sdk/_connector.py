@@ -1,27 +1,4 @@
-"""The plugin API a connector author sees.
-
-A connector translates one API into pages of items. It builds the request for a cursor and
-parses a response into a `Page`; the engine owns the loop, the HTTP client, the rate limits,
-the retries and the storage. Connectors are discovered only through the entry-point group
-`collector.connectors`: the built-in ones are registered in pyproject.toml the way a third-party
-package registers its own.
-
-    class MyStars(Connector):
-        service = "myapi"
-        api = "MyAPI stars (GET /v1/stars)"
-        default_base_url = "https://api.example.com"
-
-        def request(self, ctx):  # the engine adds `Authorization: Bearer <token>` (see auth_headers)
-            return Request(f"{self.base_url}/v1/stars", params={"page": ctx.cursor.get("page", 1)})
-
-        def parse(self, ctx, response):
-            data = json_body(response)  # response.json() with caps on elements and nesting
-            ...
-            return Page(items=[...], cursor={"page": n + 1}, more=bool(data["next"]))
-
-Messages (lastError, a disabled network's reason, logs) have every secret of the run scrubbed, then bounded:
-shorten an API's text with `excerpt(text, limit)`, never `text[:n]` (a cut token escapes the scrub).
-"""
+"""The connector's base class and the values it exchanges with the engine (public through collector.sdk)."""
 
 from __future__ import annotations
 
@@ -29,10 +6,10 @@ import base64
 import dataclasses
 import functools
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -43,77 +20,9 @@ if TYPE_CHECKING:
     from collector.model import Network
 
 from collector import logs
-
-# the SDK's errors, rate limits and URL helpers live in collector/errors.py, limits.py and urls.py; connectors
-# import them from here, as always
-from collector.bounded import MAX_DEPTH, MAX_ITEMS, html_text, item_id, json_body, json_value, text
-from collector.errors import (
-    BadResponse,
-    ConnectorError,
-    Forbidden,
-    ForeignHost,
-    PermanentError,
-    RateLimited,
-    Unauthorized,
-)
-from collector.limits import (
-    MAX_WAIT,
-    SCOPES,
-    RateLimit,
-    count,
-    epoch,
-    header_rate_limit,
-    parse_time,
-    reset_time,
-    retry_after,
-)
-from collector.urls import inside, links, next_link, origin, server_url, within
-
-ENTRY_POINT_GROUP = "collector.connectors"
-
-# what a connector may import from here
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "MAX_DEPTH",
-    "MAX_ITEMS",
-    "MAX_WAIT",
-    "SCOPES",
-    "BadResponse",
-    "Connector",
-    "ConnectorError",
-    "Context",
-    "Forbidden",
-    "ForeignHost",
-    "Item",
-    "Page",
-    "PermanentError",
-    "RateLimit",
-    "RateLimited",
-    "Registered",
-    "Request",
-    "Tokens",
-    "Unauthorized",
-    "count",
-    "discover",
-    "epoch",
-    "excerpt",
-    "header_rate_limit",
-    "html_text",
-    "inside",
-    "item_id",
-    "json_body",
-    "json_value",
-    "links",
-    "next_link",
-    "origin",
-    "parse_time",
-    "reset_time",
-    "retry_after",
-    "server_url",
-    "sweep",
-    "text",
-    "within",
-]
+from collector.sdk._bounded import item_id, json_value
+from collector.sdk._errors import BadResponse, Unauthorized
+from collector.sdk._limits import RateLimit, header_rate_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,16 +86,17 @@ class Context:
     now: datetime
 
 
-class Connector:
-    """Subclass this, set the class attributes, implement `request` and `parse`."""
+class Connector(ABC):
+    """Subclass this, set the class attributes, implement `request` and `parse` (both abstract: a class missing
+    either is reported broken when it loads, collector/plugins.py)."""
 
     service: ClassVar[str]
     api: ClassVar[str] = ""
     default_base_url: ClassVar[str] = ""
     # fields a network document must carry for this connector (checked before any request)
     required: ClassVar[tuple[str, ...]] = ("accessToken",)
-    # whom a limit read from the API's headers holds back (collector.limits.SCOPES): "network" (the token's own
-    # limit), "user" (the user's quota on the app) or "service" (the app's or the IP's: every network waits)
+    # whom a limit read from the API's headers holds back (_limits.SCOPES): "network" (the token's own limit),
+    # "user" (the user's quota on the app) or "service" (the app's or the IP's: every network waits)
     limit_scope: ClassVar[str] = "network"
     # the header that carries the access token, and the scheme before it ("" sends the bare token)
     auth_header: ClassVar[str] = "Authorization"
@@ -197,15 +107,18 @@ class Connector:
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
         self.options = settings.options
 
+    @abstractmethod
     def request(self, ctx: Context) -> Request:
-        raise NotImplementedError
+        """The request for the page `ctx.cursor` points at; the engine adds the credentials (auth_headers)."""
 
+    @abstractmethod
     def parse(self, ctx: Context, response: httpx.Response) -> Page:
-        raise NotImplementedError
+        """The page `response` holds: its items, the cursor to store, whether another page waits."""
 
     def check(self, ctx: Context, response: httpx.Response) -> None:
         """Look at any response before the engine's own status handling; raise to classify it
-        (e.g. an API that reports throttling as HTTP 400 with a body field)."""
+        (e.g. an API that reports throttling as HTTP 400 with a body field). The default accepts every response."""
+        return None
 
     def item_scope(self, ctx: Context) -> str | None:
         """Where this network's item ids are unique, when not across the whole service: None (the default) for an
@@ -219,7 +132,9 @@ class Connector:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every `parse` a connector defines hands back its items with their scope (item_scope) filled in: the
-        store keys them by it, whatever called the parse."""
+        store keys them by it, whatever called the parse. This runs before ABCMeta collects the abstract methods,
+        so it sees the wrapper: functools.wraps copies `__isabstractmethod__` with the function's attributes, and a
+        class that defines `parse` is concrete (one that redeclares it abstract stays abstract)."""
         super().__init_subclass__(**kwargs)
         parse = cls.__dict__.get("parse")
         if inspect.isfunction(parse):
@@ -318,82 +233,3 @@ def _checked(item: Item, scope: str | None) -> Item:
     if scope is not None and item.scope != scope:
         changes["scope"] = scope
     return dataclasses.replace(item, **changes) if changes else item
-
-
-# -- helpers (the URL ones are in collector/urls.py, the bounded readers of a reply in collector/bounded.py) ---
-
-
-def excerpt(text: str | bytes, limit: int = 200) -> str:
-    """At most `limit` characters of `text` (bytes: a response body, decoded as UTF-8) for a message, with
-    the run's secrets scrubbed first. The only way a connector should shorten text from an API: a cut made
-    before the scrub can leave part of a token, which the scrub no longer recognizes."""
-    return logs.clip(text, limit)
-
-
-def sweep(cursor: dict[str, Any], items: list[Item], nxt: Any, mode: str,
-          keep: dict[str, Any] | None = None) -> tuple[list[Item], dict[str, Any], bool]:
-    """Pagination of newest-first APIs without a "since" filter. Given one page (newest first) and
-    where the next one is (a URL, a page number, a cursor token: yours), returns (new items, the
-    cursor to store, more). Initial mode pages through the whole history; normal mode stops at the
-    first item already seen, so a normal run usually costs one request.
-
-    The API's next-page pointer alone decides whether the sweep goes on: a page with no items that
-    still names a next page is followed (APIs filter after paging: YouTube's videos.list documents
-    `nextPageToken` apart from `items`, Bluesky's AppView drops blocked or deleted posts from a page,
-    Reddit drops removed things), never taken for the end. Two things end it: no pointer (None), or a
-    pointer equal to the one this page was fetched with (`cursor["next"]`): an API that keeps answering
-    with the same token would otherwise be asked the same page forever; the sweep ends there as at
-    its last page (initial mode switches to normal).
-
-    Cursor fields: `next` (where the sweep in progress continues), `stop` (the newest id known
-    before this sweep: normal mode stops there), `top` (the newest id of this sweep, which becomes
-    `stop` when it ends; None while the sweep has met only empty pages); `keep` adds fields of your
-    own (an ETag...)."""
-    keep = keep or {}
-    sent = cursor.get("next")
-    top = cursor.get("top") if sent is not None else None
-    if top is None and items:  # the first item this sweep meets is its newest
-        top = items[0].id
-    fresh = items
-    stop = cursor.get("stop")
-    if mode == "normal" and stop is not None:
-        ids = [i.id for i in items]
-        if stop in ids:
-            fresh = items[: ids.index(stop)]
-            nxt = None  # everything after the known item is known too
-    if nxt is not None and sent is not None and (nxt == sent or str(nxt) == str(sent)):
-        nxt = None  # the same page again: following it would never end
-    if nxt is not None:
-        return fresh, {**keep, "next": nxt, "stop": stop, "top": top}, True
-    return fresh, {**keep, "stop": top if top is not None else stop}, False
-
-
-# -- registry -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Registered:
-    service: str
-    cls: type[Connector] | None
-    package: str | None
-    version: str | None
-    error: str | None = None
-
-
-def discover() -> dict[str, Registered]:
-    """Every connector installed under the entry-point group; a broken plugin is reported, not fatal."""
-    found: dict[str, Registered] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        package = dist.name if dist else None
-        version = dist.version if dist else None
-        try:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Connector)):
-                raise TypeError(f"{ep.value} is not a collector.sdk.Connector subclass")
-            if getattr(cls, "service", None) != ep.name:
-                raise TypeError(f"{ep.value}.service must be {ep.name!r} (its entry-point name)")
-            found[ep.name] = Registered(ep.name, cls, package, version)
-        except Exception as exc:  # a plugin that fails to import must not take the daemon down
-            found[ep.name] = Registered(ep.name, None, package, version, f"{type(exc).__name__}: {exc}")
-    return found

@@ -1,5 +1,5 @@
-"""Rate limits in one shape (`RateLimit`) and the readers of every header family APIs use for them. Part of
-the connector SDK: connectors import these names from collector.sdk."""
+"""Rate limits in one shape (`RateLimit`) and the readers of every header family APIs use for them. Internal:
+connectors import the public ones from collector.sdk (the readers behind header_rate_limit stay here)."""
 
 from __future__ import annotations
 
