@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collector import changes, config, http, outbox, plugins
+from collector import changes, config, http, outbox, plugins, states
 from collector.clock import aware, utcnow
 from collector.executor import Executor
 from collector.sandbox import Sandbox, Server
@@ -89,8 +89,8 @@ async def progress(store: Store, now: datetime) -> dict[str, int]:
     return {
         "initial": await n.count_documents({"mode": "initial", "disabled": {"$ne": True}}),
         "normal": await n.count_documents({"mode": "normal", "disabled": {"$ne": True}}),
-        "unauthorized": await n.count_documents({"unauthorized": True, "disabled": True}),
-        "disabled": await n.count_documents({"disabled": True, "unauthorized": {"$ne": True}}),
+        "unauthorized": await n.count_documents(states.WHERE["unauthorized"]),
+        "disabled": await n.count_documents(states.WHERE["disabled"]),
         "rate_limited": await n.count_documents({"rateLimitedUntil": {"$gt": now}}),
         "retrying": await n.count_documents({"errors": {"$gt": 0}, "disabled": {"$ne": True}}),
         "items": await store.items.count_documents({}),
@@ -136,13 +136,14 @@ def held_because(doc: dict[str, Any], missing: list[int], stored: set[int], now:
     """Why the network `doc` has not stored the upstream items `missing` (their ids; `stored`: those it has),
     read from its state in the database."""
     reason = str(doc.get("disabledReason") or "")
-    if doc.get("disabled") and doc.get("unauthorized"):
+    state = states.label(doc, confirming=True)
+    if state == "unauthorized":
         return "held back by a revoked token: disabled after a second 401"
-    if doc.get("unauthorized"):
+    if state == "unauthorized?":
         return "held back by a 401 being confirmed"
-    if doc.get("disabled"):
+    if state == "disabled":
         return "network disabled on purpose" if reason.startswith("operator:") else "network disabled after errors"
-    if doc.get("parkedAt"):
+    if state == "parked":
         return "parked after rate limits in a row"
     limited = doc.get("rateLimitedUntil")
     if isinstance(limited, datetime) and aware(limited) > now:

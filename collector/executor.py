@@ -35,7 +35,7 @@ from collector.sdk import Connector, Context, Item, RateLimit
 from collector.sdk._errors import ForeignHost
 from collector.sdk._urls import inside, origin
 from collector.secrets import Vault, open_for_run
-from collector.states import Kind, Outcome, State, Transition, transition
+from collector.states import Kind, Outcome, State, Transition, label_after, transition
 from collector.store import Lease, Store
 
 log = structlog.get_logger("collector.run")
@@ -255,8 +255,7 @@ class Executor:
             fields.update(parkedAt=now, parkedReason=logs.scrub(step.reason))
         else:
             unset += ["parkedAt", "parkedReason"]
-        became = "unauthorized" if step.disabled and step.unauthorized else "disabled" if step.disabled else \
-            "parked" if step.parked else (step.mode if step.success else str(network.mode))
+        became = label_after(step)
         # what the application must act on (the user must reconnect, ...) and what was added: the change feed's
         reported = added.entry(lease.id, now) if added is not None else None
         entries = [reported] if reported is not None else []

@@ -347,8 +347,18 @@ def label(doc: dict[str, Any], confirming: bool = False) -> str:
     """What a network is, from its document: one of WHERE's labels, else its mode. A first 401 being confirmed is
     "unauthorized?" only when `confirming` is asked (the change feed leaves it out: the next run confirms or clears
     it). `True` alone counts, as in the claims' `{"disabled": {"$ne": True}}`: a junk value disables nothing."""
-    if doc.get("disabled") is True:
-        return "unauthorized" if doc.get("unauthorized") is True else "disabled"
-    if confirming and doc.get("unauthorized") is True:
+    return _label(doc.get("disabled") is True, doc.get("unauthorized") is True, bool(doc.get("parkedAt")),
+                  doc.get("mode"), confirming)
+
+
+def label_after(step: Transition) -> str:
+    """What a network is once a run's `step` is saved: `label` of the document the state save writes."""
+    return _label(step.disabled, step.unauthorized, step.parked, step.mode)
+
+
+def _label(disabled: bool, unauthorized: bool, parked: bool, mode: Any, confirming: bool = False) -> str:
+    if disabled:
+        return "unauthorized" if unauthorized else "disabled"
+    if confirming and unauthorized:
         return "unauthorized?"
-    return "parked" if doc.get("parkedAt") else str(doc.get("mode"))
+    return "parked" if parked else str(mode)

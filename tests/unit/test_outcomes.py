@@ -16,7 +16,7 @@ from collector.executor import Executor
 from collector.operations import FAILURE_UNSET, STATES
 from collector.sdk import BadResponse, Forbidden, PermanentError, RateLimit, RateLimited, Unauthorized
 from collector.sdk._errors import ForeignHost
-from collector.states import FILTERS, PERMANENT_KINDS, TRANSIENT_KINDS, WHERE, Kind, label
+from collector.states import FILTERS, PERMANENT_KINDS, TRANSIENT_KINDS, WHERE, Kind, Transition, label, label_after
 from collector.store import Store
 from tests.conftest import make_settings
 from tests.harness import claim_one
@@ -108,6 +108,18 @@ DOCS = [
 def test_the_label_of_a_document(doc, fed, listed):
     """The change feed's label leaves a first 401 out; `networks list` shows it as "unauthorized?"."""
     assert label(doc) == fed and label(doc, confirming=True) == listed
+
+
+@pytest.mark.parametrize("step, saved", [
+    (Transition("normal", NOW, 0, "ok", True), {"mode": "normal"}),
+    (Transition("initial", None, 1, "401 again", False, disabled=True, unauthorized=True),
+     {"mode": "initial", "disabled": True, "unauthorized": True}),
+    (Transition("normal", NOW, 0, "first 401", False, unauthorized=True), {"mode": "normal", "unauthorized": True}),
+    (Transition("normal", None, 0, "gone", False, disabled=True), {"mode": "normal", "disabled": True}),
+    (Transition("normal", NOW, 0, "limited", False, parked=True), {"mode": "normal", "parkedAt": NOW}),
+])
+def test_a_run_reports_the_label_of_the_document_it_saves(step, saved):
+    assert label_after(step) == label(saved)
 
 
 async def test_each_label_query_finds_exactly_the_documents_of_that_label(mock_db):
