@@ -40,8 +40,7 @@ from collector.store import Lease, Store
 
 log = structlog.get_logger("collector.run")
 # `inside` is a pure function of two URLs, and a fleet's runs ask it the same few pairs (a service's first-page URL
-# under its base): remembered, the URL parsing of every run (bench/optimizations.md) becomes a lookup. URLs carry no
-# credential (sdk.Request)
+# under its base): remembered, the URL parsing of every run becomes a lookup. URLs carry no credential (sdk.Request)
 _inside_cached = functools.lru_cache(maxsize=4096)(inside)
 
 

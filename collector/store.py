@@ -4,7 +4,7 @@ leases, items, states, indexes. The item documents themselves are built by colle
 The database handle is a PyMongo async database (`pymongo.AsyncMongoClient(...)[name]`); the
 unit tests pass a mongomock-motor database, which speaks the same coroutine API.
 
-Lease protocol (see DESIGN.md): claim due, enabled, unleased (or lease-expired) networks in batches,
+Lease protocol (collector/leases.py): claim due, enabled, unleased (or lease-expired) networks in batches,
 by one update_many whose filter the server re-checks per document atomically; persist items first
 (idempotent inserts, upserts for the items already there), then the state guarded by the lease id.
 A state save whose guard matches nothing is dropped.
@@ -111,9 +111,9 @@ class Store(ItemWrites, Removals, Pauses, Operations, Processes):
                 [("mode", ASCENDING), ("service", ASCENDING), ("scheduledTo", ASCENDING)], name=DUE_SERVICE_INDEX)
         await self.networks.create_index([("user", ASCENDING), ("service", ASCENDING)], name="user_service")
         # An item's identity is its _id, item_key(service, user, itemId): the primary key makes it unique. The
-        # (user, service, itemId) index serves readers and is not unique: a unique secondary index cut the
-        # insert rate 3 to 4 times on FerretDB v2 + DocumentDB (bench/RESULTS-documentdb.md) for no guarantee
-        # the _id lacks. A unique one created by an earlier version is kept as it is (the operator's call).
+        # (user, service, itemId) index serves readers and is not unique: a unique secondary index slows every
+        # item insert (bench/RESULTS-documentdb.md) for no guarantee the _id lacks. A unique one found at start
+        # is kept as it is (the operator's call; `collector migrate item-scopes` says how to drop it).
         if ITEM_INDEX not in await self.items.index_information():
             await self.items.create_index(
                 [("user", ASCENDING), ("service", ASCENDING), ("itemId", ASCENDING)], name=ITEM_INDEX)
