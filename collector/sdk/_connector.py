@@ -93,7 +93,8 @@ class Connector(ABC):
     service: ClassVar[str]
     api: ClassVar[str] = ""
     default_base_url: ClassVar[str] = ""
-    # fields a network document must carry for this connector (checked before any request)
+    # the credential fields a network document must carry for this connector (accessToken, accessTokenSecret,
+    # refreshToken, clientSecret, password; checked before any request: missing, the network is disabled)
     required: ClassVar[tuple[str, ...]] = ("accessToken",)
     # whom a limit read from the API's headers holds back (_limits.SCOPES): "network" (the token's own limit),
     # "user" (the user's quota on the app) or "service" (the app's or the IP's: every network waits)
