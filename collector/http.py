@@ -109,18 +109,26 @@ class ClientPool:
     """The process's HTTP clients: `shards` httpx.AsyncClients of a few connections each, the total
     bounded by `http.max_connections`. One client with hundreds of connections spends most of its CPU
     in its own pool bookkeeping (httpcore scans every connection for every request; bench/RESULTS.md has
-    the figures). A request goes to the client with the fewest requests in flight."""
+    the figures). A request goes to the client with the fewest requests in flight.
 
-    def __init__(self, clients: list[httpx.AsyncClient]):
+    `transports`: each client's transport, which `fetch` sends to directly (see `_read`)."""
+
+    def __init__(self, clients: list[httpx.AsyncClient], transports: list[httpx.AsyncBaseTransport] | None = None):
         self.clients = clients
+        self.transports = transports
         self.busy = [0] * len(clients)
 
     @contextlib.contextmanager
     def pick(self) -> Iterator[httpx.AsyncClient]:
+        with self._slot() as i:
+            yield self.clients[i]
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[int]:
         i = self.busy.index(min(self.busy))
         self.busy[i] += 1
         try:
-            yield self.clients[i]
+            yield i
         finally:
             self.busy[i] -= 1
 
@@ -146,8 +154,8 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     # one TLS context for every client: building one loads the CA bundle (20 ms of CPU each, 0.6 s for 32)
     tls = httpx.create_ssl_context()
     policy = Policy.build(settings.http.allow_private, settings.http.allow)
-    return ClientPool([_client(settings, size, transport or _transport(settings, size, tls, policy), tls)
-                       for _ in range(shards)])
+    transports = [transport or _transport(settings, size, tls, policy) for _ in range(shards)]
+    return ClientPool([_client(settings, size, one, tls) for one in transports], transports)
 
 
 def _transport(settings: Settings, connections: int, tls: ssl.SSLContext, policy: Policy) -> httpx.AsyncBaseTransport:
@@ -213,9 +221,20 @@ def build(client: httpx.AsyncClient, request: Request) -> httpx.Request:
     return httpx.Request(request.method, url, headers=headers, extensions=extensions)
 
 
-async def _read(client: httpx.AsyncClient, request: Request, max_bytes: int) -> httpx.Response:
+async def _read(client: httpx.AsyncClient, request: Request, max_bytes: int,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.Response:
+    """The response to `request`, its body read within the caps. With the client's `transport`, the request goes to
+    it directly: what `client.send` adds around the transport (auth flow, redirect loop, event hooks, cookie
+    extraction, a timed stream) does nothing for the engine's requests, which carry their credentials in headers,
+    follow no redirect, keep no cookie and take their timeouts from `build`, and costs CPU on every run."""
     req = build(client, request)
-    response = await client.send(req, stream=True)
+    if transport is None:
+        response = await client.send(req, stream=True)
+    else:
+        if client.is_closed:  # as client.send: a closed pool sends nothing
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await transport.handle_async_request(req)
+        response.request = req
     try:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes:  # the wire is capped too
@@ -247,8 +266,9 @@ async def fetch(client: httpx.AsyncClient | ClientPool, request: Request, *, max
     try:
         async with asyncio.timeout(total_timeout):
             if isinstance(client, ClientPool):
-                with client.pick() as one:
-                    return await _read(one, request, max_bytes)
+                with client._slot() as i:
+                    return await _read(client.clients[i], request, max_bytes,
+                                       client.transports[i] if client.transports else None)
             return await _read(client, request, max_bytes)
     except TimeoutError as exc:
         raise TotalTimeout(f"no complete response within {total_timeout:g}s") from exc

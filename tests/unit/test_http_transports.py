@@ -9,6 +9,7 @@ import gzip
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -210,14 +211,14 @@ async def test_gzip_is_decoded_by_the_engine_and_only_what_it_decodes_is_adverti
 
     url = await raw_server(reply)
     async with http.make_client(settings_for(transport, user_agent="bench-ua/1")) as pool:
-        original = pool.clients[0].send
+        def spying(original: Any) -> Any:  # what each client's transport is handed: what goes on the wire
+            async def spy(request: httpx.Request) -> httpx.Response:
+                heads.append(request.headers.raw)  # type: ignore[arg-type]
+                return await original(request)  # type: ignore[no-any-return]
+            return spy
 
-        async def spy(request: httpx.Request, **kw: object) -> httpx.Response:
-            heads.append(request.headers.raw)  # type: ignore[arg-type]
-            return await original(request, **kw)  # type: ignore[arg-type]
-
-        for client in pool.clients:
-            client.send = spy  # type: ignore[method-assign]
+        for one in pool.transports or ():
+            one.handle_async_request = spying(one.handle_async_request)  # type: ignore[method-assign]
         response = await http.fetch(pool, sdk.Request(url), max_bytes=10_000, total_timeout=5)
     assert response.content == body and "content-encoding" not in response.headers
     sent = dict((k.lower(), v) for k, v in heads[0])
@@ -300,15 +301,35 @@ async def test_no_cookie_is_kept_nor_sent_to_another_request(transport, raw_serv
 
     url = await raw_server(reply)
     async with http.make_client(settings_for(transport, max_connections=1)) as pool:  # one client: the same jar
-        original = pool.clients[0].send
+        assert pool.transports is not None
+        original = pool.transports[0].handle_async_request
 
-        async def spy(request: httpx.Request, **kw: object) -> httpx.Response:
+        async def spy(request: httpx.Request) -> httpx.Response:
             heads.append(bytes(request.headers.get("cookie", ""), "ascii"))
-            return await original(request, **kw)  # type: ignore[arg-type]
+            return await original(request)
 
-        pool.clients[0].send = spy  # type: ignore[method-assign]
+        pool.transports[0].handle_async_request = spy  # type: ignore[method-assign]
         for _ in range(2):
             response = await http.fetch(pool, sdk.Request(url), max_bytes=1000, total_timeout=5)
             assert response.headers["set-cookie"].startswith("session=")
         assert not pool.clients[0].cookies
     assert heads == [b"", b""]
+
+
+@TRANSPORTS
+async def test_a_closed_pool_sends_nothing(transport, raw_server):
+    """fetch sends to each client's transport directly: a pool once closed refuses, as client.send does."""
+    served: list[int] = []
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")
+        await writer.drain()
+
+    url = await raw_server(reply)
+    pool = http.make_client(settings_for(transport))
+    assert (await http.fetch(pool, sdk.Request(url), max_bytes=1000, total_timeout=5)).content == b"[]"
+    await pool.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await http.fetch(pool, sdk.Request(url), max_bytes=1000, total_timeout=5)
+    assert served == [1]
