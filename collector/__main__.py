@@ -1,5 +1,5 @@
 """`python -m collector` is the `collector` command."""
 
-from collector.cli import main
+from collector.entry import main
 
-main(prog_name="collector")
+main()

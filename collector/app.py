@@ -18,7 +18,7 @@ import structlog
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from collector import changes, http, logs, plugins, webhooks
+from collector import changes, early_stop, http, logs, plugins, webhooks
 from collector.clock import ServerClock, utcnow
 from collector.config import Settings
 from collector.executor import Executor
@@ -73,6 +73,10 @@ def redacted_uri(uri: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:{logs.REDACTED}@{host}"
+
+
+class StoppedWhileStarting(Exception):
+    """A stop signal came before the daemon connected to anything: it exits cleanly (0) having started nothing."""
 
 
 class UnsafeDatabase(Exception):
@@ -179,6 +183,10 @@ async def run_daemon(settings: Settings, mode: str, *, db: Any = None,
     settings.selectors.check(registry)  # SelectorError: a service name no connector has, before anything starts
     early: list[int] = []  # a stop signal that arrives while starting: honoured once the loop exists
     install_signal_handlers(lambda: early.append(1))  # SIGTERM during start-up is a clean stop, not a kill
+    early += early_stop.held  # those that came while Python imported the daemon (collector/early_stop.py)
+    early_stop.held.clear()
+    if early:
+        raise StoppedWhileStarting("stop requested while starting: exited before connecting to the database")
     # every step of the way out is bounded: a database that stops answering (an outage, a connection left hanging
     # by a server restart) must not keep a stopping process past its stop timeout
     bound = settings.database.timeout

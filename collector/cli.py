@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from collector import changes_cli, config_cli, logs, migrations, model, plugins, webhooks_cli
+from collector import changes_cli, config_cli, early_stop, logs, migrations, model, plugins, webhooks_cli
 from collector import config as config_mod
 from collector.config import MODES
 from collector.selectors import SLOTS
@@ -57,18 +57,21 @@ def main(ctx: click.Context, /, mode: str | None, **_: Any) -> None:
     (MONGODB_URI: the database), then the flags. `collector config show --sources` prints them and their origins.
     """
     if ctx.invoked_subcommand is not None:
+        early_stop.release()  # a stop signal is fatal again for every command but the daemon
         return
     if mode is None:
         click.echo(ctx.get_help())
         ctx.exit(2)
     settings = load_settings(ctx)
-    from collector.app import DatabaseUnavailable, UnsafeDatabase, run_daemon
+    from collector.app import DatabaseUnavailable, StoppedWhileStarting, UnsafeDatabase, run_daemon
     from collector.metrics import MetricsError
     from collector.secrets import SecretsError
     from collector.selectors import SelectorError
 
     try:
         asyncio.run(run_daemon(settings, mode))
+    except StoppedWhileStarting as exc:  # a clean stop: nothing had started
+        click.echo(f"collector: {exc}", err=True)
     except (DatabaseUnavailable, UnsafeDatabase, MetricsError, SelectorError, SecretsError) as exc:
         # 3: no database (restarted); 4: an unsafe one, 5: no usable master key (a restart cannot fix either: the unit
         # does not restart on them); 2: a port taken, a service nobody installed. A clear message each time.

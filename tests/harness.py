@@ -1,11 +1,13 @@
 """One network of one service, the engine that runs it, and what ends up in the database: the
-harness the connector tests drive (claim -> executor.run -> read back)."""
+harness the connector tests drive (claim -> executor.run -> read back); and whether a daemon process
+catches a stop signal yet (the process tests stop it only then: collector/entry.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -139,3 +141,24 @@ async def run_schedulers(store: Store, executor: Executor, settings: Any, clock:
     for sched in schedulers:
         assert sched.stats.crashes == 0 and not sched.inflight and not sched.per_service
     return schedulers
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler installed for `signum` (Linux: the SigCgt mask of /proc/PID/status).
+    False once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
+    return bool(mask >> (signum - 1) & 1)
+
+
+def until_catches(pid: int, signum: int, timeout: float) -> bool:
+    """Wait (polling every millisecond) until `pid` catches `signum`; False when it does not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not catches(pid, signum):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.sandbox import Sandbox, Server
+from tests.harness import until_catches
 
 ROOT = Path(__file__).resolve().parents[2]
 GH, SO = "github", "stackoverflow"
@@ -236,6 +237,7 @@ def launch(mode: str, uri: str, dbname: str, sandbox_url: str, out: Path) -> sub
 
 def stop(proc: subprocess.Popen) -> int:
     if proc.poll() is None:
+        until_catches(proc.pid, signal.SIGTERM, 15.0)  # a daemon just started: once its handler is in
         proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(timeout=30)

@@ -38,6 +38,7 @@ from pymongo import MongoClient
 
 from collector.sandbox import Sandbox
 from collector.sandbox import Server as SandboxServer
+from tests.harness import until_catches
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = ("scenario", "runs", "faults", "served", "stored", "duplicated", "lost", "crashes", "stuck", "seconds",
@@ -145,9 +146,7 @@ class Daemons:
     def stop_all(self, timeout: float = 30.0) -> None:
         live = [p for p in self.procs if p.popen.poll() is None]
         for proc in live:
-            proc.stopping = True
-            with contextlib.suppress(ProcessLookupError):
-                proc.popen.send_signal(signal.SIGTERM)
+            self.stop(proc)
         deadline = time.monotonic() + timeout
         for proc in live:
             try:
@@ -165,8 +164,12 @@ class Daemons:
                 proc.crashed = f"{proc.mode} pid {proc.pid} exited with code {code} after SIGTERM"
 
     def stop(self, proc: Proc) -> None:
-        """SIGTERM one daemon (without waiting: see `Proc.popen`)."""
+        """SIGTERM one daemon (without waiting for it to exit: see `Proc.popen`). A daemon started a moment ago is
+        sent it once it catches it (collector/entry.py installs the handler first thing; before that the
+        interpreter is still starting, and the default action, death, is not the daemon's to choose): one that never
+        does within 15 s is sent it all the same, and its death counts as a crash."""
         proc.stopping = True
+        until_catches(proc.pid, signal.SIGTERM, 15.0)
         with contextlib.suppress(ProcessLookupError):
             proc.popen.send_signal(signal.SIGTERM)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.harness import until_catches
 
 pytestmark = pytest.mark.slow  # real daemon and CLI processes: seconds each (the quick loop: -m "not slow")
 
@@ -41,6 +42,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    until_catches(proc.pid, signal.SIGTERM, 15.0)  # a daemon just started: once its handler is in (tests/harness.py)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     return proc.returncode, out.decode(errors="replace")

@@ -25,7 +25,7 @@ def test_the_distribution_is_the_name_the_code_and_the_plugin_ask_for():
     assert PYPROJECT["project"]["name"] == fleet.DISTRIBUTION == "collector-daemon"
     plugin = tomllib.loads((ROOT / "examples" / "collector-hackernews" / "pyproject.toml").read_text())
     assert fleet.DISTRIBUTION in plugin["project"]["dependencies"]
-    assert PYPROJECT["project"]["scripts"] == {"collector": "collector.cli:main"}
+    assert PYPROJECT["project"]["scripts"] == {"collector": "collector.entry:main"}
 
 
 def test_the_wheel_lists_every_package_and_maps_the_connectors_into_collector():
