@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -50,6 +51,13 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def live_blocks() -> int:
+    """The interpreter's allocated blocks after a full collection (sys.getallocatedblocks): what the process still
+    holds, without the memory the allocators keep for reuse that RSS also counts. A leak grows this."""
+    gc.collect()
+    return sys.getallocatedblocks()
 
 
 def peak_mb() -> float:
@@ -209,7 +217,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
     logs.configure("json", "info", stream=log_file)
     scheduler_box: list[Any] = []
     ready = asyncio.Event()
-    walls, rss, cpus, items, runs_walls = [], [], [], [], []
+    walls, rss, cpus, items, runs_walls, blocks = [], [], [], [], [], []
     ours: Counter[str] = Counter()  # the commands this driver sends, not the daemon
     mongo = AsyncMongoClient(args.uri, tz_aware=True)
     networks = mongo[args.db]["networks"]
@@ -248,6 +256,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
                 cpus.append(cpu_s() - cpu0)
                 items.append(scheduler.stats.items_new - items0)
                 rss.append(round(rss_mb(), 1))
+                blocks.append(live_blocks())
                 done_before = sum(scheduler.stats.runs.values())
         finally:  # a failing driver stops the daemon too: `await driver` then raises its error
             scheduler.stop()
@@ -269,6 +278,7 @@ async def collector_cycles(args: argparse.Namespace) -> dict[str, Any]:
             "items": sum(items), "wall": walls[0], "cpu": cpus[0], "walls": [round(w, 2) for w in walls],
             "runs_wall": runs_walls[0], "events": events,
             "cpus": [round(c, 2) for c in cpus], "cycle_items": items, "rss_cycles": rss,
+            "blocks_cycles": blocks,
             "crashes": scheduler.stats.crashes}
 
 

@@ -29,7 +29,7 @@ is what protects them then.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -46,8 +46,8 @@ from collector.states import Kind, Outcome
 
 log = structlog.get_logger("collector.run")
 
-# the runs of one service remembered for the window, at most (a bound on memory whatever the rate)
-MAX_SAMPLES = 20_000
+# the networks of one service remembered for the window, at most (a bound on memory whatever the rate)
+MAX_NETWORKS = 20_000
 
 
 def answered(outcome: Outcome) -> bool:
@@ -69,29 +69,30 @@ class Verdict:
 
 
 class _Window:
-    """One service's answered runs in the window: (when, network, refused), and per network how many of them."""
+    """One service's networks whose runs got an answer in the window, and those refused: each with the time of
+    its latest such run, the oldest first (the clock is monotonic). A network is in the window while its latest
+    run is, so memory follows the networks, not the runs: a back-fill's page after page costs nothing more."""
 
     def __init__(self) -> None:
-        self.runs: deque[tuple[float, Any, bool]] = deque()
-        self.answered: dict[Any, int] = {}
-        self.refused: dict[Any, int] = {}
+        self.answered: OrderedDict[Any, float] = OrderedDict()
+        self.refused: OrderedDict[Any, float] = OrderedDict()
         self.since: float | None = None  # when the incident under way began (its first verdict)
         self.last: float | None = None  # its latest verdict
 
     def add(self, now: float, network: Any, refused: bool) -> None:
-        self.runs.append((now, network, refused))
-        self.answered[network] = self.answered.get(network, 0) + 1
+        self.answered[network] = now
+        self.answered.move_to_end(network)
         if refused:
-            self.refused[network] = self.refused.get(network, 0) + 1
+            self.refused[network] = now
+            self.refused.move_to_end(network)
 
     def drop_before(self, start: float) -> None:
-        while self.runs and (self.runs[0][0] < start or len(self.runs) > MAX_SAMPLES):
-            _, network, refused = self.runs.popleft()
-            for counts, counted in ((self.answered, True), (self.refused, refused)):
-                if counted:
-                    counts[network] -= 1
-                    if not counts[network]:
-                        del counts[network]
+        answered, refused = self.answered, self.refused
+        while answered and (next(iter(answered.values())) < start or len(answered) > MAX_NETWORKS):
+            network, _ = answered.popitem(last=False)
+            refused.pop(network, None)  # a network refused is one answered: never counted without it
+        while refused and next(iter(refused.values())) < start:
+            refused.popitem(last=False)
 
 
 class AuthWatch:

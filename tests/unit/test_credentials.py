@@ -3,6 +3,7 @@ collector/incidents.py, the unauthorized rows of collector/states.py)."""
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import timedelta
 from urllib.parse import parse_qs
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from pymongo.errors import AutoReconnect, WriteError
 
+from collector import incidents
 from collector.config import Schedule
 from collector.executor import Executor
 from collector.incidents import AuthWatch
@@ -151,6 +153,28 @@ def test_a_network_refused_again_and_again_counts_once():
     for _ in range(20):  # two revoked networks, refused twenty times each: 40 of 48 runs, 2 of 10 networks
         assert watch.record("reddit_saved", "revoked-1", True, schedule) is None
         assert watch.record("reddit_saved", "revoked-2", True, schedule) is None
+
+
+def test_the_window_holds_networks_not_runs_and_at_most_max_networks(monkeypatch):
+    """What the window remembers follows the networks answered in it, not their runs (a back-fill's page after
+    page, retries), and stays under MAX_NETWORKS a service whatever the rate: the oldest networks go first, with
+    their refusals."""
+    monkeypatch.setattr(incidents, "MAX_NETWORKS", 50)
+    watch = AuthWatch(clock=lambda: 0.0)
+    schedule = Schedule(incident_min_runs=10, incident_min_refused=3, incident_share=0.2, incident_window=900.0)
+    assert watch.record("github", "old", True, schedule) is None
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):  # 20,000 runs of 5 networks
+            assert watch.record("github", f"busy-{i % 5}", False, schedule) is None
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"{held:,} bytes held for 5 networks"  # a run's sample each would be ~3 MB
+    verdicts = [watch.record("github", n, n >= 189, schedule) for n in range(200)]  # the last 11 refused
+    assert verdicts[:-1] == [None] * 199  # "old" went with the first 50 (never 3 refused of 50 and more than 10)
+    assert (verdicts[-1].refused, verdicts[-1].runs) == (11, 50)
 
 
 def test_fewer_refused_networks_than_the_minimum_are_no_incident():
